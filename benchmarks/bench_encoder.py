@@ -1,0 +1,111 @@
+"""Encoder speed and memory: jrag vs a naive eager ALiBi baseline vs bias-free SDPA.
+
+Each (layout, length, variant) runs in a fresh subprocess, so that peak RSS is its own.
+"Extra RSS" is the peak during the forward pass minus the RSS after loading the model.
+
+    python benchmarks/bench_encoder.py                 # small and base, 512 / 2048 / 8192 tokens
+    python benchmarks/bench_encoder.py --layouts small --lengths 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def measure(model_dir: str, length: int, variant: str, repeats: int) -> dict:
+    """In the subprocess: load, warm up, then time one forward pass of ``length`` tokens."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from attention_variants import VARIANTS
+
+    from jrag import Encoder
+
+    encoder = Encoder.from_pretrained(model_dir, device="cpu")
+    if VARIANTS[variant] is not None:
+        encoder.model.attention_fn = VARIANTS[variant]
+    ids = torch.randint(1000, 30000, (1, length))
+    with torch.inference_mode():
+        encoder.model(ids[:, :64], [64])  # warm-up: kernels, thread pool
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            encoder.model(ids, [length])
+            timings.append(time.perf_counter() - start)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": min(timings), "extra_rss_mb": (peak - before) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layouts", nargs="+", default=["small", "base"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[512, 2048, 8192])
+    parser.add_argument("--variants", nargs="+", default=["jrag", "eager+bias", "sdpa-no-bias"])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        model_dir, length, variant, repeats = args._child
+        print(json.dumps(measure(model_dir, int(length), variant, int(repeats))))
+        return
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from jrag.checkpoints import jina_v2_config, write_random_checkpoint
+
+    console = Console()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in args.layouts:
+            model_dir = write_random_checkpoint(Path(tmp) / layout, jina_v2_config(layout))
+            for length in args.lengths:
+                row = {"layout": layout, "tokens": length}
+                for variant in args.variants:
+                    repeats = 3 if length <= 2048 else 1
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--_child", str(model_dir), str(length), variant,
+                         str(repeats)],
+                        capture_output=True, text=True, check=True, cwd=REPO,
+                    )  # fmt: skip
+                    row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+                    console.print(f"  {layout} {length:>5} {variant:<13} {row[variant]}")
+                results.append(row)
+
+    table = Table(title="JinaBERT forward pass, one document, CPU (random weights)")
+    for column in ("layout", "tokens", "jrag s", "jrag +RSS MB", "eager+bias s", "eager +RSS MB",
+                   "sdpa-no-bias s", "sdpa +RSS MB", "jrag / sdpa", "eager / jrag"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for row in results:
+        jrag, eager, floor = row.get("jrag"), row.get("eager+bias"), row.get("sdpa-no-bias")
+
+        def cell(result, key, fmt):
+            return format(result[key], fmt) if result else "-"
+
+        table.add_row(
+            row["layout"], str(row["tokens"]),
+            cell(jrag, "seconds", ".2f"), cell(jrag, "extra_rss_mb", ".0f"),
+            cell(eager, "seconds", ".2f"), cell(eager, "extra_rss_mb", ".0f"),
+            cell(floor, "seconds", ".2f"), cell(floor, "extra_rss_mb", ".0f"),
+            f"{jrag['seconds'] / floor['seconds']:.2f}x" if jrag and floor else "-",
+            f"{eager['seconds'] / jrag['seconds']:.1f}x" if jrag and eager else "-",
+        )  # fmt: skip
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

