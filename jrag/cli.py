@@ -248,5 +248,13 @@ def drop(
     console.print(f"dropped {collection}")
 
 
+def _add_subcommands() -> None:
+    from jrag.evaluation.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
+_add_subcommands()
+
 if __name__ == "__main__":
     app()

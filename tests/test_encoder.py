@@ -20,7 +20,28 @@ from jrag.encoder import token_budget_batches
 from jrag.loading import MINILM_ID, resolve_model_dir
 from tests.reference_bert import reference_embedding, reference_hidden_states
 
-WORDS = ["river", "mountain", "archive", "ledger", "quantum", "harbor", "violet", "engine", "signal", "orchard", "copper", "lantern", "basalt", "meadow", "cipher", "falcon", "glacier", "thunder", "velvet", "canyon"]
+WORDS = [
+    "river",
+    "mountain",
+    "archive",
+    "ledger",
+    "quantum",
+    "harbor",
+    "violet",
+    "engine",
+    "signal",
+    "orchard",
+    "copper",
+    "lantern",
+    "basalt",
+    "meadow",
+    "cipher",
+    "falcon",
+    "glacier",
+    "thunder",
+    "velvet",
+    "canyon",
+]
 
 
 def make_text(n_words: int, seed: int) -> str:

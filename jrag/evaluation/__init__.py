@@ -1,0 +1,1 @@
+"""Long-document retrieval evaluation (built in the eval issue)."""
