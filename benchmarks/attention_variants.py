@@ -34,4 +34,10 @@ def sdpa_without_bias(q, k, v, lengths: Sequence[int], bias: AlibiBias | None) -
     return F.scaled_dot_product_attention(q, k, v)
 
 
-VARIANTS = {"jrag": None, "eager+bias": eager_with_bias, "sdpa-no-bias": sdpa_without_bias}
+# None: jrag's own attention; "jrag-no-skip" also turns off the skipping of negligible far keys.
+VARIANTS = {
+    "jrag": None,
+    "jrag-no-skip": None,
+    "eager+bias": eager_with_bias,
+    "sdpa-no-bias": sdpa_without_bias,
+}

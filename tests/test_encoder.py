@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import random
 import time
 
@@ -303,3 +304,30 @@ def test_max_length_beyond_the_model_limit_is_refused():
     encoder = Encoder.from_pretrained(MINILM_ID)
     with pytest.raises(InputError, match="between 3 and 512"):
         encoder.encode(["text"], max_length=8192)
+
+
+def test_alibi_reach_is_the_cauchy_schwarz_bound():
+    slopes = jrag.attention.alibi_slopes(4)  # 1/4, 1/16, 1/64, 1/256
+    bias = jrag.attention.AlibiBias(slopes, 1000, dtype=torch.float32, device="cpu")
+    query = torch.zeros(1, 4, 10, 16)
+    key = torch.zeros(1, 4, 10, 16)
+    query[..., 0] = 2.0  # |q| = 2
+    key[..., 0] = 4.0  # |k| = 4, so scores lie within ±2·4/√16 = ±2
+    expected = [math.ceil((2 * 2 + jrag.attention.NEGLIGIBLE_LOGIT) / s) for s in slopes.tolist()]
+    assert bias.reach(query, key) == expected == [136, 544, 2176, 8704]
+
+
+def test_skipping_far_keys_changes_nothing(tiny_jina, monkeypatch):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    text = make_text(3000, seed=12)
+    (states,) = encoder.encode_tokens([text])
+    ids = torch.tensor([encoder.tokenizer.encode(text).ids])
+    q = torch.randn(1, 6, ids.shape[1], 8)
+    monkeypatch.setattr(jrag.attention, "SKIP_FAR_KEYS", False)
+    (dense,) = encoder.encode_tokens([text])
+    assert np.abs(states.hidden - dense.hidden).max() <= 1e-5
+    bias = jrag.attention.AlibiBias(
+        encoder.model.alibi_slopes, ids.shape[1], dtype=torch.float32, device="cpu"
+    )
+    monkeypatch.setattr(jrag.attention, "SKIP_FAR_KEYS", True)
+    assert min(bias.reach(q, q)) < ids.shape[1]  # the skipping path really ran on some heads
