@@ -746,6 +746,16 @@ class _DropMvccWarning(logging.Filter):
 logging.getLogger("pymilvus.orm.iterator").addFilter(_DropMvccWarning())
 
 
+class _DropLiteUnimplemented(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
+
+
+# Milvus Lite's in-process gRPC server does not implement every RPC that pymilvus probes (such
+# as AllocTimestamp); pymilvus falls back, but grpc logs the server-side traceback as an ERROR.
+logging.getLogger("grpc._server").addFilter(_DropLiteUnimplemented())
+
+
 def _first_of_each_kind_first(rows: list[Row]) -> list[Row]:
     """Reorder so that the first insert batch holds one row of every kind.
 
