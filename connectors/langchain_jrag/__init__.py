@@ -1,1 +1,6 @@
-"""Placeholder; built in the adapters issue."""
+"""LangChain integration for jrag: local long-document embeddings and whole-document retrieval."""
+
+from langchain_jrag.embeddings import JragEmbeddings
+from langchain_jrag.retrievers import JragRetriever
+
+__all__ = ["JragEmbeddings", "JragRetriever"]

@@ -1,1 +1,5 @@
-"""Placeholder; built in the adapters issue."""
+"""LlamaIndex embedding integration for jrag."""
+
+from llama_index.embeddings.jrag.base import JragEmbedding
+
+__all__ = ["JragEmbedding"]

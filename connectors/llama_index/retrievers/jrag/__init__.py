@@ -1,1 +1,5 @@
-"""Placeholder; built in the adapters issue."""
+"""LlamaIndex retriever integration for jrag."""
+
+from llama_index.retrievers.jrag.base import JragRetriever
+
+__all__ = ["JragRetriever"]

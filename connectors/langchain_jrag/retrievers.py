@@ -1,0 +1,114 @@
+"""``JragRetriever``: a jrag collection as a LangChain retriever, one ``Document`` per document."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+
+from jrag.pipeline import SearchResult
+from jrag.searcher import Searcher, result_metadata
+from jrag.store import CONNECT_TIMEOUT_S
+
+
+class JragRetriever(BaseRetriever):
+    """Retrieve whole documents from a collection built by ``jrag ingest``.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_jrag import JragRetriever
+
+            retriever = JragRetriever(uri="./jrag.db", collection="jrag", k=4)
+            docs = retriever.invoke("When was the Fresnel lens re-ground?")
+            docs[0].metadata["source"], docs[0].metadata["score"]
+
+    Each ``Document`` is one source document: ``page_content`` is its best-matching span (the
+    whole document, or the window of a long one, in mode ``whole``; the late chunk in mode
+    ``late``), and ``metadata`` holds ``source``, ``title``, ``score``, ``start``, ``end``,
+    ``page`` (None when unknown), ``doc_id`` and ``kind``.
+
+    ``model=None`` loads the model the collection was built with; a named model must match it.
+    Nothing connects or loads at construction: the store and the model open on the first query
+    (which raises :class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
+    ``invoke(query, k=...)`` overrides ``k`` for one call.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    uri: str = Field(default="./jrag.db", description="Milvus Lite path or server URL.")
+    collection: str = Field(default="jrag", description="Collection name.")
+    token: SecretStr | None = Field(default=None, description="Milvus server token.")
+    model: str | None = Field(default=None, description="None: the collection's own model.")
+    device: str | None = Field(default=None, description="torch device; default: CUDA if any.")
+    k: int = Field(default=4, ge=1, description="How many documents to return.")
+    filter: str | None = Field(default=None, description="Milvus filter expression.")
+    mode: Literal["whole", "late", "chunked"] = Field(
+        default="whole", description="Which vectors to search (as ingested)."
+    )
+    connect_timeout: float = Field(default=CONNECT_TIMEOUT_S, gt=0, description="Seconds.")
+
+    _searcher: Searcher = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._searcher = Searcher(
+            self.uri,
+            self.collection,
+            token=self.token.get_secret_value() if self.token else None,
+            model=self.model,
+            device=self.device,
+            connect_timeout=self.connect_timeout,
+        )
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: str | None = None,
+    ) -> list[Document]:
+        results = self._searcher.search(
+            query,
+            k=self.k if k is None else k,
+            mode=self.mode,
+            filter=self.filter if filter is None else filter,
+        )
+        return [_to_document(result) for result in results]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: str | None = None,
+    ) -> list[Document]:
+        # Model forward passes and the Milvus client are blocking: keep them off the loop.
+        results = await asyncio.to_thread(
+            self._searcher.search,
+            query,
+            k=self.k if k is None else k,
+            mode=self.mode,
+            filter=self.filter if filter is None else filter,
+        )
+        return [_to_document(result) for result in results]
+
+    def close(self) -> None:
+        """Close the store if it was opened (a later query opens it again)."""
+        self._searcher.close()
+
+
+def _to_document(result: SearchResult) -> Document:
+    return Document(
+        id=f"{result.doc_id}:{result.kind}:{result.start}",
+        page_content=result.text,
+        metadata=result_metadata(result),
+    )

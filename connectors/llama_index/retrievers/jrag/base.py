@@ -1,0 +1,101 @@
+"""``JragRetriever``: a jrag collection as a LlamaIndex retriever, one node per document."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from jrag.errors import InputError
+from jrag.pipeline import SEARCH_KIND, SearchResult
+from jrag.searcher import Searcher, result_metadata
+from jrag.store import CONNECT_TIMEOUT_S
+
+# Kept in the node's metadata for callers, but not shown to the LLM or re-embedded.
+_INTERNAL_KEYS = ["score", "start", "end", "doc_id", "kind"]
+
+
+class JragRetriever(BaseRetriever):
+    """Retrieve whole documents from a collection built by ``jrag ingest``.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.retrievers.jrag import JragRetriever
+
+            retriever = JragRetriever(uri="./jrag.db", collection="jrag", k=4)
+            for hit in retriever.retrieve("When was the Fresnel lens re-ground?"):
+                print(hit.score, hit.node.metadata["source"])
+
+    Each ``NodeWithScore`` is one source document: the node's text is its best-matching span,
+    ``start_char_idx``/``end_char_idx`` locate it in the document, and the metadata holds
+    ``source``, ``title``, ``score``, ``start``, ``end``, ``page`` (None when unknown),
+    ``doc_id`` and ``kind``. ``model=None`` loads the model the collection was built with.
+    Nothing connects or loads at construction: the store and model open on the first query
+    (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
+    """
+
+    def __init__(
+        self,
+        uri: str = "./jrag.db",
+        collection: str = "jrag",
+        model: str | None = None,
+        k: int = 4,
+        filter: str | None = None,
+        mode: str = "whole",
+        *,
+        token: str | None = None,
+        device: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        if mode not in SEARCH_KIND:
+            raise InputError(f"unknown mode {mode!r}; use one of {', '.join(SEARCH_KIND)}")
+        if not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive number of documents, not {k!r}")
+        self.k = k
+        self.filter = filter
+        self.mode = mode
+        self._searcher = Searcher(
+            uri,
+            collection,
+            token=token,
+            model=model,
+            device=device,
+            connect_timeout=connect_timeout,
+        )
+        super().__init__(**kwargs)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return _to_nodes(self._search(query_bundle.query_str))
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # Model forward passes and the Milvus client are blocking: keep them off the loop.
+        return _to_nodes(await asyncio.to_thread(self._search, query_bundle.query_str))
+
+    def _search(self, query: str) -> list[SearchResult]:
+        return self._searcher.search(query, k=self.k, mode=self.mode, filter=self.filter)
+
+    def close(self) -> None:
+        """Close the store if it was opened (a later query opens it again)."""
+        self._searcher.close()
+
+
+def _to_nodes(results: list[SearchResult]) -> list[NodeWithScore]:
+    return [
+        NodeWithScore(
+            node=TextNode(
+                id_=f"{r.doc_id}:{r.kind}:{r.start}",
+                text=r.text,
+                start_char_idx=r.start,
+                end_char_idx=r.end,
+                metadata=result_metadata(r),
+                excluded_llm_metadata_keys=list(_INTERNAL_KEYS),
+                excluded_embed_metadata_keys=list(_INTERNAL_KEYS),
+            ),
+            score=r.score,
+        )
+        for r in results
+    ]
