@@ -205,10 +205,67 @@ def search(
 
 def _store_and_encoder(uri: str, collection: str, token: str | None, model: str | None):
     """Open an existing collection and load the model it was built with (or ``model``)."""
-    store = _open_store(uri, collection, token, create=False)
-    encoder = _load_encoder(model or store.model)
-    store.check_model(encoder.name, encoder.dim)
-    return store, encoder
+    from jrag.searcher import open_collection
+
+    with console.status("opening the collection and its model"):
+        return open_collection(uri, collection, token=token, model=model)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="A question, in plain words.")],
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many documents to read.")] = 3,
+    passages: Annotated[
+        int, typer.Option("--passages", "-p", min=1, help="How many passages to cite.")
+    ] = 3,
+    filter: Annotated[
+        str | None, typer.Option(help="Milvus filter expression, as for `jrag search`.")
+    ] = None,
+    mode: ModeOpt = "whole",
+    no_llm: Annotated[
+        bool,
+        typer.Option("--no-llm", help="Quote passages even when JRAG_LLM_BASE_URL is set."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    collection: CollectionOpt = "jrag",
+    uri: UriOpt = DEFAULT_URI,
+    token: TokenOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Answer a question from the best documents, citing file and span (or page).
+
+    With JRAG_LLM_BASE_URL and JRAG_LLM_MODEL set, an OpenAI-compatible endpoint answers.
+
+    Otherwise (or with --no-llm) the best passages are quoted. JRAG_LLM_API_KEY: the key, if any.
+    """
+    from rich.markup import escape
+
+    from jrag.llm import from_env
+    from jrag.qa import ask as run_ask
+
+    try:
+        llm = None if no_llm else from_env()
+        store, encoder = _store_and_encoder(uri, collection, token, model)
+        with store, console.status("answering" if llm else "finding passages"):
+            answer = run_ask(
+                question, store=store, encoder=encoder, k=k, mode=mode, filter=filter,
+                passages=passages, llm=llm,
+            )  # fmt: skip
+    except JragError as err:
+        raise _fail(err) from None
+    if as_json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    console.print(answer.text, markup=False, highlight=False, soft_wrap=True)
+    if not answer.citations:
+        return
+    table = Table(title=f"sources ({answer.backend})")
+    for column in ("#", "score", "document", "where"):
+        table.add_column(column, overflow="fold")
+    for c in answer.citations:
+        document = f"{escape(c.title)}\n[dim]{escape(c.source)}[/]"
+        table.add_row(f"[{c.number}]", f"{c.score:.3f}", document, c.location)
+    console.print(table)
 
 
 @app.command()

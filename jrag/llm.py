@@ -1,0 +1,247 @@
+"""Pluggable LLMs for :mod:`jrag.qa`: one ``chat(system, user) -> str`` call, three backends.
+
+- any LangChain language model (a chat model such as ``ChatOpenAI``, or a plain LLM);
+- any LlamaIndex ``LLM``;
+- an OpenAI-compatible ``/chat/completions`` endpoint (a hosted API, vLLM, llama.cpp, Ollama),
+  configured by ``JRAG_LLM_BASE_URL``, ``JRAG_LLM_MODEL`` and ``JRAG_LLM_API_KEY``.
+
+Neither framework is needed to import this module: an object can only be a LangChain or
+LlamaIndex model if that framework is already imported, so detection looks in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from jrag.errors import InputError, JragError
+
+ENV_BASE_URL = "JRAG_LLM_BASE_URL"
+ENV_MODEL = "JRAG_LLM_MODEL"
+ENV_API_KEY = "JRAG_LLM_API_KEY"
+DEFAULT_TIMEOUT_S = 120.0  # a whole answer; connecting gets CONNECT_TIMEOUT_S of it
+CONNECT_TIMEOUT_S = 10.0
+
+
+class LLMError(JragError):
+    """The LLM could not be reached, refused the request, or returned no text."""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """What :func:`jrag.qa.ask` needs from an LLM: a name, and one system + user turn."""
+
+    name: str
+
+    def chat(self, system: str, user: str) -> str: ...
+
+
+@dataclass
+class LangChainLLM:
+    """A LangChain ``BaseLanguageModel``, called with a system and a human message."""
+
+    model: Any
+
+    @property
+    def name(self) -> str:
+        return f"langchain:{type(self.model).__name__}"
+
+    def chat(self, system: str, user: str) -> str:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        try:
+            reply = self.model.invoke([SystemMessage(system), HumanMessage(user)])
+        except Exception as err:
+            name = type(self.model).__name__
+            raise LLMError(f"the LangChain model {name} failed: {err}") from err
+        return _text_of(reply.content if hasattr(reply, "content") else reply, self.name)
+
+
+@dataclass
+class LlamaIndexLLM:
+    """A LlamaIndex ``LLM``, called through its ``chat`` method."""
+
+    llm: Any
+
+    @property
+    def name(self) -> str:
+        return f"llamaindex:{type(self.llm).__name__}"
+
+    def chat(self, system: str, user: str) -> str:
+        from llama_index.core.llms import ChatMessage, MessageRole
+
+        messages = [
+            ChatMessage(role=MessageRole.SYSTEM, content=system),
+            ChatMessage(role=MessageRole.USER, content=user),
+        ]
+        try:
+            reply = self.llm.chat(messages)
+        except Exception as err:
+            raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
+        return _text_of(reply.message.content, self.name)
+
+
+@dataclass
+class OpenAICompatibleLLM:
+    """A ``/chat/completions`` endpoint, through the ``openai`` client.
+
+    ``base_url`` includes the API prefix, e.g. ``https://api.openai.com/v1`` or
+    ``http://localhost:8000/v1``. The key is never shown in messages or reprs.
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT_S
+    max_retries: int = 1
+    temperature: float | None = None
+    _client: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(
+                f"the LLM base URL {display_url(self.base_url)!r} must be an http(s) URL such "
+                f"as http://localhost:8000/v1 (set {ENV_BASE_URL})"
+            )
+        if not self.model:
+            raise InputError(
+                f"no model name for the LLM endpoint {display_url(self.base_url)}; set {ENV_MODEL}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
+        """The endpoint named by ``JRAG_LLM_*`` variables, or None if ``JRAG_LLM_BASE_URL`` is
+        unset or empty."""
+        environ = os.environ if environ is None else environ
+        base_url = environ.get(ENV_BASE_URL, "").strip()
+        if not base_url:
+            return None
+        return cls(
+            base_url=base_url,
+            model=environ.get(ENV_MODEL, "").strip(),
+            api_key=environ.get(ENV_API_KEY) or None,
+        )
+
+    @property
+    def name(self) -> str:
+        return f"openai-compatible:{self.model}@{display_url(self.base_url)}"
+
+    def chat(self, system: str, user: str) -> str:
+        import openai
+
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+            ],
+        }
+        if self.temperature is not None:
+            request["temperature"] = self.temperature
+        where = f"the LLM endpoint {display_url(self.base_url)} (model {self.model})"
+        try:
+            response = self.client.chat.completions.create(**request)
+        except openai.APIStatusError as err:
+            raise LLMError(
+                f"{where} answered HTTP {err.status_code}: {self._scrub(_error_detail(err))}"
+            ) from None
+        except openai.APITimeoutError:
+            raise LLMError(f"{where} did not answer within {self.timeout:.0f} s") from None
+        except openai.APIConnectionError as err:
+            reason = self._scrub(str(err.__cause__ or err))
+            raise LLMError(f"cannot reach {where}: {reason}") from None
+        except openai.OpenAIError as err:
+            raise LLMError(f"{where} failed: {self._scrub(str(err))}") from None
+        choices = getattr(response, "choices", None) or []
+        content = choices[0].message.content if choices else None
+        return _text_of(content, where)
+
+    @property
+    def client(self) -> Any:
+        """The ``openai.OpenAI`` client, made on first use."""
+        if self._client is None:
+            try:
+                import openai
+            except ImportError:
+                raise LLMError(
+                    f"{ENV_BASE_URL} is set but the openai package is not installed; "
+                    "run `pip install jrag[openai]`"
+                ) from None
+            self._client = openai.OpenAI(
+                base_url=self.base_url,
+                # Local servers usually need no key, but the client insists on one.
+                api_key=self.api_key or "unused",
+                timeout=openai.Timeout(self.timeout, connect=CONNECT_TIMEOUT_S),
+                max_retries=self.max_retries,
+            )
+        return self._client
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self.api_key, urlsplit(self.base_url).password):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
+    """The OpenAI-compatible endpoint configured in the environment, if any."""
+    return OpenAICompatibleLLM.from_env(environ)
+
+
+def resolve_llm(llm: object | None) -> ChatBackend | None:
+    """Wrap a LangChain model or LlamaIndex LLM; pass a ``ChatBackend`` through; None stays None."""
+    if llm is None:
+        return None
+    if _instance_of(llm, "langchain_core.language_models.base", "BaseLanguageModel"):
+        return LangChainLLM(llm)
+    if _instance_of(llm, "llama_index.core.llms.llm", "LLM"):
+        return LlamaIndexLLM(llm)
+    if isinstance(llm, ChatBackend):
+        return llm
+    raise InputError(
+        f"llm must be a LangChain chat model, a LlamaIndex LLM, or an object with "
+        f"name and chat(system, user); got {type(llm).__name__}"
+    )
+
+
+def display_url(url: str) -> str:
+    """``url`` without user:password@ and without a query string (either may hold a key)."""
+    parts = urlsplit(url or "")
+    if not parts.hostname:
+        return url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _instance_of(obj: object, module: str, name: str) -> bool:
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def _text_of(content: object, who: str) -> str:
+    """The text of a reply: a string, or the text blocks of a list of content blocks."""
+    if isinstance(content, list):
+        content = "".join(
+            block if isinstance(block, str) else str(block.get("text", ""))
+            for block in content
+            if isinstance(block, str) or (isinstance(block, dict) and block.get("type") == "text")
+        )
+    if not isinstance(content, str) or not content.strip():
+        raise LLMError(f"{who} returned no text")
+    return content.strip()
+
+
+def _error_detail(err: Any) -> str:
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return str(message)
+    return str(getattr(err, "message", "") or err)
