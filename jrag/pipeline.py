@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jrag.chunking import late_chunk_spans, pool_spans, token_spans
+from jrag.chunking import late_chunk_spans, pool_spans
 from jrag.encoder import Encoder, TokenStates
 from jrag.errors import InputError, JragError, ParseError
 from jrag.parse import ParsedDocument, discover, file_sha256, parse_file
@@ -131,20 +131,15 @@ def _late_chunk_rows(
 def _naive_chunk_rows(
     documents: Sequence[ParsedDocument], encoder: Encoder, options: IngestOptions
 ) -> list[list[Row]]:
+    # Non-overlapping windows of one tokenization, each run through the model on its own: the
+    # naive chunks, cut exactly at the token budget.
     max_length = min(options.naive_chunk_tokens, encoder.max_length)
-    content_tokens = max_length - 2  # room for [CLS] and [SEP]
-    spans_per_doc = [
-        token_spans(_token_offsets(encoder, d.text), content_tokens) for d in documents
-    ]
-    texts = [
-        doc.text[s:e]
-        for doc, spans in zip(documents, spans_per_doc, strict=False)
-        for s, e in spans
-    ]
-    vectors = iter(encoder.encode(texts, max_length=max_length))
+    windows_per_doc = encoder.encode_windows(
+        [doc.text for doc in documents], max_length=max_length, overlap=0
+    )
     return [
-        _rows(doc, "chunk", spans, [next(vectors) for _ in spans])
-        for doc, spans in zip(documents, spans_per_doc, strict=True)
+        _rows(doc, "chunk", [w.span for w in windows], [w.pooled() for w in windows])
+        for doc, windows in zip(documents, windows_per_doc, strict=True)
     ]
 
 
