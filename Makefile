@@ -1,4 +1,4 @@
-# jrag: `make demo` ingests the sample documents into Milvus Lite and searches them;
+# jrag: `make demo` ingests the sample documents into Milvus Lite, searches and asks them;
 # `make test` runs the test suite. Both install everything first, into .venv.
 
 PYTHON ?= python3
@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_milvus_server.sh
 demo: install
 	$(BIN)/jrag ingest samples --model $(DEMO_MODEL) --uri $(DEMO_DB) --collection demo --mode late
 	$(BIN)/jrag search "$(DEMO_QUERY)" --uri $(DEMO_DB) --collection demo -k 3
+	$(BIN)/jrag ask "$(DEMO_QUERY)" --uri $(DEMO_DB) --collection demo
 
 test: install
 	$(BIN)/python -m pytest
