@@ -34,6 +34,16 @@ def load_encoder(model: str, device: str | None = None) -> Encoder:
         return _ENCODERS[key]
 
 
+def embed_texts(
+    encoder: Encoder, texts: list[str], *, max_length: int, normalize: bool
+) -> list[list[float]]:
+    """Vectors as plain lists, for the frameworks; ``max_length`` is clamped to the model's."""
+    vectors = encoder.encode(
+        list(texts), max_length=min(max_length, encoder.max_length), normalize=normalize
+    )
+    return vectors.tolist()
+
+
 def open_collection(
     uri: str,
     collection: str,

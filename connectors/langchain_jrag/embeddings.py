@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jrag.encoder import Encoder
 from jrag.loading import DEFAULT_MODEL
-from jrag.searcher import load_encoder
+from jrag.searcher import embed_texts, load_encoder
 
 
 class JragEmbeddings(BaseModel, Embeddings):
@@ -49,13 +49,9 @@ class JragEmbeddings(BaseModel, Embeddings):
         return load_encoder(self.model, self.device)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        encoder = self.encoder
-        vectors = encoder.encode(
-            list(texts),
-            max_length=min(self.max_length, encoder.max_length),
-            normalize=self.normalize,
+        return embed_texts(
+            self.encoder, texts, max_length=self.max_length, normalize=self.normalize
         )
-        return vectors.tolist()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts, one vector each."""

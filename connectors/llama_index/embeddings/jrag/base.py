@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from jrag.encoder import Encoder
 from jrag.loading import DEFAULT_MODEL
-from jrag.searcher import load_encoder
+from jrag.searcher import embed_texts, load_encoder
 
 
 class JragEmbedding(BaseEmbedding):
@@ -55,13 +55,9 @@ class JragEmbedding(BaseEmbedding):
         return self._encoder
 
     def _embed(self, texts: list[str]) -> list[Embedding]:
-        encoder = self.encoder
-        vectors = encoder.encode(
-            list(texts),
-            max_length=min(self.max_length, encoder.max_length),
-            normalize=self.normalize,
+        return embed_texts(
+            self.encoder, texts, max_length=self.max_length, normalize=self.normalize
         )
-        return vectors.tolist()
 
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._embed([query])[0]
