@@ -1,13 +1,16 @@
-"""The ingest and search pipeline: discover → parse → embed → store, and query → ranked documents.
+"""The ingest pipeline: discover → read and hash → parse → embed → store.
 
-This is the one place that knows how a document becomes Milvus rows. The CLI, the LangChain and
-LlamaIndex adapters and the eval all call into it.
+This is the one place that knows how a file becomes Milvus rows; the CLI, the adapters and the
+eval all call into it. Each file is read once and hashed once, each document tokenized once.
+What each mode writes is in :mod:`jrag.modes`; how a version is written and committed is in
+:mod:`jrag.store.writes`.
 
-Modes (what ``ingest`` writes, and what ``search`` looks at):
-- ``whole``: one vector per document (or per overlapping macro-window of a document longer than
-  the model's limit) — row kind ``doc``;
-- ``late``: ``doc`` rows plus late-chunk rows (kind ``late``) pooled from the same pass;
-- ``chunked``: naive independent chunks of at most 512 tokens (kind ``chunk``), the baseline.
+A document's stored state decides what happens to its file:
+- same content, and every kind this run asks for is there (built with the same options):
+  skipped without parsing;
+- same content, some asked-for kind missing: those rows are *added*, the others kept;
+- new content: every kind the document held, plus the asked-for ones, is re-embedded and
+  replaces the old version at once.
 """
 
 from __future__ import annotations
@@ -15,44 +18,78 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tokenizers import Encoding
 
 from jrag.chunking import late_chunk_spans, pool_spans
 from jrag.encoder import Encoder, TokenStates
 from jrag.errors import InputError, JragError, ParseError
-from jrag.parse import ParsedDocument, discover, file_sha256, parse_file
-from jrag.store import Hit, MilvusStore, Row, StoredDocument
+from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
+from jrag.parse import ParsedDocument, discover, parse_file
+from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
 
 logger = logging.getLogger(__name__)
 
-MODES: dict[str, tuple[str, ...]] = {
-    "whole": ("doc",),
-    "late": ("doc", "late"),
-    "chunked": ("chunk",),
-}
-SEARCH_KIND = {"whole": "doc", "late": "late", "chunked": "chunk"}
 NAIVE_CHUNK_TOKENS = 512
+LATE_STRATEGIES = ("sentence", "tokens")
 # Documents are embedded together until their tokens reach this, for batching across files.
 _EMBED_GROUP_TOKENS = 65536
 
 
 @dataclass
 class IngestOptions:
-    """How documents become vectors."""
+    """How documents become vectors. Every field is checked on construction."""
 
-    mode: str = "whole"
+    mode: str = DEFAULT_INGEST_MODE
     late_chunk_tokens: int = 256
     late_strategy: str = "sentence"
     naive_chunk_tokens: int = NAIVE_CHUNK_TOKENS
     window_overlap: int | None = None  # tokens; None: the encoder's default
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        check_ingest_mode(self.mode)
+        for name in ("late_chunk_tokens", "naive_chunk_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 8192:
+                raise InputError(f"{name} must be a whole number from 8 to 8192, not {value!r}")
+        if self.late_strategy not in LATE_STRATEGIES:
+            raise InputError(
+                f"unknown late_strategy {self.late_strategy!r}; use one of "
+                f"{', '.join(LATE_STRATEGIES)}"
+            )
+        overlap = self.window_overlap
+        if overlap is not None and (
+            isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0
+        ):
+            raise InputError(f"window_overlap must be a whole number ≥ 0, not {overlap!r}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return INGEST_MODES[self.mode]
+
+    def for_kind(self, kind: str, encoder: Encoder) -> dict[str, Any]:
+        """The options that built rows of ``kind``: recorded, and compared on re-ingest."""
+        window = {"window": encoder.max_length, "overlap": self.overlap(encoder)}
+        if kind == "doc":
+            return window
+        if kind == "late":
+            return {
+                **window,
+                "late_chunk_tokens": self.late_chunk_tokens,
+                "late_strategy": self.late_strategy,
+            }
+        return {"naive_chunk_tokens": min(self.naive_chunk_tokens, encoder.max_length)}
+
+    def overlap(self, encoder: Encoder) -> int:
+        if self.window_overlap is not None:
+            return self.window_overlap
+        return min(512, (encoder.max_length - 2) // 8)
 
 
 @dataclass
@@ -61,6 +98,7 @@ class IngestReport:
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    extended: list[tuple[str, list[str]]] = field(default_factory=list)  # (path, kinds added)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
     pruned: list[str] = field(default_factory=list)
@@ -70,92 +108,88 @@ class IngestReport:
         default_factory=lambda: {"parse": 0.0, "embed": 0.0, "store": 0.0}
     )
 
+    @property
+    def stored(self) -> int:
+        return len(self.added) + len(self.updated) + len(self.extended)
+
 
 @dataclass
-class SearchResult:
-    """One retrieved document, with the span that matched best."""
-
+class _Pending:
+    document: ParsedDocument
     doc_id: str
-    source: str
-    title: str
-    score: float
-    kind: str
-    start: int
-    end: int
-    text: str
-    metadata: dict
-
-    @property
-    def page(self) -> int | None:
-        return self.metadata.get("page")
+    kinds: tuple[str, ...]
+    outcome: str  # added / updated / extended
+    committed: DocumentState | None
 
 
-def document_id(source: str) -> str:
-    """A document's stable id: the SHA-1 of its absolute path."""
-    return hashlib.sha1(source.encode("utf-8")).hexdigest()
-
-
-# -- embedding: one document's text → rows -----------------------------------------------------
+# -- embedding: documents → rows ---------------------------------------------------------------
 
 
 def embed_documents(
-    documents: Sequence[ParsedDocument], encoder: Encoder, options: IngestOptions
+    documents: Sequence[ParsedDocument],
+    encoder: Encoder,
+    options: IngestOptions,
+    kinds: Sequence[tuple[str, ...]] | None = None,
+    *,
+    tenant: str = "",
 ) -> list[list[Row]]:
-    """Rows for each document, embedded in shared batches. Never truncates: long documents get
-    overlapping windows (``doc`` rows) or as many chunks as they need."""
-    if options.mode == "chunked":
-        return _naive_chunk_rows(documents, encoder, options)
-    windows_per_doc = encoder.encode_windows(
-        [doc.text for doc in documents], overlap=options.window_overlap
-    )
-    rows = []
-    for doc, windows in zip(documents, windows_per_doc, strict=True):
-        doc_rows = _rows(doc, "doc", [w.span for w in windows], [w.pooled() for w in windows])
-        if options.mode == "late":
-            doc_rows += _late_chunk_rows(doc, windows, encoder, options)
-        rows.append(doc_rows)
+    """Rows of ``kinds[i]`` (default: the mode's kinds) for each document, in shared batches.
+
+    Never truncates: long documents get overlapping windows (``doc`` rows) or as many chunks as
+    they need. Each document is tokenized once; its windows and late chunks share that pass.
+    """
+    kinds = list(kinds) if kinds is not None else [options.kinds] * len(documents)
+    encodings = _tokenize(encoder, [doc.text for doc in documents])
+    rows: list[list[Row]] = [[] for _ in documents]
+    windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks)]
+    if windowed:
+        windows_per_doc = encoder.encode_windows(
+            [documents[i].text for i in windowed], overlap=options.overlap(encoder)
+        )
+        for i, windows in zip(windowed, windows_per_doc, strict=True):
+            doc = documents[i]
+            if "doc" in kinds[i]:
+                vectors = [w.pooled() for w in windows]
+                rows[i] += _rows(doc, "doc", [w.span for w in windows], vectors, tenant)
+            if "late" in kinds[i]:
+                rows[i] += _late_chunk_rows(doc, encodings[i], windows, options, tenant)
+    chunked = [i for i, ks in enumerate(kinds) if "chunk" in ks]
+    if chunked:
+        # Non-overlapping windows of one tokenization, each run through the model on its own:
+        # the naive chunks, cut exactly at the token budget.
+        max_length = min(options.naive_chunk_tokens, encoder.max_length)
+        windows_per_doc = encoder.encode_windows(
+            [documents[i].text for i in chunked], max_length=max_length, overlap=0
+        )
+        for i, windows in zip(chunked, windows_per_doc, strict=True):
+            spans = [w.span for w in windows]
+            rows[i] += _rows(documents[i], "chunk", spans, [w.pooled() for w in windows], tenant)
     return rows
 
 
 def _late_chunk_rows(
-    doc: ParsedDocument, windows: list[TokenStates], encoder: Encoder, options: IngestOptions
+    doc: ParsedDocument,
+    encoding: Encoding,
+    windows: list[TokenStates],
+    options: IngestOptions,
+    tenant: str,
 ) -> list[Row]:
-    offsets = _token_offsets(encoder, doc.text)
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
     spans = late_chunk_spans(
         doc.text, offsets, chunk_tokens=options.late_chunk_tokens, strategy=options.late_strategy
     )
     vectors, kept = pool_spans(windows, spans)
-    return _rows(doc, "late", [spans[i] for i in kept], list(vectors))
+    return _rows(doc, "late", [spans[i] for i in kept], list(vectors), tenant)
 
 
-def _naive_chunk_rows(
-    documents: Sequence[ParsedDocument], encoder: Encoder, options: IngestOptions
-) -> list[list[Row]]:
-    # Non-overlapping windows of one tokenization, each run through the model on its own: the
-    # naive chunks, cut exactly at the token budget.
-    max_length = min(options.naive_chunk_tokens, encoder.max_length)
-    windows_per_doc = encoder.encode_windows(
-        [doc.text for doc in documents], max_length=max_length, overlap=0
-    )
-    return [
-        _rows(doc, "chunk", [w.span for w in windows], [w.pooled() for w in windows])
-        for doc, windows in zip(documents, windows_per_doc, strict=True)
-    ]
-
-
-def _token_offsets(encoder: Encoder, text: str) -> np.ndarray:
-    encoding = encoder.tokenizer.encode(text, add_special_tokens=False)
-    return np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-
-
-def _rows(doc: ParsedDocument, kind: str, spans: Sequence[tuple[int, int]], vectors) -> list[Row]:
-    doc_id = document_id(doc.source)
-    base = {
-        "doc_type": doc.doc_type,
-        "size": doc.size,
-        "mtime": doc.mtime,
-        "page_count": doc.page_count,
-    }
+def _rows(
+    doc: ParsedDocument,
+    kind: str,
+    spans: Sequence[tuple[int, int]],
+    vectors: Sequence[np.ndarray],
+    tenant: str,
+) -> list[Row]:
+    doc_id = document_id(doc.source, tenant)
     return [
         Row(
             doc_id=doc_id,
@@ -167,12 +201,34 @@ def _rows(doc: ParsedDocument, kind: str, spans: Sequence[tuple[int, int]], vect
             text=doc.text[start:end],
             source=doc.source,
             title=doc.title,
-            metadata={**base, "page": doc.page_at(start), "page_end": doc.page_at(end)},
+            metadata={"page": doc.page_at(start), "page_end": doc.page_at(end)},
             content_hash=doc.content_hash,
             vector=vector,
+            tenant=tenant,
         )
         for index, ((start, end), vector) in enumerate(zip(spans, vectors, strict=True))
     ]
+
+
+def document_version(doc: ParsedDocument, tenant: str = "", tokens: int = 0) -> DocumentVersion:
+    """What the store records about a parsed document besides its rows."""
+    return DocumentVersion(
+        source=doc.source,
+        doc_id=document_id(doc.source, tenant),
+        content_hash=doc.content_hash,
+        text=doc.text,
+        title=doc.title,
+        tenant=tenant,
+        metadata={
+            "doc_type": doc.doc_type,
+            "size": doc.size,
+            "mtime": doc.mtime,
+            "page_count": doc.page_count,
+            "page_starts": list(doc.page_starts),
+            "tokens": tokens,
+            "length": len(doc.text),
+        },
+    )
 
 
 # -- ingest: files → store ---------------------------------------------------------------------
@@ -186,22 +242,24 @@ def ingest(
     options: IngestOptions | None = None,
     glob: str | None = None,
     prune: bool = False,
+    tenant: str = "",
+    files: Sequence[Path] | None = None,
     on_file: Callable[[str, str], None] | None = None,
 ) -> IngestReport:
     """Bring the store up to date with the files under ``paths``.
 
-    Unchanged files (same path and content hash, fully stored for this mode) are skipped; changed
-    ones replace their rows; a file that fails is reported and the rest goes on. Each document is
-    written crash-safely (see ``MilvusStore.write_document``), so a killed run can simply be
-    re-run. ``on_file(path, outcome)`` is called once per file, for progress display.
+    ``files`` is the discovery result when the caller already has it (the CLI does, for its
+    progress bar). A file that fails is reported and the rest goes on; each document is written
+    crash-safely, so a killed run can simply be re-run. ``on_file(path, outcome)`` is called
+    once per file.
     """
     options = options or IngestOptions()
     report = IngestReport()
     started = time.perf_counter()
-    files = discover(paths, glob)
-    stored = store.documents()
-    needed = set(MODES[options.mode])
-    pending: list[tuple[ParsedDocument, str]] = []
+    files = list(files) if files is not None else discover(paths, glob)
+    sources = [str(path) for path in files]
+    states = store.states([document_id(s, tenant) for s in sources])
+    pending: list[_Pending] = []
     pending_tokens = 0
 
     def notify(path: str, outcome: str) -> None:
@@ -211,109 +269,146 @@ def ingest(
     def flush_pending() -> None:
         nonlocal pending, pending_tokens
         if pending:
-            _embed_and_store(pending, store, encoder, options, report, notify)
+            _embed_and_store(pending, store, encoder, options, report, notify, tenant)
         pending, pending_tokens = [], 0
 
-    for path in files:
-        source = str(path)
+    wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
+    for source in sources:
+        doc_id = document_id(source, tenant)
         tick = time.perf_counter()
         try:
-            content_hash = file_sha256(path)
-            versions = stored.get(source, [])
-            current = _complete_version(versions, content_hash, needed)
-            if current is not None:
-                if len(versions) > 1:  # leftovers of an interrupted earlier run
-                    store.delete_stale_versions(source, content_hash)
+            data, content_hash = _read(source)
+            committed = states.get(doc_id)
+            plan = _plan(committed, content_hash, wanted)
+            if plan is None:
                 report.skipped.append(source)
                 notify(source, "skipped")
                 continue
-            document = parse_file(path)
+            kinds, outcome = plan
+            document = parse_file(source)
         except (ParseError, OSError) as err:
             report.failed.append((source, _message(err, source)))
             notify(source, "failed")
             continue
         finally:
             report.stage_seconds["parse"] += time.perf_counter() - tick
-        outcome = "updated" if stored.get(source) else "added"
-        pending.append((document, outcome))
+        pending.append(_Pending(document, doc_id, kinds, outcome, committed))
         pending_tokens += len(document.text) // 4  # a cheap estimate is enough for grouping
         if pending_tokens >= _EMBED_GROUP_TOKENS:
             flush_pending()
     flush_pending()
 
     if prune:
-        report.pruned = _prune(paths, files, stored, store)
+        report.pruned = _prune(paths, sources, glob, store, tenant)
     store.flush()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _complete_version(
-    versions: list[StoredDocument], content_hash: str, needed: set[str]
-) -> StoredDocument | None:
-    for version in versions:
-        if (
-            version.content_hash == content_hash
-            and version.complete
-            and needed <= set(version.kinds)
-        ):
-            return version
-    return None
+def _read(source: str) -> tuple[bytes, str]:
+    """A file's bytes and their SHA-256, read once."""
+    data = Path(source).read_bytes()
+    return data, content_sha256(data)
+
+
+def _tokenize(encoder: Encoder, texts: list[str]) -> list[Encoding]:
+    return encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
+
+
+def _plan(
+    committed: DocumentState | None, content_hash: str, wanted: dict[str, dict[str, Any]]
+) -> tuple[tuple[str, ...], str] | None:
+    """(kinds to embed, outcome) for one file, or None when it is stored as asked."""
+    if committed is None:
+        return tuple(wanted), "added"
+    if committed.content_hash == content_hash:
+        missing = tuple(k for k, opts in wanted.items() if not committed.holds(k, opts))
+        return (missing, "extended") if missing else None
+    # New content: refresh every kind the document held, plus the ones asked for.
+    held = [k for k in committed.kinds if k in ("doc", "late", "chunk")]
+    return tuple(dict.fromkeys([*wanted, *held])), "updated"
 
 
 def _embed_and_store(
-    pending: list[tuple[ParsedDocument, str]],
+    pending: list[_Pending],
     store: MilvusStore,
     encoder: Encoder,
     options: IngestOptions,
     report: IngestReport,
     notify: Callable[[str, str], None],
+    tenant: str,
 ) -> None:
-    documents = [doc for doc, _ in pending]
+    documents = [p.document for p in pending]
+    kinds = [p.kinds for p in pending]
     tick = time.perf_counter()
     try:
-        rows_per_doc = embed_documents(documents, encoder, options)
+        rows_per_doc: list[list[Row] | None] = list(
+            embed_documents(documents, encoder, options, kinds, tenant=tenant)
+        )
     except JragError:
         # One bad document must not sink its batch: retry one by one to find it.
         rows_per_doc = []
-        for doc in documents:
+        for doc, doc_kinds in zip(documents, kinds, strict=True):
             try:
-                rows_per_doc.append(embed_documents([doc], encoder, options)[0])
+                rows_per_doc.append(
+                    embed_documents([doc], encoder, options, [doc_kinds], tenant=tenant)[0]
+                )
             except JragError as err:
                 rows_per_doc.append(None)
                 report.failed.append((doc.source, _message(err, doc.source)))
                 notify(doc.source, "failed")
     report.stage_seconds["embed"] += time.perf_counter() - tick
-    for (doc, outcome), rows in zip(pending, rows_per_doc, strict=True):
+    token_counts = encoder.count_tokens(documents_text(documents))
+    for item, rows, tokens in zip(pending, rows_per_doc, token_counts, strict=True):
         if rows is None:
             continue
+        doc = item.document
         tick = time.perf_counter()
-        store.write_document(doc.source, doc.content_hash, rows)
+        options_by_kind = {kind: options.for_kind(kind, encoder) for kind in item.kinds}
+        store.write_document(
+            document_version(doc, tenant, tokens), rows, options_by_kind, item.committed
+        )
         report.stage_seconds["store"] += time.perf_counter() - tick
         logger.debug("stored %s (%d rows)", doc.source, len(rows))
-        report.tokens += encoder.count_tokens([doc.text])[0]
-        getattr(report, outcome).append(doc.source)
-        notify(doc.source, outcome)
+        report.tokens += tokens
+        if item.outcome == "extended":
+            report.extended.append((doc.source, list(item.kinds)))
+        else:
+            getattr(report, item.outcome).append(doc.source)
+        notify(doc.source, item.outcome)
+
+
+def documents_text(documents: Sequence[ParsedDocument]) -> list[str]:
+    return [doc.text for doc in documents]
 
 
 def _prune(
     roots: Sequence[str | Path],
-    files: list[Path],
-    stored: dict[str, list[StoredDocument]],
+    present: Sequence[str],
+    glob: str | None,
     store: MilvusStore,
+    tenant: str,
 ) -> list[str]:
-    """Delete documents stored from under ``roots`` whose files are no longer there."""
-    present = {str(f) for f in files}
+    """Delete stored documents that this run would have ingested but whose files are gone.
+
+    Only sources under ``roots`` count, and with ``glob`` only names it matches: a file the
+    glob filtered out was never this run's to judge.
+    """
+    here = set(present)
     resolved_roots = [Path(r).expanduser().resolve() for r in roots]
-    gone = [
-        source
-        for source in stored
-        if source not in present
-        and any(Path(source) == root or root in Path(source).parents for root in resolved_roots)
-    ]
+    gone = []
+    for state in store.all_states(tenant):
+        source = Path(state.source)
+        if state.source in here:
+            continue
+        if not any(source == root or root in source.parents for root in resolved_roots):
+            continue
+        if glob is not None and not (fnmatch(source.name, glob) or source.match(glob)):
+            continue
+        gone.append(state)
     if gone:
-        store.delete_sources(gone)
-    return sorted(gone)
+        store.delete_documents([s.doc_id for s in gone])
+    return sorted(s.source for s in gone)
 
 
 def _message(err: Exception, source: str) -> str:
@@ -321,49 +416,5 @@ def _message(err: Exception, source: str) -> str:
     return text if source in text else f"{source}: {text}"
 
 
-# -- search: query → documents -----------------------------------------------------------------
-
-
-def search(
-    query: str,
-    store: MilvusStore,
-    encoder: Encoder,
-    *,
-    k: int = 5,
-    mode: str = "whole",
-    filter: str | None = None,
-) -> list[SearchResult]:
-    """The ``k`` best documents for ``query``; each document scores as its best row of the mode."""
-    if mode not in SEARCH_KIND:
-        raise InputError(f"unknown mode {mode!r}; use one of {', '.join(SEARCH_KIND)}")
-    if not isinstance(query, str) or not query.strip():
-        raise InputError("the query is empty")
-    vector = encoder.encode([query])[0]
-    # Several rows may belong to one document: over-fetch, then keep each document's best row.
-    hits = store.search(
-        vector, k=min(max(k * 20, 50), 16384), kind=SEARCH_KIND[mode], filter=filter
-    )
-    return best_per_document(hits, k)
-
-
-def best_per_document(hits: Iterable[Hit], k: int) -> list[SearchResult]:
-    """Keep each document's highest-scoring hit, best first, at most ``k`` documents."""
-    best: dict[str, Hit] = {}
-    for hit in hits:
-        if hit.doc_id not in best or hit.score > best[hit.doc_id].score:
-            best[hit.doc_id] = hit
-    ranked = sorted(best.values(), key=lambda hit: -hit.score)[:k]
-    return [
-        SearchResult(
-            doc_id=h.doc_id,
-            source=h.source,
-            title=h.title,
-            score=h.score,
-            kind=h.kind,
-            start=h.start,
-            end=h.end,
-            text=h.text,
-            metadata=h.metadata,
-        )
-        for h in ranked
-    ]
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

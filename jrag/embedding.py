@@ -1,0 +1,50 @@
+"""Encoders shared across a process, and the helpers every front door embeds through."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from jrag.encoder import Encoder
+from jrag.store import Identity
+
+_ENCODERS: dict[tuple[str, str | None, str | None], Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def load_encoder(
+    model: str, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> Encoder:
+    """``Encoder.from_pretrained(model, device, dtype)``, loaded once per process, then shared.
+
+    Adapters are cheap objects that frameworks build often (one per chain, per test, per
+    request); the weights behind them should be loaded once.
+    """
+    key = (str(model), device, str(dtype) if dtype is not None else None)
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            kwargs = {"dtype": dtype} if dtype is not None else {}
+            _ENCODERS[key] = Encoder.from_pretrained(model, device=device, **kwargs)
+        return _ENCODERS[key]
+
+
+def identity_of(encoder: Encoder) -> Identity:
+    """The model identity a collection records and checks: name, dim, fingerprint, dtype."""
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    return Identity(
+        model=encoder.name,
+        dim=encoder.dim,
+        fingerprint=getattr(encoder, "fingerprint", ""),
+        dtype=dtype,
+    )
+
+
+def embed_texts(
+    encoder: Encoder, texts: list[str], *, max_length: int, normalize: bool
+) -> list[list[float]]:
+    """Vectors as plain lists, for the frameworks; ``max_length`` is clamped to the model's."""
+    vectors = encoder.encode(
+        list(texts), max_length=min(max_length, encoder.max_length), normalize=normalize
+    )
+    return vectors.tolist()

@@ -1,0 +1,318 @@
+"""Search: a query → the best documents, each with its best passage and a character span.
+
+The same function serves ``jrag search``, ``jrag ask``, both retrievers and the eval:
+
+1. the query is embedded once (callers that already have its vector pass it in);
+2. :meth:`MilvusStore.rank` ranks documents exactly (grouped search, or an exact loop), over
+   every kind the collection holds (``mode="auto"``) or one mode's kinds, dense or hybrid
+   (dense + BM25, fused with RRF) where the collection has full-text search;
+3. each winner's best passage is its best late chunk (or naive chunk); a whole-document hit in
+   a collection with late chunks looks for its best late chunk inside that document;
+4. only then is text read, for the winners alone: ``content="passage"`` gives the passage plus
+   neighbouring context up to ``context_tokens``; ``content="document"`` gives the whole window.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jrag.encoder import Encoder
+from jrag.errors import InputError
+from jrag.modes import CONTENTS, DEFAULT_SEARCH_MODE, full_text_kinds, search_kinds
+from jrag.store import DocumentState, MilvusStore, Query, RankedRow
+from jrag.store.filters import all_of, one_of
+
+logger = logging.getLogger("jrag")
+
+DEFAULT_CONTEXT_TOKENS = 384
+_NOTICES: set[tuple[str, str]] = set()
+_NOTICES_LOCK = threading.Lock()
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+@dataclass
+class SearchResult:
+    """One retrieved document: its content span, and the passage that matched best.
+
+    ``start``/``end``/``text`` are the content handed on (a passage with context, or the whole
+    window); ``passage_start``/``passage_end`` the best passage inside it. Offsets index the
+    document's parsed text, so ``parse_file(source).text[start:end] == text``.
+    """
+
+    doc_id: str
+    source: str
+    title: str
+    score: float
+    kind: str
+    start: int
+    end: int
+    text: str
+    passage_start: int
+    passage_end: int
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def page(self) -> int | None:
+        return self.metadata.get("page")
+
+
+@dataclass
+class SearchOptions:
+    """How to search; the defaults are what ``jrag search`` and the retrievers use."""
+
+    k: int = 5
+    mode: str = DEFAULT_SEARCH_MODE
+    filter: str | None = None
+    hybrid: bool = True
+    ranker: str = "rrf"
+    weights: tuple[float, float] = (0.5, 0.5)
+    content: str = "passage"
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS
+    tenant: str = ""
+    full_text_kinds: tuple[str, ...] | None = None  # None: by measurement (jrag.modes)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise InputError(f"k must be a positive number of documents, not {self.k!r}")
+        if self.content not in CONTENTS:
+            raise InputError(f"unknown content {self.content!r}; use one of {', '.join(CONTENTS)}")
+        if len(self.weights) != 2 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise InputError(f"weights must be two non-negative numbers, not {self.weights!r}")
+
+
+def embed_query(encoder: Encoder, query: str) -> np.ndarray:
+    """The query's vector; an empty query is an InputError."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("the query is empty")
+    return encoder.encode([query])[0]
+
+
+def build_query(
+    store: MilvusStore, query: str, vector: np.ndarray, options: SearchOptions
+) -> Query:
+    """The store query for ``options``: kinds from the mode, BM25 where available."""
+    kinds = search_kinds(options.mode, store.manifest.vector_kinds, store.where)
+    text_kinds: tuple[str, ...] = ()
+    if options.hybrid:
+        if store.full_text:
+            preferred = options.full_text_kinds
+            text_kinds = (
+                full_text_kinds(kinds) if preferred is None else tuple(k for k in preferred)
+            )
+        else:
+            _notice_once(store, _no_full_text_reason(store))
+    return Query(
+        vector=vector,
+        text=query,
+        k=options.k,
+        kinds=kinds,
+        full_text_kinds=text_kinds,
+        ranker=options.ranker,
+        weights=tuple(options.weights),
+        filter=options.filter,
+        tenant=options.tenant,
+    )
+
+
+def search(
+    query: str,
+    store: MilvusStore,
+    encoder: Encoder,
+    options: SearchOptions | None = None,
+    *,
+    vector: np.ndarray | None = None,
+    **overrides,
+) -> list[SearchResult]:
+    """The ``k`` best documents for ``query``, best first (see the module docstring).
+
+    Keyword ``overrides`` set :class:`SearchOptions` fields (``k=3, mode="late"``).
+    """
+    options = options or SearchOptions(**overrides)
+    if options is not None and overrides:
+        options = SearchOptions(**{**options.__dict__, **overrides})
+    if store.read_only:
+        _notice_once(store, store.legacy_notice())
+    vector = embed_query(encoder, query) if vector is None else vector
+    ranked, states = store.rank(build_query(store, query, vector, options))
+    if not ranked:
+        return []
+    passages = _best_passages(store, query, vector, ranked, states, options)
+    return [
+        _result(store, encoder, row, states.get(row.doc_id), passages.get(row.doc_id), options)
+        for row in ranked
+    ]
+
+
+# -- passages ------------------------------------------------------------------------------------
+
+
+def _best_passages(
+    store: MilvusStore,
+    query: str,
+    vector: np.ndarray,
+    ranked: Sequence[RankedRow],
+    states: dict[str, DocumentState],
+    options: SearchOptions,
+) -> dict[str, RankedRow]:
+    """Each document's best passage row: its best row itself, unless that is a whole window
+    and the document has late chunks, which are then searched within it."""
+    passages = {r.doc_id: r for r in ranked if r.kind != "doc"}
+    need = [
+        r.doc_id
+        for r in ranked
+        if r.kind == "doc" and (states.get(r.doc_id) and "late" in states[r.doc_id].kinds)
+    ]
+    if need:
+        inner = SearchOptions(
+            k=len(need), mode="late", hybrid=options.hybrid, ranker=options.ranker,
+            weights=options.weights, tenant=options.tenant, full_text_kinds=("late",),
+            filter=all_of(one_of("doc_id", need), options.filter),
+        )  # fmt: skip
+        late_query = build_query(store, query, vector, inner)
+        rows, _ = store.rank(late_query)
+        passages.update({r.doc_id: r for r in rows})
+    return passages
+
+
+def _result(
+    store: MilvusStore,
+    encoder: Encoder,
+    best: RankedRow,
+    state: DocumentState | None,
+    passage: RankedRow | None,
+    options: SearchOptions,
+) -> SearchResult:
+    passage = passage or best
+    if state is None:  # an older schema: the row itself is all there is
+        row = store.rows([best.id])[0]
+        return SearchResult(
+            row.doc_id, row.source, row.title, best.score, best.kind, row.start, row.end,
+            row.text, row.start, row.end, row.metadata,
+        )  # fmt: skip
+    if options.content == "document":
+        start, end = _window_around(store, state, best, passage)
+    else:
+        start, end = _with_context(store, encoder, state, passage, options.context_tokens)
+    text = store.document_text(state, start, end)
+    metadata = {
+        **{k: v for k, v in state.metadata.items() if k != "page_starts"},
+        "page": _page_at(state, start),
+        "page_end": _page_at(state, end),
+    }
+    return SearchResult(
+        doc_id=state.doc_id, source=state.source, title=state.title, score=best.score,
+        kind=best.kind, start=start, end=end, text=text, passage_start=passage.start,
+        passage_end=passage.end, metadata=metadata,
+    )  # fmt: skip
+
+
+def _window_around(
+    store: MilvusStore, state: DocumentState, best: RankedRow, passage: RankedRow
+) -> tuple[int, int]:
+    """The whole-document window holding the passage (the document itself past no window)."""
+    if best.kind == "doc":
+        return best.start, best.end
+    windows = store.get_rows([state.doc_id], "doc")
+    for window in windows:
+        if window.start <= passage.start and passage.end <= window.end:
+            return window.start, window.end
+    return 0, int(state.metadata.get("length", passage.end))
+
+
+def _with_context(
+    store: MilvusStore,
+    encoder: Encoder,
+    state: DocumentState,
+    passage: RankedRow,
+    budget: int,
+) -> tuple[int, int]:
+    """The passage grown by whole sentences on both sides while it fits in ``budget`` tokens
+    (small-to-big: the match is found on a small span, the reader gets its surroundings)."""
+    start, end = passage.start, passage.end
+    margin = 8 * budget  # characters: plenty for ``budget`` tokens of ordinary text
+    low = max(0, start - margin)
+    around = store.document_text(state, low, end + margin)
+    if not around:
+        return start, end
+    high = low + len(around)
+    used = _tokens(encoder, around[start - low : end - low])
+    before = _sentence_cuts(around, low, start, backwards=True)
+    after = _sentence_cuts(around, low, end, backwards=False)
+    while before or after:
+        grown = False
+        for cuts, side in ((after, "after"), (before, "before")):
+            if not cuts:
+                continue
+            cut = cuts[0]
+            if side == "before":
+                piece = around[cut - low : start - low]
+            else:
+                piece = around[end - low : cut - low]
+            cost = _tokens(encoder, piece)
+            if used + cost > budget:
+                cuts.clear()
+                continue
+            used += cost
+            cuts.pop(0)
+            if side == "before":
+                start = cut
+            else:
+                end = cut
+            grown = True
+        if not grown:
+            break
+    return max(start, low), min(end, high)
+
+
+def _sentence_cuts(text: str, offset: int, at: int, *, backwards: bool) -> list[int]:
+    """Sentence boundaries in ``text`` (which starts at ``offset``) beyond ``at``, nearest first."""
+    bounds = [offset + m.end() for m in _SENTENCE_END.finditer(text)]
+    if backwards:
+        return [b for b in reversed(bounds) if b < at] + ([offset] if offset < at else [])
+    ends = [offset + m.start() for m in _SENTENCE_END.finditer(text)]
+    return [e for e in ends if e > at] + [offset + len(text)]
+
+
+def _tokens(encoder: Encoder, text: str) -> int:
+    if not text.strip():
+        return 0
+    return len(encoder.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _page_at(state: DocumentState, offset: int) -> int | None:
+    starts = state.metadata.get("page_starts") or []
+    if not starts:
+        return None
+    return max(1, bisect.bisect_right(starts, offset))
+
+
+# -- notices ---------------------------------------------------------------------------------------
+
+
+def _no_full_text_reason(store: MilvusStore) -> str:
+    if not store.conn.capabilities.bm25:
+        return (
+            f"full-text search is off for {store.where}: Milvus "
+            f"{store.conn.capabilities.version} has no BM25 (it needs Milvus ≥ 2.5 or Milvus "
+            "Lite); searching by vectors only"
+        )
+    return (
+        f"full-text search is off for {store.where}: it was created without it; searching by "
+        "vectors only"
+    )
+
+
+def _notice_once(store: MilvusStore, message: str) -> None:
+    key = (store.where, message)
+    with _NOTICES_LOCK:
+        if key in _NOTICES:
+            return
+        _NOTICES.add(key)
+    logger.warning(message)

@@ -1,0 +1,297 @@
+"""A collection's identity and contents: its schema, and the manifest that says what it holds.
+
+The manifest lives in the collection itself, as a few rows of kind ``manifest`` read with one
+small query (never a scan of the document rows):
+
+- ``__manifest__``: the schema version, the model's name, fingerprint, dimension and dtype, and
+  whether the collection has full-text (BM25) search;
+- ``__manifest__:kind:<kind>``: one per row kind the collection holds, with the ingest options
+  that built it (window, overlap, late-chunk size and strategy, naive chunk size).
+
+Kinds only ever get added, each by its own row, so two writers adding different kinds at once
+cannot lose one another's entry. Creation also records the schema version and model in the
+collection's properties, which is how a collection of an older jrag schema is recognised.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+from jrag.errors import StoreError
+from jrag.store.connection import Connection
+from jrag.store.rows import (
+    MANIFEST_KIND,
+    MAX_DOC_ID,
+    MAX_HASH,
+    MAX_ID,
+    MAX_KIND,
+    MAX_SOURCE,
+    MAX_TENANT,
+    MAX_TEXT,
+    MAX_TITLE,
+    VECTOR_KINDS,
+    json_metadata,
+    quote,
+)
+
+SCHEMA_VERSION = 2
+MANIFEST_ID = "__manifest__"
+REQUIRED_FIELDS = (
+    "id", "doc_id", "tenant", "kind", "chunk_index", "chunk_count", "start", "end", "text",
+    "source", "title", "metadata", "content_hash", "vector",
+)  # fmt: skip
+BM25_FIELD = "sparse"
+HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+
+
+@dataclass
+class Identity:
+    """The embedding model a collection's vectors come from."""
+
+    model: str
+    dim: int
+    fingerprint: str = ""
+    dtype: str = "float32"
+
+
+@dataclass
+class Manifest:
+    """What a collection is and holds, as recorded in it."""
+
+    schema_version: int
+    identity: Identity
+    bm25: bool
+    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> ingest options
+    legacy: bool = False  # written by an older schema: readable, not writable
+
+    @property
+    def vector_kinds(self) -> tuple[str, ...]:
+        """The searchable row kinds this collection holds, in a fixed order."""
+        return tuple(kind for kind in VECTOR_KINDS if kind in self.kinds)
+
+
+def manifest_row_ids(kinds: list[str]) -> list[str]:
+    return [MANIFEST_ID, *(f"{MANIFEST_ID}:kind:{kind}" for kind in kinds)]
+
+
+def create_collection(
+    conn: Connection, name: str, identity: Identity, *, bm25: bool | None = None
+) -> Manifest:
+    """Create ``name`` with jrag's schema; BM25 only where the backend has it."""
+    bm25 = conn.capabilities.bm25 if bm25 is None else bm25 and conn.capabilities.bm25
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    v = DataType.VARCHAR
+    schema.add_field("id", v, is_primary=True, max_length=MAX_ID)
+    schema.add_field("doc_id", v, max_length=MAX_DOC_ID)
+    # Tenants share one collection; the partition key keeps each one's rows together.
+    schema.add_field("tenant", v, max_length=MAX_TENANT, is_partition_key=True)
+    schema.add_field("kind", v, max_length=MAX_KIND)
+    schema.add_field("chunk_index", DataType.INT64)
+    schema.add_field("chunk_count", DataType.INT64)
+    schema.add_field("start", DataType.INT64)
+    schema.add_field("end", DataType.INT64)
+    schema.add_field("text", v, max_length=MAX_TEXT, **({"enable_analyzer": True} if bm25 else {}))
+    schema.add_field("source", v, max_length=MAX_SOURCE)
+    schema.add_field("title", v, max_length=MAX_TITLE)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("content_hash", v, max_length=MAX_HASH)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=identity.dim)
+    index_params = MilvusClient.prepare_index_params()
+    if conn.is_lite:  # exact search; Lite is for local corpora
+        index_params.add_index("vector", index_type="FLAT", metric_type="COSINE")
+    else:
+        index_params.add_index(
+            "vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS
+        )
+    if bm25:
+        # Milvus computes the sparse BM25 vector from ``text`` itself, on insert.
+        schema.add_field(BM25_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=[BM25_FIELD],
+            )
+        )
+        index_params.add_index(BM25_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    conn.call(
+        f"create collection '{name}'",
+        conn.client.create_collection,
+        name,
+        schema=schema,
+        index_params=index_params,
+        consistency_level="Strong",
+        properties={
+            "jrag.schema": str(SCHEMA_VERSION),
+            "jrag.model": identity.model,
+            "jrag.dim": str(identity.dim),
+        },
+    )
+    manifest = Manifest(SCHEMA_VERSION, identity, bm25)
+    write_manifest(conn, name, manifest)
+    return manifest
+
+
+def write_manifest(
+    conn: Connection, name: str, manifest: Manifest, kinds: list[str] | None = None
+) -> None:
+    """Upsert the identity row, and the rows of ``kinds`` (default: none)."""
+    identity = manifest.identity
+    rows = [
+        _manifest_row(
+            MANIFEST_ID,
+            "",
+            {
+                "schema_version": manifest.schema_version,
+                "model": identity.model,
+                "fingerprint": identity.fingerprint,
+                "dim": identity.dim,
+                "dtype": identity.dtype,
+                "bm25": manifest.bm25,
+            },
+            identity.dim,
+        )
+    ]
+    for kind in kinds or []:
+        rows.append(
+            _manifest_row(
+                f"{MANIFEST_ID}:kind:{kind}",
+                kind,
+                {"kind": kind, "options": manifest.kinds.get(kind, {})},
+                identity.dim,
+            )
+        )
+    conn.call(f"write the manifest of '{name}'", conn.client.upsert, name, rows)
+
+
+def _manifest_row(row_id: str, title: str, data: dict, dim: int) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "doc_id": MANIFEST_ID,
+        "tenant": "",
+        "kind": MANIFEST_KIND,
+        "chunk_index": 0,
+        "chunk_count": 0,
+        "start": 0,
+        "end": 0,
+        "text": "",
+        "source": "",
+        "title": title,
+        "metadata": data,
+        "content_hash": "",
+        "vector": placeholder_vector(dim),
+    }
+
+
+def placeholder_vector(dim: int) -> list[float]:
+    """The vector of rows that are never searched by vector (Milvus needs one on every row)."""
+    return [1.0] + [0.0] * (dim - 1)
+
+
+def read_manifest(conn: Connection, name: str) -> Manifest:
+    """The manifest of an existing collection; older schemas come back ``legacy``."""
+    info = conn.call(f"describe collection '{name}'", conn.client.describe_collection, name)
+    props = info.get("properties") or {}
+    fields = {f.get("name"): f for f in info.get("fields", [])}
+    where = f"collection '{name}' at {conn.display}"
+    if "jrag.schema" not in props:
+        raise StoreError(
+            f"{where} was not created by jrag (it records no jrag schema). Use another "
+            f"--collection, or `jrag drop -c {name}` to delete it"
+        )
+    try:
+        version = int(props["jrag.schema"])
+    except ValueError:
+        version = 0
+    vector = fields.get("vector") or {}
+    dim = int((vector.get("params") or {}).get("dim", 0) or props.get("jrag.dim", 0))
+    if version < SCHEMA_VERSION:
+        return _legacy_manifest(conn, name, props, dim, version)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} was written by a newer jrag (schema {version}; this one knows "
+            f"{SCHEMA_VERSION}). Upgrade jrag"
+        )
+    missing = [f for f in REQUIRED_FIELDS if f not in fields]
+    if missing:
+        raise StoreError(
+            f"{where} carries jrag's properties but lacks its fields ({', '.join(missing)}); it "
+            f"was not written by this jrag. Use another --collection, or `jrag drop -c {name}`"
+        )
+    rows = conn.call(
+        f"read the manifest of '{name}'",
+        conn.client.query,
+        name,
+        filter=f"kind == {quote(MANIFEST_KIND)}",
+        output_fields=["id", "title", "metadata"],
+        limit=64,
+        consistency_level="Strong",
+    )
+    head = next((r for r in rows if r["id"] == MANIFEST_ID), None)
+    if head is None:
+        raise StoreError(f"{where} has no manifest row; it was not written by this jrag")
+    data = json_metadata(head["metadata"])
+    identity = Identity(
+        model=str(data.get("model", props.get("jrag.model", ""))),
+        dim=int(data.get("dim", dim)),
+        fingerprint=str(data.get("fingerprint", "")),
+        dtype=str(data.get("dtype", "float32")),
+    )
+    kinds = {
+        str(r["title"]): json_metadata(r["metadata"]).get("options", {})
+        for r in rows
+        if r["id"] != MANIFEST_ID
+    }
+    bm25 = bool(data.get("bm25")) and BM25_FIELD in fields
+    return Manifest(SCHEMA_VERSION, identity, bm25, kinds)
+
+
+def _legacy_manifest(conn: Connection, name: str, props: dict, dim: int, version: int) -> Manifest:
+    """A collection of schema 1: its kinds come from three count queries."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for kind in VECTOR_KINDS:
+        rows = conn.call(
+            f"count the rows of '{name}'",
+            conn.client.query,
+            name,
+            filter=f"kind == {quote(kind)}",
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+        )
+        if rows and int(rows[0].get("count(*)", 0)) > 0:
+            kinds[kind] = {}
+    identity = Identity(model=str(props.get("jrag.model", "")), dim=dim)
+    return Manifest(version, identity, bm25=False, kinds=kinds, legacy=True)
+
+
+def legacy_notice(name: str, conn: Connection, manifest: Manifest) -> str:
+    """How to rebuild a collection of an older schema."""
+    return (
+        f"collection '{name}' at {conn.display} was written by an older jrag (schema "
+        f"{manifest.schema_version}; this one writes {SCHEMA_VERSION}). It is open read-only: "
+        f"searches work, without full-text search. To rebuild it: `jrag drop -c {name} --yes`, "
+        f"then `jrag ingest PATH -c {name}` (or ingest into a new --collection)"
+    )
+
+
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as plain data (for ``jrag stats`` and JSON output)."""
+    return {
+        "schema_version": manifest.schema_version,
+        "model": manifest.identity.model,
+        "fingerprint": manifest.identity.fingerprint[:16],
+        "dim": manifest.identity.dim,
+        "dtype": manifest.identity.dtype,
+        "kinds": {kind: manifest.kinds[kind] for kind in sorted(manifest.kinds)},
+        "full_text_search": manifest.bm25,
+        "read_only": manifest.legacy,
+    }
+
+
+def kinds_json(manifest: Manifest) -> str:
+    return json.dumps(describe(manifest)["kinds"], sort_keys=True)
