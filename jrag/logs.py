@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pymilvus.decorators":
+            return False  # jrag raises the error itself, as one line
         if record.exc_info and isinstance(record.exc_info[1], NotImplementedError):
             return False  # Lite's gRPC server lacks some RPCs that pymilvus probes, then skips
         message = record.getMessage()
@@ -17,7 +19,13 @@ class _DropNoise(logging.Filter):
         )
 
 
-_NOISY = ("grpc._server", "pymilvus", "pymilvus.orm.iterator", "milvus_lite.server_manager")
+_NOISY = (
+    "grpc._server",
+    "pymilvus",
+    "pymilvus.decorators",  # logs every failed call's traceback before raising it
+    "pymilvus.orm.iterator",
+    "milvus_lite.server_manager",
+)
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ class DocumentRanker:
 
     def rank(self, query: Query) -> tuple[list[RankedRow], dict[str, DocumentState]]:
         """The ``query.k`` best documents' best rows, best first, with their states."""
-        if query.k <= 0 or not query.kinds:
+        if query.k <= 0 or not (query.kinds or query.full_text_kinds):
             return [], {}
         if query.ranker not in RANKERS:
             raise InputError(f"unknown ranker {query.ranker!r}; use one of {', '.join(RANKERS)}")
@@ -103,7 +103,7 @@ class DocumentRanker:
         if len(ranked) < query.k:
             # No grouping here, or the grouped candidates ran short: the exact loop fills up.
             self._loop(query, user, states, ranked)
-        best = sorted(ranked.values(), key=lambda r: -r.score)[: query.k]
+        best = list(ranked.values())[: query.k]  # in search order (Lite's BM25 scores are negative)
         return best, {r.doc_id: states[r.doc_id] for r in best if r.doc_id in states}
 
     def _grouped(
@@ -157,6 +157,25 @@ class DocumentRanker:
                 ranked[row.doc_id] = row
         return invisible
 
+    def top_rows(self, query: Query, limit: int) -> list[RankedRow]:
+        """The ``limit`` best visible rows, best first, several per document allowed."""
+        user = check_user_filter(query.filter)
+        self._excluded = []
+        states: dict[str, DocumentState] = {}
+        for _ in range(MAX_ROUNDS):
+            rows = self._search(query, user, _exclusion(self._excluded), limit, group=False)
+            states.update(self._states_of(rows, states))
+            kept = []
+            for row in rows:
+                self._check_restriction(row, query)
+                if self._visible(row, states.get(row.doc_id)):
+                    kept.append(row)
+                else:
+                    self._excluded.append((row.doc_id, row.content_hash, row.kind))
+            if len(kept) == len(rows):
+                return kept
+        return kept
+
     # -- one search ------------------------------------------------------------------------------
 
     def _search(
@@ -174,7 +193,16 @@ class DocumentRanker:
         client = self.conn.client
         try:
             with quiet_milvus_logs():
-                if query.full_text_kinds:
+                if not query.kinds:  # full-text search alone
+                    text_expr = all_of(
+                        restriction(query.full_text_kinds, query.tenant), user, exclusions
+                    )
+                    result = client.search(
+                        self.collection, data=[query.text], filter=text_expr, limit=limit,
+                        output_fields=HIT_FIELDS, search_params={"metric_type": "BM25"},
+                        anns_field=BM25_FIELD, consistency_level="Strong", **grouping,
+                    )  # fmt: skip
+                elif query.full_text_kinds:
                     text_expr = all_of(
                         restriction(query.full_text_kinds, query.tenant), user, exclusions
                     )
@@ -273,5 +301,12 @@ def _is_parse_error(message: str) -> bool:
     lowered = message.lower()
     return any(
         marker in lowered
-        for marker in ("parse expr", "query plan", "syntax", "invalid expr", "not exist")
+        for marker in (
+            "parse expr",
+            "query plan",
+            "syntax",
+            "invalid expr",
+            "not exist",
+            "unknown field",
+        )
     )
