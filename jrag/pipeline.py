@@ -190,6 +190,13 @@ def _rows(
     tenant: str,
 ) -> list[Row]:
     doc_id = document_id(doc.source, tenant)
+    # Document facts on every row, so that a user filter (metadata["doc_type"] == "pdf") works.
+    base = {
+        "doc_type": doc.doc_type,
+        "size": doc.size,
+        "mtime": doc.mtime,
+        "page_count": doc.page_count,
+    }
     return [
         Row(
             doc_id=doc_id,
@@ -201,7 +208,7 @@ def _rows(
             text=doc.text[start:end],
             source=doc.source,
             title=doc.title,
-            metadata={"page": doc.page_at(start), "page_end": doc.page_at(end)},
+            metadata={**base, "page": doc.page_at(start), "page_end": doc.page_at(end)},
             content_hash=doc.content_hash,
             vector=vector,
             tenant=tenant,

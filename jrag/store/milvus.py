@@ -64,11 +64,15 @@ class MilvusStore:
         *,
         token: str | None = None,
         identity: Identity | None = None,
+        model: str | None = None,
+        dim: int | None = None,
         create: bool = True,
         full_text: bool | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         flush_each_write: bool | None = None,
     ) -> None:
+        if identity is None and model is not None and dim is not None:
+            identity = Identity(model=model, dim=int(dim))  # a model known by name and dim only
         if identity is None and create:
             raise StoreError(
                 "MilvusStore needs the embedding model's identity to create a collection"
