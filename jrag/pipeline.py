@@ -284,7 +284,7 @@ def ingest(
         doc_id = document_id(source, tenant)
         tick = time.perf_counter()
         try:
-            data, content_hash = _read(source)
+            _data, content_hash = _read(source)  # the bytes go to parse_file once it takes them
             committed = states.get(doc_id)
             plan = _plan(committed, content_hash, wanted)
             if plan is None:

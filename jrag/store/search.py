@@ -181,7 +181,9 @@ class DocumentRanker:
     def _search(
         self, query: Query, user: str | None, exclusions: str | None, limit: int, *, group: bool
     ) -> list[RankedRow]:
-        dense_expr = all_of(restriction(query.kinds, query.tenant), user, exclusions)
+        tenant = query.tenant if self.check_versions else None  # older schemas had no tenant
+        fields = HIT_FIELDS if self.check_versions else [f for f in HIT_FIELDS if f != "tenant"]
+        dense_expr = all_of(restriction(query.kinds, tenant), user, exclusions)
         grouping: dict[str, Any] = {"group_by_field": "doc_id"} if group else {}
         # Hybrid legs fetch candidates beyond ``limit``, so that fusing, then grouping, still
         # finds ``limit`` documents when some own many rows.
@@ -194,18 +196,14 @@ class DocumentRanker:
         try:
             with quiet_milvus_logs():
                 if not query.kinds:  # full-text search alone
-                    text_expr = all_of(
-                        restriction(query.full_text_kinds, query.tenant), user, exclusions
-                    )
+                    text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
                     result = client.search(
                         self.collection, data=[query.text], filter=text_expr, limit=limit,
-                        output_fields=HIT_FIELDS, search_params={"metric_type": "BM25"},
+                        output_fields=fields, search_params={"metric_type": "BM25"},
                         anns_field=BM25_FIELD, consistency_level="Strong", **grouping,
                     )  # fmt: skip
                 elif query.full_text_kinds:
-                    text_expr = all_of(
-                        restriction(query.full_text_kinds, query.tenant), user, exclusions
-                    )
+                    text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
                     legs = [
                         AnnSearchRequest(
                             [vector], "vector", dense_params, leg_limit, expr=dense_expr
@@ -221,13 +219,13 @@ class DocumentRanker:
                         else WeightedRanker(*query.weights, norm_score=True)
                     )
                     result = client.hybrid_search(
-                        self.collection, legs, ranker, limit=limit, output_fields=HIT_FIELDS,
+                        self.collection, legs, ranker, limit=limit, output_fields=fields,
                         consistency_level="Strong", **grouping,
                     )  # fmt: skip
                 else:
                     result = client.search(
                         self.collection, data=[vector], filter=dense_expr, limit=limit,
-                        output_fields=HIT_FIELDS, search_params=dense_params,
+                        output_fields=fields, search_params=dense_params,
                         anns_field="vector", consistency_level="Strong", **grouping,
                     )  # fmt: skip
         except MILVUS_ERRORS as e:
@@ -260,7 +258,8 @@ class DocumentRanker:
     @staticmethod
     def _check_restriction(row: RankedRow, query: Query) -> None:
         allowed = set(query.kinds) | set(query.full_text_kinds)
-        if row.kind not in allowed or row.tenant != query.tenant:
+        wrong_tenant = row.tenant is not None and row.tenant != query.tenant
+        if row.kind not in allowed or wrong_tenant:
             raise InputError(
                 f"the filter {query.filter!r} widened the search beyond jrag's restriction "
                 "(kinds and tenant); a filter can only narrow a search"
@@ -272,7 +271,7 @@ def _ranked_row(hit: dict) -> RankedRow:
     return _Row(
         id=hit.get("id", entity.get("id")),
         doc_id=entity["doc_id"],
-        tenant=entity.get("tenant", ""),
+        tenant=entity.get("tenant"),
         kind=entity["kind"],
         chunk_index=int(entity["chunk_index"]),
         start=int(entity["start"]),
@@ -284,7 +283,7 @@ def _ranked_row(hit: dict) -> RankedRow:
 
 @dataclass
 class _Row(RankedRow):
-    tenant: str = ""
+    tenant: str | None = None  # None: the older schema has no tenant field
 
 
 def _exclusion(excluded: Sequence[tuple[str, str, str]]) -> str | None:
