@@ -28,7 +28,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from jrag.chunking import late_chunk_spans, pool_spans
-from jrag.encoder import Encoder, TokenStates
+from jrag.encoder import DEFAULT_BATCH_TOKENS, Encoder, TokenStates
 from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
 from jrag.parse import ParsedDocument, discover, parse_file
@@ -132,11 +132,13 @@ def embed_documents(
     kinds: Sequence[tuple[str, ...]] | None = None,
     *,
     tenant: str = "",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> list[list[Row]]:
     """Rows of ``kinds[i]`` (default: the mode's kinds) for each document, in shared batches.
 
     Never truncates: long documents get overlapping windows (``doc`` rows) or as many chunks as
     they need. Each document is tokenized once; its windows and late chunks share that pass.
+    ``batch_tokens`` bounds one forward batch (rows × longest row).
     """
     kinds = list(kinds) if kinds is not None else [options.kinds] * len(documents)
     encodings = _tokenize(encoder, [doc.text for doc in documents])
@@ -144,7 +146,9 @@ def embed_documents(
     windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks)]
     if windowed:
         windows_per_doc = encoder.encode_windows(
-            [documents[i].text for i in windowed], overlap=options.overlap(encoder)
+            [documents[i].text for i in windowed],
+            overlap=options.overlap(encoder),
+            batch_tokens=batch_tokens,
         )
         for i, windows in zip(windowed, windows_per_doc, strict=True):
             doc = documents[i]
@@ -159,7 +163,10 @@ def embed_documents(
         # the naive chunks, cut exactly at the token budget.
         max_length = min(options.naive_chunk_tokens, encoder.max_length)
         windows_per_doc = encoder.encode_windows(
-            [documents[i].text for i in chunked], max_length=max_length, overlap=0
+            [documents[i].text for i in chunked],
+            max_length=max_length,
+            overlap=0,
+            batch_tokens=batch_tokens,
         )
         for i, windows in zip(chunked, windows_per_doc, strict=True):
             spans = [w.span for w in windows]
@@ -286,7 +293,7 @@ def ingest(
         try:
             _data, content_hash = _read(source)  # the bytes go to parse_file once it takes them
             committed = states.get(doc_id)
-            plan = _plan(committed, content_hash, wanted)
+            plan = plan_file(committed, content_hash, wanted)
             if plan is None:
                 report.skipped.append(source)
                 notify(source, "skipped")
@@ -322,7 +329,7 @@ def _tokenize(encoder: Encoder, texts: list[str]) -> list[Encoding]:
     return encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
 
 
-def _plan(
+def plan_file(
     committed: DocumentState | None, content_hash: str, wanted: dict[str, dict[str, Any]]
 ) -> tuple[tuple[str, ...], str] | None:
     """(kinds to embed, outcome) for one file, or None when it is stored as asked."""
