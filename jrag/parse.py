@@ -2,7 +2,9 @@
 
 PDF, HTML, DOCX and Markdown go through ``unstructured``'s partitioners, run offline (see
 :mod:`jrag._spacy_offline`); plain text is decoded here, so that its line breaks and indentation
-survive. Every failure is a :class:`~jrag.errors.ParseError` whose message names the file.
+survive. Every failure is a :class:`~jrag.errors.ParseError` whose one-line message names the
+file. Discovery keeps each file's path as found under the folder given, links included, and walks
+without recursion, so links and loops cannot make it leave the folder or run forever.
 """
 
 from __future__ import annotations
@@ -223,15 +225,25 @@ def discover_files(
             broken = " (a broken symlink)" if path.is_symlink() else ""
             raise ParseError(f"{display_path(raw)} does not exist{broken}")
         if path.is_dir():
-            _walk(path.resolve(), glob, follow_links, found, skipped)
+            _walk(resolve_root(path), glob, follow_links, found, skipped)
         else:
             _doc_type(path)  # raises for an unsupported suffix
             if glob is None or path.match(glob):
-                found.add(path.absolute().parent.resolve() / path.name)
+                found.add(resolve_root(path))
     return Discovery(
         files=sorted(found),
         skipped=sorted((p, r) for p, r in skipped.items() if Path(p) not in found),
     )
+
+
+def resolve_root(path: str | Path) -> Path:
+    """The absolute form of a path given to :func:`discover_files`, as its results start.
+
+    A folder is resolved through links; a file keeps its own name (a link stays the link) in its
+    resolved folder. Pruning should compare stored sources against roots in this form.
+    """
+    path = Path(path).expanduser().absolute()
+    return path.resolve() if path.is_dir() else path.parent.resolve() / path.name
 
 
 def _walk(

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from jrag.errors import ParseError
-from jrag.parse import discover, discover_files, display_path, parse_file, read_file
+from jrag.parse import (
+    discover,
+    discover_files,
+    display_path,
+    parse_file,
+    read_file,
+    resolve_root,
+)
 from tests import docs_factory as factory
 from tests.hostile_files import CORPUS, OUTSIDE_PHRASE, PHRASE, HostileFile, build_all
 
@@ -315,7 +322,13 @@ def test_a_named_link_keeps_its_own_name(root: Path) -> None:
     link = root / "escape.txt"
     link.symlink_to(outside / "secret.txt")
 
+    alias_of_root = root.parent / "alias-of-corpus"
+    alias_of_root.symlink_to(root, target_is_directory=True)
+
     assert discover([link]) == [link]
+    assert resolve_root(link) == link  # what prune compares stored sources against
+    assert resolve_root(alias_of_root) == root
+    assert discover([alias_of_root]) == []  # the link out of the folder is still refused
 
 
 # --- read once ---------------------------------------------------------------------------------
