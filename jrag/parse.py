@@ -354,35 +354,56 @@ def read_file(path: str | Path) -> tuple[bytes, str]:
     The file is opened without blocking and checked to be a regular file before it is read, so
     a FIFO or device named like a document fails at once instead of hanging.
     """
-    path = Path(path).expanduser()
-    shown = display_path(path)
+    data, _ = _read_regular_file(Path(path).expanduser())
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file, and its status from the same open file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        broken = " (a broken symlink)" if path.is_symlink() else ""
-        raise ParseError(f"{shown} does not exist{broken}") from None
-    except IsADirectoryError:
-        raise ParseError(f"{shown} is a directory, not a file") from None
-    except PermissionError:
-        raise ParseError(f"{shown} cannot be read: permission denied") from None
     except OSError as exc:
-        raise ParseError(f"{shown} cannot be read: {_reason(exc)}") from exc
+        raise _unreadable(path, exc) from exc
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ParseError(f"{shown} is a directory, not a file")
-        if not stat.S_ISREG(mode):
-            raise ParseError(f"{shown} is not a regular file ({_file_kind(mode)})")
+        st = os.fstat(fd)
+        _require_regular(path, st.st_mode)
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            data = handle.read()
+            fd = -1  # the handle owns it now
+            return handle.read(), st
     except OSError as exc:
-        raise ParseError(f"{shown} cannot be read: {_reason(exc)}") from exc
+        raise _unreadable(path, exc) from exc
     finally:
         if fd != -1:
             os.close(fd)
-    return data, hashlib.sha256(data).hexdigest()
+
+
+def _stat_regular_file(path: Path) -> os.stat_result:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    _require_regular(path, st.st_mode)
+    return st
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ParseError(f"{display_path(path)} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise ParseError(f"{display_path(path)} is not a regular file ({_file_kind(mode)})")
+
+
+def _unreadable(path: Path, exc: OSError) -> ParseError:
+    shown = display_path(path)
+    if isinstance(exc, FileNotFoundError):
+        broken = " (a broken symlink)" if path.is_symlink() else ""
+        return ParseError(f"{shown} does not exist{broken}")
+    if isinstance(exc, IsADirectoryError):
+        return ParseError(f"{shown} is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return ParseError(f"{shown} cannot be read: permission denied")
+    return ParseError(f"{shown} cannot be read: {_reason(exc)}")
 
 
 def parse_file(
@@ -398,8 +419,9 @@ def parse_file(
     shown = display_path(path)
     doc_type = _doc_type(path)
     if data is None:
-        data, content_hash = read_file(path)
-    st = _stat_regular_file(path)
+        data, st = _read_regular_file(path)
+    else:
+        st = _stat_regular_file(path)
     if not data.strip():
         raise ParseError(f"{shown} is empty")
 
@@ -455,24 +477,6 @@ def _doc_type(path: Path) -> str:
         raise ParseError(
             f"{display_path(path)} has an unsupported file type {suffix}; supported: {supported}"
         ) from None
-
-
-def _stat_regular_file(path: Path) -> os.stat_result:
-    shown = display_path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        broken = " (a broken symlink)" if path.is_symlink() else ""
-        raise ParseError(f"{shown} does not exist{broken}") from None
-    except PermissionError:
-        raise ParseError(f"{shown} cannot be read: permission denied") from None
-    except OSError as exc:
-        raise ParseError(f"{shown} cannot be read: {_reason(exc)}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise ParseError(f"{shown} is a directory, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ParseError(f"{shown} is not a regular file ({_file_kind(st.st_mode)})")
-    return st
 
 
 def _decode_text(path: Path, data: bytes) -> str:
