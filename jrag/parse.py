@@ -61,6 +61,7 @@ _BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n(?:[ \t\f\v]*\n)*")
 _TITLE_MAX_WORDS = 12
 _PDF_RUNTIME_MODULES = ("pikepdf", "pypdf")
 _REASON_MAX_CHARS = 200
+_LOOP = "a symlink loop"
 # libxml2, under lxml and so under unstructured, stops at about 255 nested elements and drops
 # the rest of the page; deeper HTML is read flat instead (see _FlatHTMLText).
 _HTML_MAX_DEPTH = 240
@@ -272,7 +273,7 @@ def _walk(
                 if entry.is_symlink():
                     target = _link_target(path, real_folder)
                     if isinstance(target, str):  # a reason to skip it
-                        if wanted or "loop" in target:
+                        if wanted or target.startswith(_LOOP):
                             skipped[str(path)] = target
                         continue
                     outside = target != root and root not in target.parents
@@ -306,10 +307,10 @@ def _link_target(link: Path, real_folder: Path) -> Path | str:
         return "a broken symlink"
     except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
         if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
-            return "a symlink loop"
+            return _LOOP
         return f"cannot be read: {_reason(exc)}"
     if target == real_folder or target in real_folder.parents:
-        return f"a symlink loop: links to {display_path(target)}, a folder it is inside"
+        return f"{_LOOP}: links to {display_path(target)}, a folder it is inside"
     return target
 
 
