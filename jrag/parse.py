@@ -230,7 +230,11 @@ def discover_files(
         else:
             _doc_type(path)  # raises for an unsupported suffix
             if glob is None or path.match(glob):
-                found.add(resolve_root(path))
+                named = resolve_root(path)
+                try:
+                    _add_file(named, named.stat(), found, skipped)
+                except OSError as exc:
+                    skipped[str(named)] = f"cannot be read: {_reason(exc)}"
     return Discovery(
         files=sorted(found),
         skipped=sorted((p, r) for p, r in skipped.items() if Path(p) not in found),

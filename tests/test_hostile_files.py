@@ -386,6 +386,7 @@ def test_read_file_refuses_a_fifo_at_once_instead_of_hanging(root: Path) -> None
     os.mkfifo(path)
 
     with _deadline(10):
+        assert discover_files([path]).skipped == [(str(path), "is not a regular file (a FIFO)")]
         with pytest.raises(ParseError, match=r"x\.txt is not a regular file \(a FIFO\)"):
             read_file(path)
         with pytest.raises(ParseError, match=r"x\.txt is not a regular file \(a FIFO\)"):
