@@ -512,7 +512,8 @@ def _decode_text(path: Path, data: bytes) -> str:
         pass
     lenient = data.decode("utf-8", errors="replace")
     replaced = lenient.count("\ufffd")
-    if sum(1 for c in lenient if c > "\x7f") > 2 * replaced:  # mostly valid multi-byte UTF-8
+    decoded_non_ascii = sum(1 for c in lenient if c > "\x7f") - replaced
+    if decoded_non_ascii > replaced:  # more valid multi-byte UTF-8 than broken bytes
         logger.warning(
             "%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD",
             shown,
