@@ -28,7 +28,8 @@ ENV_API_KEY = "JRAG_LLM_API_KEY"
 DEFAULT_TIMEOUT_S = 120.0  # a whole answer; connecting gets CONNECT_TIMEOUT_S of it
 CONNECT_TIMEOUT_S = 10.0
 _MIN_SECRET_CHARS = 4  # shorter URL values (such as "1" or "v2") are scrubbed only as ?key=***
-_SNIPPET_CHARS = 80
+_SNIPPET_CHARS = 80  # of a body that is not JSON
+_DETAIL_CHARS = 300  # of an error's detail
 
 
 class LLMError(JragError):
@@ -208,11 +209,13 @@ class OpenAICompatibleLLM:
         return [key for key, _ in parse_qsl(urlsplit(self.base_url).query, keep_blank_values=True)]
 
     def _scrub(self, text: str) -> str:
-        return ScrubSecrets(self._secrets(), self._query_keys()).scrub(text)
+        """``text`` on one short line, without secrets: fit for an error message."""
+        text = " ".join(ScrubSecrets(self._secrets(), self._query_keys()).scrub(text).split())
+        return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
 
     def _snippet(self, body: str) -> str:
         """The start of a response body, on one line, without secrets."""
-        text = " ".join(self._scrub(body or "").split())
+        text = self._scrub(body or "")
         return repr(text[:_SNIPPET_CHARS] + ("…" if len(text) > _SNIPPET_CHARS else ""))
 
 

@@ -61,6 +61,7 @@ _BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n(?:[ \t\f\v]*\n)*")
 _TITLE_MAX_WORDS = 12
 _PDF_RUNTIME_MODULES = ("pikepdf", "pypdf")
 _REASON_MAX_CHARS = 200
+_LOOP = "a symlink loop"
 # libxml2, under lxml and so under unstructured, stops at about 255 nested elements and drops
 # the rest of the page; deeper HTML is read flat instead (see _FlatHTMLText).
 _HTML_MAX_DEPTH = 240
@@ -229,7 +230,11 @@ def discover_files(
         else:
             _doc_type(path)  # raises for an unsupported suffix
             if glob is None or path.match(glob):
-                found.add(resolve_root(path))
+                named = resolve_root(path)
+                try:
+                    _add_file(named, named.stat(), found, skipped)
+                except OSError as exc:
+                    skipped[str(named)] = f"cannot be read: {_reason(exc)}"
     return Discovery(
         files=sorted(found),
         skipped=sorted((p, r) for p, r in skipped.items() if Path(p) not in found),
@@ -272,7 +277,7 @@ def _walk(
                 if entry.is_symlink():
                     target = _link_target(path, real_folder)
                     if isinstance(target, str):  # a reason to skip it
-                        if wanted or "loop" in target:
+                        if wanted or target.startswith(_LOOP):
                             skipped[str(path)] = target
                         continue
                     outside = target != root and root not in target.parents
@@ -306,10 +311,10 @@ def _link_target(link: Path, real_folder: Path) -> Path | str:
         return "a broken symlink"
     except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
         if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
-            return "a symlink loop"
+            return _LOOP
         return f"cannot be read: {_reason(exc)}"
     if target == real_folder or target in real_folder.parents:
-        return f"a symlink loop: links to {display_path(target)}, a folder it is inside"
+        return f"{_LOOP}: links to {display_path(target)}, a folder it is inside"
     return target
 
 
@@ -507,7 +512,8 @@ def _decode_text(path: Path, data: bytes) -> str:
         pass
     lenient = data.decode("utf-8", errors="replace")
     replaced = lenient.count("\ufffd")
-    if sum(1 for c in lenient if c > "\x7f") > 2 * replaced:  # mostly valid multi-byte UTF-8
+    decoded_non_ascii = sum(1 for c in lenient if c > "\x7f") - replaced
+    if decoded_non_ascii > replaced:  # more valid multi-byte UTF-8 than broken bytes
         logger.warning(
             "%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD",
             shown,

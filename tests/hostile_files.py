@@ -11,6 +11,7 @@ jrag must make of it:
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import re
@@ -79,6 +80,20 @@ def _image_only_pdf(folder: Path) -> Path:
     return factory.make_image_only_pdf(folder / "scanned.pdf")
 
 
+def _encrypted_pdf(name: str, user_password: str) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        from fpdf import FPDF
+
+        pdf = FPDF()
+        pdf.add_page()
+        pdf.set_font("Helvetica", size=12)
+        pdf.cell(0, 8, PHRASE)
+        pdf.set_encryption(owner_password="owner-secret", user_password=user_password)
+        return _write(folder / name, bytes(pdf.output()))
+
+    return make
+
+
 def _zip(name: str, members: dict[str, bytes]) -> Callable[[Path], Path]:
     def make(folder: Path) -> Path:
         path = folder / name
@@ -115,6 +130,12 @@ def _link_outside(folder: Path) -> Path:
     target.write_text(OUTSIDE_PHRASE, encoding="utf-8")
     link = folder / "escape.txt"
     link.symlink_to(target)
+    return link
+
+
+def _link_to_device(folder: Path) -> Path:
+    link = folder / "endless.txt"
+    link.symlink_to("/dev/zero")
     return link
 
 
@@ -183,6 +204,10 @@ CORPUS: tuple[HostileFile, ...] = (
     HostileFile("binary-as-html", _bytes("image.html", _PNG_MAGIC + _random(4096, 2)),
                 "error", "binary data"),
     HostileFile("only-nul-bytes", _bytes("zeros.txt", b"\x00" * 4096), "error", "binary data"),
+    HostileFile("gzip-as-txt", _bytes("notes.txt", gzip.compress((PHRASE * 200).encode())),
+                "error", "binary data"),
+    HostileFile("html-in-cp1252", _text("menu.html", f"<p>Caf\u00e9 cr\u00e8me. {PHRASE}</p>",
+                                        "cp1252"), "parsed", "Café crème."),
     HostileFile("whitespace-only", _text("blank.txt", " \n\t\r\n  \n"), "error", "is empty"),
     # --- HTML and Markdown ----------------------------------------------------------------------
     HostileFile("html-500-nested-divs", _nested_html(500, "nested-500.html"), "parsed", PHRASE),
@@ -205,6 +230,9 @@ CORPUS: tuple[HostileFile, ...] = (
     HostileFile("truncated-pdf", _truncated_pdf, "error", "not a readable PDF"),
     HostileFile("pdf-with-invalid-xref", _bad_xref_pdf, "parsed", PHRASE),
     HostileFile("image-only-pdf", _image_only_pdf, "error", r"has no text layer \(scanned\?"),
+    HostileFile("password-protected-pdf", _encrypted_pdf("locked.pdf", "user-secret"),
+                "error", "password-protected"),
+    HostileFile("owner-password-only-pdf", _encrypted_pdf("restricted.pdf", ""), "parsed", PHRASE),
     HostileFile("text-named-pdf", _text("notes.pdf", PHRASE), "error", "not a readable PDF"),
     # --- DOCX -----------------------------------------------------------------------------------
     HostileFile("zip-that-is-not-docx", _zip("archive.docx", {"readme.txt": b"hello"}),
@@ -226,6 +254,7 @@ CORPUS: tuple[HostileFile, ...] = (
     HostileFile("symlink-loop", _symlink_loop, "skipped", "symlink loop"),
     HostileFile("directory-symlink-loop", _directory_loop, "skipped", "symlink loop"),
     HostileFile("symlink-outside-folder", _link_outside, "skipped", "outside the folder"),
+    HostileFile("symlink-to-dev-zero", _link_to_device, "skipped", "outside the folder"),
     HostileFile("symlink-inside-folder", _link_inside, "parsed", PHRASE),
     HostileFile("broken-symlink", _broken_link, "skipped", "broken symlink"),
     HostileFile("directory-named-x-md", _directory_named_md, "error", "is a directory",

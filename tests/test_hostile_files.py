@@ -317,6 +317,20 @@ def test_symlink_loops_end_with_a_reason(root: Path, follow_links: bool) -> None
         assert found.files == []
 
 
+def test_a_followed_link_to_a_device_is_skipped_not_read(root: Path) -> None:
+    (root / "endless.txt").symlink_to("/dev/zero")
+
+    with _deadline(10):
+        found = discover_files([root], follow_links=True)
+        with pytest.raises(ParseError, match=r"is not a regular file \(a character device\)"):
+            parse_file(root / "endless.txt")
+
+    assert found.files == []
+    assert found.skipped == [
+        (str(root / "endless.txt"), "is not a regular file (a character device)")
+    ]
+
+
 def test_a_named_link_keeps_its_own_name(root: Path) -> None:
     outside = _outside(root)
     link = root / "escape.txt"
@@ -372,6 +386,7 @@ def test_read_file_refuses_a_fifo_at_once_instead_of_hanging(root: Path) -> None
     os.mkfifo(path)
 
     with _deadline(10):
+        assert discover_files([path]).skipped == [(str(path), "is not a regular file (a FIFO)")]
         with pytest.raises(ParseError, match=r"x\.txt is not a regular file \(a FIFO\)"):
             read_file(path)
         with pytest.raises(ParseError, match=r"x\.txt is not a regular file \(a FIFO\)"):

@@ -23,13 +23,14 @@ class Endpoint(BaseHTTPRequestHandler):
     """Answers every POST with ``body`` and ``content_type``; records each request's path."""
 
     paths: ClassVar[list[str]] = []
+    status: ClassVar[int] = 200
     body: ClassVar[bytes] = b""
     content_type: ClassVar[str] = "application/json"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).paths.append(self.path)
-        self.send_response(200)
+        self.send_response(self.status)
         self.send_header("Content-Type", self.content_type)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
@@ -50,6 +51,7 @@ def _completion(text: str) -> bytes:
 @pytest.fixture
 def base_url() -> Iterator[str]:
     Endpoint.paths = []
+    Endpoint.status = 200
     Endpoint.body = _completion(REPLY)
     Endpoint.content_type = "application/json"
     server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
@@ -78,6 +80,26 @@ def test_a_200_answer_that_is_not_json_is_one_line_naming_the_url(
     )
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/json"])
+def test_an_html_error_page_is_one_line_without_secrets(base_url: str, content_type: str) -> None:
+    Endpoint.status = 502
+    Endpoint.content_type = content_type
+    Endpoint.body = (
+        "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n"
+        + f"<p>upstream refused key {KEY}</p>\n" * 40
+        + "</body>\n</html>\n"
+    ).encode()
+    llm = OpenAICompatibleLLM(base_url, "tiny", api_key=KEY, max_retries=0)
+
+    with pytest.raises(LLMError) as caught:
+        llm.chat("system", "user")
+
+    message = str(caught.value)
+    assert message.startswith(f"the LLM endpoint {base_url} (model tiny) answered HTTP 502: ")
+    assert "\n" not in message and KEY not in message
+    assert len(message) < 500
 
 
 def test_a_query_in_the_base_url_goes_on_each_request_and_stays_out_of_debug_logs(
