@@ -45,10 +45,6 @@ def test_importing_jrag_installs_no_logging_filters() -> None:
     assert _filters_after_importing(*modules) == str({name: [] for name in MILVUS_LOGGERS})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py still installs its filters at import; it should use quiet_milvus_logs()",
-)
 def test_importing_the_store_installs_no_logging_filters() -> None:
     assert _filters_after_importing("jrag.store") == str({name: [] for name in MILVUS_LOGGERS})
 
