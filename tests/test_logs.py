@@ -122,15 +122,17 @@ def test_quiet_milvus_logs_drops_the_noise_only_inside_the_block(
     assert all(logging.getLogger(name).filters == [] for name in MILVUS_LOGGERS)
 
 
-def test_quiet_milvus_logs_keeps_other_errors(milvus_records: _Records) -> None:
+def test_rpc_tracebacks_are_dropped_only_inside_jrags_calls(milvus_records: _Records) -> None:
+    # Inside the block jrag re-raises every failed call as a one-line StoreError that carries
+    # the same message, so pymilvus' logged traceback would only repeat it; outside, it stays.
     log = logging.getLogger("pymilvus.decorators")
+    message = "RPC error: [insert], <MilvusException: (code=2, message=disk full)>"
 
     with quiet_milvus_logs():
-        log.error("RPC error: [insert], <MilvusException: (code=2, message=disk full)>")
-
-    assert milvus_records.take() == [
-        "pymilvus.decorators: RPC error: [insert], <MilvusException: (code=2, message=disk full)>"
-    ]
+        log.error(message)
+    assert milvus_records.take() == []
+    log.error(message)
+    assert milvus_records.take() == [f"pymilvus.decorators: {message}"]
 
 
 def test_scrub_secrets_scrubs_values_and_query_parameters_inside_the_block_only(
