@@ -146,6 +146,8 @@ class MilvusStore:
             assert identity is not None
             manifest = create_collection(self.conn, self.collection, identity, bm25=full_text)
         else:
+            # A reopened Milvus Lite (or restarted server) holds the collection released.
+            self.conn.call(f"load {self.where}", self.conn.client.load_collection, self.collection)
             manifest = read_manifest(self.conn, self.collection)
             if identity is not None:
                 check_identity(self.where, manifest.identity, identity)
