@@ -297,12 +297,15 @@ class Writer:
             self._upsert_batch(batch)
 
     def _upsert_batch(self, batch: list[dict[str, Any]]) -> None:
-        self.conn.call(
-            f"write to collection '{self.collection}'",
-            self.conn.client.upsert,
-            self.collection,
-            batch,
-        )
+        what = f"write to collection '{self.collection}'"
+        client = self.conn.client
+        if self.conn.capabilities.upsert_by_partition_key:
+            self.conn.call(what, client.upsert, self.collection, batch)
+            return
+        # This server's upsert puts rows where tenant filters miss them: delete, then insert.
+        ids = [entity["id"] for entity in batch]
+        self.conn.call(what, client.delete, self.collection, ids=ids)
+        self.conn.call(what, client.insert, self.collection, batch)
 
     def _delete_where(self, expr: str, keep: set[str] | None = None) -> int:
         """Delete every row matching ``expr`` except the ids in ``keep``; returns how many.
