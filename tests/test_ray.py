@@ -177,3 +177,71 @@ def test_a_killed_worker_leaves_every_document_stored_once(
         assert store.count('kind == "late"') == sum(
             s.kinds["late"]["rows"] for s in states.values()
         )
+
+
+def _bulk_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "jrag.bulk" and r.levelno == logging.WARNING
+    ]
+
+
+def test_bulk_import_gives_the_same_searchable_rows(
+    ray_cluster: None,
+    milvus_server_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On the 2.3.5 server, with a folder it reads at the same path: a real import."""
+    from jrag.retrieval import search
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, count=8)
+    bulk_dir = tmp_path / "bulk"
+    bulk_dir.mkdir()
+    monkeypatch.setenv("JRAG_BULK_DIR", str(bulk_dir))
+    suffix = uuid.uuid4().hex[:8]
+    encoder = load_encoder(MINILM_ID, device="cpu")
+    with MilvusStore(milvus_server_uri, f"ins_{suffix}", identity=identity_of(encoder)) as store:
+        ingest([corpus], store, encoder, options=OPTIONS)
+        inserted = all_rows(store)
+        expected = search("the ferryman carried twelve lanterns", store, encoder, k=5)
+
+    caplog.set_level(logging.WARNING)
+    config = StoreConfig(milvus_server_uri, f"bulk_{suffix}")
+    report = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
+    assert len(report.added) == 8 and not _bulk_warnings(caplog)
+    assert not list(bulk_dir.iterdir())  # the import files are cleaned up
+    with config.open(create=False) as store:
+        assert_same_rows(inserted, all_rows(store))
+        found = search("the ferryman carried twelve lanterns", store, encoder, k=5)
+    assert [(r.source, r.start, r.end) for r in found] == [
+        (r.source, r.start, r.end) for r in expected
+    ]
+    again = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
+    assert again.stored == 0 and len(again.skipped) == 8
+
+
+def test_bulk_falls_back_to_upsert_in_one_line(
+    ray_cluster: None,
+    store_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Milvus Lite cannot import; a server cannot read files it has no path to."""
+    monkeypatch.delenv("JRAG_BULK_DIR", raising=False)
+    monkeypatch.delenv("JRAG_BULK_S3_ENDPOINT", raising=False)
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, count=3)
+    caplog.set_level(logging.WARNING)
+    config = StoreConfig(store_uri, f"fallback_{uuid.uuid4().hex[:8]}")
+    report = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
+    assert len(report.added) == 3
+    warnings = _bulk_warnings(caplog)
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "writing rows with upsert instead" in warnings[0]
+    with config.open(create=False) as store:
+        assert len(list(store.all_states())) == 3
