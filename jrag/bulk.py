@@ -76,8 +76,10 @@ class BulkLoader:
         self.bulk_dir = bulk_dir
         self.s3 = s3
         self.pending: list[_Pending] = []
-        self.entities: list[dict[str, Any]] = []
+        self.rows = 0
         self.imports = 0
+        self._writer: Any = None
+        self._local: str | None = None
 
     @classmethod
     def for_store(cls, store: MilvusStore) -> BulkLoader | UpsertLoader:
@@ -99,11 +101,15 @@ class BulkLoader:
         """Queue one document; imports (and commits) when the batch is full."""
         entities, counts = self.store.writer.entities(version, rows, committed)
         self.store.record_kinds(rows, options)
-        self.entities += entities
+        if self._writer is None:
+            self._writer = self._open_writer()
+        for entity in entities:  # the writer spills to files as it goes
+            self._writer.append_row(entity)
+        self.rows += len(entities)
         self.pending.append(
             _Pending(version, [e["id"] for e in entities], counts, options, committed)
         )
-        if len(self.entities) >= BATCH_ROWS:
+        if self.rows >= BATCH_ROWS:
             self._load()
 
     def finish(self) -> None:
@@ -114,12 +120,19 @@ class BulkLoader:
     # -- one batch -------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        pending, entities = self.pending, self.entities
-        self.pending, self.entities = [], []
-        ids = [e["id"] for e in entities]
-        # Leftovers of an interrupted earlier load carry the same ids: an import only inserts.
-        self._delete_ids(ids)
-        self._import(entities)
+        pending, writer, local = self.pending, self._writer, self._local
+        self.pending, self.rows, self._writer, self._local = [], 0, None, None
+        ids = [i for item in pending for i in item.ids]
+        try:
+            writer.commit()
+            batches = [list(files) for files in writer.batch_files]
+            # Leftovers of an interrupted earlier load carry the same ids: imports only insert.
+            self._delete_ids(ids)
+            for files in batches:
+                self._run_import(files)
+        finally:
+            if local is not None:
+                shutil.rmtree(local, ignore_errors=True)
         self._wait_visible(ids)
         for item in pending:
             self.store.writer.commit(
@@ -127,7 +140,7 @@ class BulkLoader:
             )
         self.imports += 1
 
-    def _import(self, entities: list[dict[str, Any]]) -> None:
+    def _open_writer(self) -> Any:
         from pymilvus import CollectionSchema
         from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter, RemoteBulkWriter
 
@@ -136,30 +149,19 @@ class BulkLoader:
             f"describe collection '{collection}'", conn.client.describe_collection, collection
         )
         schema = CollectionSchema.construct_from_dict(description)
-        local = tempfile.mkdtemp(prefix="jrag-bulk-", dir=self.bulk_dir)
-        try:
-            if self.s3 is not None:
-                settings = dict(self.s3)
-                prefix = settings.pop("prefix")
-                writer: Any = RemoteBulkWriter(
-                    schema=schema,
-                    remote_path=f"{prefix}/{uuid.uuid4().hex}",
-                    connect_param=RemoteBulkWriter.S3ConnectParam(**settings),
-                    file_type=BulkFileType.PARQUET,
-                )
-            else:
-                writer = LocalBulkWriter(
-                    schema=schema, local_path=local, file_type=BulkFileType.JSON
-                )
-            with writer:
-                for entity in entities:
-                    writer.append_row(entity)
-                writer.commit()
-                batches = [list(files) for files in writer.batch_files]
-            for files in batches:
-                self._run_import(files)
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
+        self._local = tempfile.mkdtemp(prefix="jrag-bulk-", dir=self.bulk_dir)
+        if self.s3 is None:
+            return LocalBulkWriter(
+                schema=schema, local_path=self._local, file_type=BulkFileType.JSON
+            )
+        settings = dict(self.s3)
+        prefix = settings.pop("prefix")
+        return RemoteBulkWriter(
+            schema=schema,
+            remote_path=f"{prefix}/{uuid.uuid4().hex}",
+            connect_param=RemoteBulkWriter.S3ConnectParam(**settings),
+            file_type=BulkFileType.PARQUET,
+        )
 
     def _run_import(self, files: list[str]) -> None:
         conn, collection = self.store.conn, self.store.collection
