@@ -207,7 +207,7 @@ def test_bulk_import_gives_the_same_searchable_rows(
     with MilvusStore(milvus_server_uri, f"ins_{suffix}", identity=identity_of(encoder)) as store:
         ingest([corpus], store, encoder, options=OPTIONS)
         inserted = all_rows(store)
-        expected = search("the ferryman carried twelve lanterns", store, encoder, k=5)
+        expected = search("the ferryman carried twelve lanterns", store, encoder, k=8)
 
     caplog.set_level(logging.WARNING)
     config = StoreConfig(milvus_server_uri, f"bulk_{suffix}")
@@ -216,10 +216,11 @@ def test_bulk_import_gives_the_same_searchable_rows(
     assert not list(bulk_dir.iterdir())  # the import files are cleaned up
     with config.open(create=False) as store:
         assert_same_rows(inserted, all_rows(store))
-        found = search("the ferryman carried twelve lanterns", store, encoder, k=5)
-    assert [(r.source, r.start, r.end) for r in found] == [
-        (r.source, r.start, r.end) for r in expected
-    ]
+        found = search("the ferryman carried twelve lanterns", store, encoder, k=8)
+    # Some generated documents are identical (tied scores), so compare as sets.
+    assert {(r.source, r.start, r.end, round(r.score, 4)) for r in found} == {
+        (r.source, r.start, r.end, round(r.score, 4)) for r in expected
+    }
     again = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
     assert again.stored == 0 and len(again.skipped) == 8
 
