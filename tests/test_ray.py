@@ -102,23 +102,32 @@ def test_same_rows_as_the_local_engine(ray_cluster: None, store_uri: str, tmp_pa
     assert again.stored == 0 and len(again.skipped) == 40
 
 
-def test_update_and_prune_match_the_local_engine(ray_cluster: None, tmp_path: Path) -> None:
+def test_update_extend_and_prune_in_a_tenant(ray_cluster: None, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     paths = write_corpus(corpus, count=6)
     uri = str(tmp_path / "lite" / "jrag.db")
     config = StoreConfig(uri, "docs")
-    ingest_ray([corpus], config, MINILM_ID, options=IngestOptions(mode="late"), workers=1)
+    ingest_ray(
+        [corpus], config, MINILM_ID, options=IngestOptions(mode="late"), workers=1, tenant="t1"
+    )
     paths[0].write_text("Record zero, rewritten.\n\n" + long_text(80), encoding="utf-8")
     paths[1].unlink()
     report = ingest_ray(
-        [corpus], config, MINILM_ID, options=IngestOptions(mode="chunked"), workers=1, prune=True
+        [corpus],
+        config,
+        MINILM_ID,
+        options=IngestOptions(mode="chunked"),
+        workers=1,
+        prune=True,
+        tenant="t1",
     )
     assert report.updated == [str(paths[0].resolve())]
     assert sorted(s for s, _ in report.extended) == sorted(str(p.resolve()) for p in paths[2:])
     assert all(kinds == ["chunk"] for _, kinds in report.extended)
     assert report.pruned == [str(paths[1].resolve())]
     with config.open(create=False) as store:
-        states = list(store.all_states())
+        states = list(store.all_states("t1"))
+        assert not list(store.all_states(""))
         assert len(states) == 5
         assert all(set(s.kinds) == {"doc", "late", "chunk", "text"} for s in states)
 
