@@ -52,6 +52,9 @@ class Capabilities:
     group_by: bool
     hybrid: bool
     bm25: bool
+    # Before 2.4, upsert routed rows by the wrong field, so that a partition-key filter
+    # (``tenant == "a"``) missed them (milvus-io/milvus#30607): write with delete + insert.
+    upsert_by_partition_key: bool = True
 
     @classmethod
     def from_version(cls, version: str) -> Capabilities:
@@ -59,7 +62,10 @@ class Capabilities:
             return cls(version, upsert=True, group_by=True, hybrid=True, bm25=True)
         match = re.search(r"(\d+)\.(\d+)", version)
         if match is None:  # unknown: assume only what every supported server has
-            return cls(version, upsert=True, group_by=False, hybrid=False, bm25=False)
+            return cls(
+                version, upsert=True, group_by=False, hybrid=False, bm25=False,
+                upsert_by_partition_key=False,
+            )  # fmt: skip
         release = (int(match.group(1)), int(match.group(2)))
         return cls(
             version,
@@ -67,6 +73,7 @@ class Capabilities:
             group_by=release >= (2, 4),
             hybrid=release >= (2, 4),
             bm25=release >= (2, 5),
+            upsert_by_partition_key=release >= (2, 4),
         )
 
 

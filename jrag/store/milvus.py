@@ -184,13 +184,19 @@ class MilvusStore:
             raise StoreError(self.legacy_notice())
         if committed is None:
             committed = self.states([version.doc_id]).get(version.doc_id)
+        self.record_kinds(rows, options)
+        return self.writer.write(version, rows, options, committed)
+
+    def record_kinds(self, rows: Sequence[Row], options: dict[str, dict[str, Any]]) -> None:
+        """Record a new kind in the manifest before its first rows land, so it never misses
+        one (bulk loads call this before they import rows)."""
+        if self.read_only:
+            raise StoreError(self.legacy_notice())
         new_kinds = sorted({r.kind for r in rows} - set(self.manifest.kinds))
         if new_kinds:
-            # Record a new kind before its first rows land, so the manifest never misses one.
             for kind in new_kinds:
                 self.manifest.kinds[kind] = options.get(kind, {})
             write_manifest(self.conn, self.collection, self.manifest, new_kinds)
-        return self.writer.write(version, rows, options, committed)
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Delete documents entirely (all versions and kinds); returns the rows deleted."""
