@@ -35,9 +35,8 @@ from jrag import Encoder
 from jrag.evaluation.corpus import Corpus, EvalDocument, EvalQuery
 from jrag.evaluation.metrics import DATASET_METRICS
 from jrag.evaluation.report import results_table, write_outputs
-from jrag.evaluation.runner import run_evaluation
+from jrag.evaluation.runner import MODES, run_evaluation
 from jrag.loading import MINILM_ID
-from jrag.pipeline import MODES
 
 INSTALLED = Path("/usr/share/doc/git-doc")
 _UNDERLINE = re.compile(r"^([-=~^+])\1{2,}$")
@@ -128,7 +127,7 @@ def main() -> None:
     parser.add_argument("--model", default=MINILM_ID)
     parser.add_argument("--max-docs", type=int, default=60)
     parser.add_argument("--max-queries", type=int, default=100)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(MODES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("jrag-eval"))
     args = parser.parse_args()

@@ -13,9 +13,9 @@ import argparse
 import time
 
 from jrag.cli import app
+from jrag.evaluation.runner import MODES
 from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS, LONG_LENGTHS
 from jrag.loading import DEFAULT_MODEL
-from jrag.pipeline import MODES
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
     parser.add_argument("--long", action="store_true", help="Add 16,384 and 32,768 tokens.")
     parser.add_argument("--docs", type=int, default=DEFAULT_DOCS)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(MODES))
     parser.add_argument("--tasks", nargs="+", default=["passkey", "needle"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="jrag-eval")

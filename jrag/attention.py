@@ -15,12 +15,23 @@ within ±B, where B = max|q|·max|k|/√d (Cauchy–Schwarz), so a key at distan
 ``exp(2B - slope·D)`` relative to the query's own key. Keys farther than
 ``(2B + 30) / slope`` weigh less than e^-30 of it and are skipped: exact in float32, and on
 steep-slope heads most of the sequence.
+
+Short sequences (``PACKED_MAX_LENGTH`` tokens or fewer) skip the per-sequence loop: they run in
+one SDPA call with a dense [rows, H, L, L] ALiBi-plus-padding mask, small at these lengths. Padded
+keys get -inf, so their weight is exactly zero and a text's output does not depend on its
+neighbours. Which path a text takes depends on its own length only.
+
+On CUDA, ``flex_attention`` computes the bias inside the kernel from a ``score_mod`` and masks
+padding with a block mask: no bias tensor, no host sync. The same code runs (uncompiled, slowly)
+on CPU when ``KERNEL = "flex"``, which is how the tests exercise it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +42,12 @@ QUERY_BLOCK = 2048
 NEGLIGIBLE_LOGIT = 30.0
 # Off: every key is computed (for benchmarks that isolate the effect of skipping).
 SKIP_FAR_KEYS = True
+# Sequences up to this length share one SDPA call with a dense ALiBi + padding mask.
+PACKED_MAX_LENGTH = 512
+# Mask elements per packed SDPA call (float32: 16 MiB): bounds the dense mask's memory.
+PACKED_MASK_ELEMENTS = 1 << 22
+# "auto": flex_attention on CUDA, the SDPA paths elsewhere; "flex" or "sdpa" force one.
+KERNEL = "auto"
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -56,22 +73,37 @@ class AlibiBias:
     ``start + rows - 1 - r``), the bias against key j is ``base[h, j + r + offset]``.
     """
 
-    def __init__(self, slopes: torch.Tensor, length: int, *, dtype: torch.dtype, device):
+    def __init__(
+        self,
+        slopes: torch.Tensor,
+        length: int,
+        *,
+        dtype: torch.dtype,
+        device,
+        lengths: Sequence[int] | None = None,
+    ):
+        device = torch.device(device)
         self.slopes = slopes.float()
+        self.lengths = list(lengths) if lengths is not None else [length]
         self.block = min(length, QUERY_BLOCK)
         self.center = length + self.block
+        self.kernel = KERNEL if KERNEL != "auto" else ("flex" if _flex_on(device) else "sdpa")
+        self.flex_mask = None  # built by the first layer, shared by the others
+        if self.kernel == "flex":
+            return
         positions = torch.arange(2 * self.center, device=device, dtype=torch.float32)
         distance = (positions - self.center).abs()
         self.base = (-slopes.to(device)[:, None] * distance[None]).to(dtype).contiguous()
-        # CUDA kernels want an aligned mask with no overlapping strides: copy each block there.
-        self.contiguous = torch.device(device).type != "cpu"
+        # CUDA kernels want an aligned mask with no overlapping strides: copy each block there
+        # (only when flex_attention is unavailable).
+        self.contiguous = device.type != "cpu"
 
     def reach(self, query: torch.Tensor, key: torch.Tensor) -> list[int]:
         """Per head, the farthest query–key distance whose softmax weight can matter.
 
         ``query``/``key`` are one sequence's [1, H, n, d]. See the module docstring for the bound.
         """
-        if not SKIP_FAR_KEYS:
+        if not SKIP_FAR_KEYS or key.device.type != "cpu":  # the bound would cost a host sync
             return [key.shape[2]] * key.shape[1]
         scale = query.shape[-1] ** -0.5
         q_max = query[0].float().norm(dim=-1).amax(dim=-1)
@@ -95,35 +127,142 @@ def attention(
     lengths: Sequence[int],
     bias: AlibiBias | None,
 ) -> torch.Tensor:
-    """Multi-head attention over right-padded sequences, one sequence at a time.
+    """Multi-head attention over right-padded sequences; padded query rows come back as zeros.
 
     ``query/key/value`` are [N, H, L, d]; ``lengths`` gives each sequence's real token count.
-    Each sequence attends over its own real keys only, so no padding mask is needed and a text's
-    output cannot depend on what else is in the batch. Padded query rows come back as zeros.
+    Each sequence attends over its own real keys only, so a text's output cannot depend on what
+    else is in the batch.
     """
-    _, num_heads, padded_length, _ = query.shape
+    padded_length = query.shape[2]
     if bias is None and all(n == padded_length for n in lengths):
         return F.scaled_dot_product_attention(query, key, value)
+    if bias is not None and bias.kernel == "flex":
+        return flex_alibi_attention(query, key, value, lengths, bias)
     output = query.new_zeros(query.shape)
+    packed = [r for r, n in enumerate(lengths) if bias is None or n <= PACKED_MAX_LENGTH]
+    for rows in _mask_groups(packed, lengths, query.shape[1], bias is not None):
+        _packed_attention(query, key, value, lengths, bias, rows, output)
     for row, n in enumerate(lengths):
-        q, k, v = (t[row : row + 1, :, :n] for t in (query, key, value))
-        if bias is None:
-            output[row, :, :n] = F.scaled_dot_product_attention(q, k, v)[0]
-            continue
-        reach = bias.reach(q, k)
-        if min(reach) >= n - 1:  # every key matters to every head: one call per query block
-            head_groups = [(slice(0, num_heads), n)]
-        else:
-            head_groups = [(slice(h, h + 1), reach[h]) for h in range(num_heads)]
-        for heads, head_reach in head_groups:
-            for start in range(0, n, bias.block):
-                rows = min(bias.block, n - start)
-                keys = slice(max(0, start - head_reach), min(n, start + rows + head_reach))
-                context = F.scaled_dot_product_attention(
-                    q[:, heads, start : start + rows].flip(2),
-                    k[:, heads, keys],
-                    v[:, heads, keys],
-                    attn_mask=bias.reversed_block_bias(heads, start, rows, keys),
-                )
-                output[row, heads, start : start + rows] = context[0].flip(1)
+        if bias is not None and n > PACKED_MAX_LENGTH:
+            _long_attention(query, key, value, row, n, bias, output)
     return output
+
+
+def _mask_groups(
+    rows: list[int], lengths: Sequence[int], num_heads: int, alibi: bool
+) -> list[list[int]]:
+    """Split rows into groups whose dense mask stays within ``PACKED_MASK_ELEMENTS``."""
+    groups: list[list[int]] = []
+    for row in sorted(rows, key=lambda r: -lengths[r]):  # a group's first row is its longest
+        n = lengths[groups[-1][0]] if groups else lengths[row]
+        per_row = num_heads * n * n if alibi else n
+        if groups and (len(groups[-1]) + 1) * per_row <= PACKED_MASK_ELEMENTS:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
+    """Several rows in one SDPA call, with ALiBi (when ``bias``) and padding in a dense mask."""
+    device = query.device
+    index = torch.tensor(rows, device=device)
+    length = max(lengths[r] for r in rows)
+    q, k, v = (t.index_select(0, index)[:, :, :length] for t in (query, key, value))
+    real = (
+        torch.arange(length, device=device)[None]
+        < torch.tensor([lengths[r] for r in rows], device=device)[:, None]
+    )  # [rows, L]
+    mask = torch.zeros(real.shape, device=device).masked_fill_(~real, float("-inf"))
+    mask = mask[:, None, None, :]  # [rows, 1, 1, L]
+    if bias is not None:
+        positions = torch.arange(length, device=device, dtype=torch.float32)
+        distance = (positions[:, None] - positions[None]).abs()
+        mask = mask + (-bias.slopes.to(device)[:, None, None] * distance)[None]  # [rows, H, L, L]
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(query.dtype))
+    output[index, :, :length] = context.masked_fill_(~real[:, None, :, None], 0)
+
+
+def _long_attention(query, key, value, row: int, n: int, bias: AlibiBias, output) -> None:
+    """One long sequence by query blocks against a bias view, skipping negligible far keys."""
+    num_heads = query.shape[1]
+    q, k, v = (t[row : row + 1, :, :n] for t in (query, key, value))
+    reach = bias.reach(q, k)
+    if min(reach) >= n - 1:  # every key matters to every head: one call per query block
+        head_groups = [(slice(0, num_heads), n)]
+    else:
+        head_groups = [(slice(h, h + 1), reach[h]) for h in range(num_heads)]
+    for heads, head_reach in head_groups:
+        for start in range(0, n, bias.block):
+            rows = min(bias.block, n - start)
+            keys = slice(max(0, start - head_reach), min(n, start + rows + head_reach))
+            context = F.scaled_dot_product_attention(
+                q[:, heads, start : start + rows].flip(2),
+                k[:, heads, keys],
+                v[:, heads, keys],
+                attn_mask=bias.reversed_block_bias(heads, start, rows, keys),
+            )
+            output[row, heads, start : start + rows] = context[0].flip(1)
+
+
+def flex_alibi_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    lengths: Sequence[int],
+    bias: AlibiBias,
+) -> torch.Tensor:
+    """ALiBi attention with the bias computed inside ``flex_attention``: no bias tensor.
+
+    Padding keys are masked by a block mask built once per forward pass from the host-side
+    ``lengths``, so nothing is read back from the device.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, _, length, _ = query.shape
+    device = query.device
+    neg_slopes = -bias.slopes.to(device)
+    real_lengths = torch.tensor(list(lengths), device=device)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + neg_slopes[h] * (q_idx - kv_idx).abs()
+
+    if bias.flex_mask is None:
+
+        def key_is_real(b, h, q_idx, kv_idx):
+            return kv_idx < real_lengths[b]
+
+        bias.flex_mask = create_block_mask(key_is_real, batch, None, length, length, device=device)
+    context = _flex_kernel(device.type)(
+        query, key, value, score_mod=score_mod, block_mask=bias.flex_mask
+    )
+    real_queries = torch.arange(length, device=device)[None] < real_lengths[:, None]
+    return context.masked_fill(~real_queries[:, None, :, None], 0)
+
+
+@functools.cache
+def _flex_kernel(device_type: str) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cuda":  # compiled: the fused kernel (eager flex materializes the scores)
+        return torch.compile(flex_attention, dynamic=True)
+
+    def eager(*args, **kwargs):
+        with warnings.catch_warnings():  # "called without torch.compile()": known, and fine here
+            warnings.simplefilter("ignore", UserWarning)
+            return flex_attention(*args, **kwargs)
+
+    return eager
+
+
+@functools.cache
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flex_on(device: torch.device) -> bool:
+    return device.type == "cuda" and _flex_available()

@@ -46,6 +46,28 @@ _TOKENIZER_FILES = (
 )
 
 
+_BERT_COMMON = {
+    "model_type": "bert",
+    "architectures": ["BertModel"],
+    "vocab_size": 30522,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+    "position_embedding_type": "absolute",
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "type_vocab_size": 2,
+    "pad_token_id": 0,
+}
+
+
+def bert_config(**overrides) -> dict:
+    """A small plain BERT config.json (absolute positions, BERT's feed-forward)."""
+    return {**_BERT_COMMON, **overrides}
+
+
 def jina_v2_config(layout: str = "small", **overrides) -> dict:
     """The config.json of jina-embeddings-v2-{small,base}-en, with optional overrides."""
     return {**_JINA_V2_COMMON, **JINA_V2_LAYOUTS[layout], **overrides}
@@ -59,12 +81,17 @@ def write_random_checkpoint(
     dtype: torch.dtype = torch.float32,
     key_prefix: str = "",
     tokenizer_from: str | Path = MINILM_ID,
+    pooling: str = "mean",
+    max_seq_length: int | None = None,
+    normalize: bool = False,
 ) -> Path:
     """Write a checkpoint with random weights for ``config`` into ``folder`` and return it.
 
     The tokenizer files are copied from ``tokenizer_from`` (default: the MiniLM package, which
     has the same bert-base-uncased vocabulary as jina-v2). ``dtype`` sets the stored precision
     (the published base checkpoint is 16-bit) and ``key_prefix`` can add a ``bert.`` prefix.
+    The sentence-transformers files say ``pooling`` (e.g. "cls" for a BGE-style model),
+    ``max_seq_length`` (default: the position limit) and, with ``normalize``, a Normalize module.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,11 +110,13 @@ def write_random_checkpoint(
     for name in _TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, folder / name)
-    _write_sentence_transformers_files(folder, config)
+    _write_sentence_transformers_files(folder, config, pooling, max_seq_length, normalize)
     return folder
 
 
-def _write_sentence_transformers_files(folder: Path, config: dict) -> None:
+def _write_sentence_transformers_files(
+    folder: Path, config: dict, pooling: str, max_seq_length: int | None, normalize: bool
+) -> None:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {
@@ -97,13 +126,19 @@ def _write_sentence_transformers_files(folder: Path, config: dict) -> None:
             "type": "sentence_transformers.models.Pooling",
         },
     ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})  # fmt: skip
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    max_seq_length = max_seq_length or config["max_position_embeddings"]
     (folder / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": config["max_position_embeddings"], "do_lower_case": False})
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
     )
+    # The legacy boolean keys, as most published checkpoints carry them.
+    modes = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
+             "max": "pooling_mode_max_tokens",
+             "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}  # fmt: skip
+    pooling_config = {"word_embedding_dimension": config["hidden_size"]}
+    pooling_config |= {key: mode == pooling for mode, key in modes.items()}
     (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {"word_embedding_dimension": config["hidden_size"], "pooling_mode_mean_tokens": True}
-        )
-    )
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))

@@ -1,15 +1,18 @@
 """``Encoder``: texts in, embeddings out. The one public entry point to the model.
 
 It tokenizes, sorts inputs by length, packs them into batches under a token budget, runs the
-model, mean-pools in fp32 and restores the caller's order, the way
-``SentenceTransformer.encode`` does. ``encode_tokens`` and ``encode_windows`` return per-token
-states with character offsets, for late chunking and for documents longer than the model.
+model, pools in fp32 the way the checkpoint's sentence-transformers config says (mean for
+JinaBERT) and restores the caller's order, the way ``SentenceTransformer.encode`` does.
+``encode_tokens``, ``encode_windows`` and ``iter_windows`` return per-token states with
+character offsets, for late chunking and for documents longer than the model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +26,10 @@ from jrag.config import BertConfig
 from jrag.errors import InputError
 from jrag.loading import (
     DEFAULT_MODEL,
+    SentenceConfig,
     build_model,
+    checkpoint_fingerprint,
+    load_sentence_config,
     load_state_dict,
     load_tokenizer,
     resolve_model_dir,
@@ -35,8 +41,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_TOKENS = 16384
 # Window overlap: an eighth of the window, at most 512 tokens (512 of 8,192 for JinaBERT).
 MAX_WINDOW_OVERLAP = 512
+# What ``dtype=None`` means, unless the JRAG_DTYPE environment variable says otherwise.
+DEFAULT_DTYPE = "auto"
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 T = TypeVar("T")
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -50,6 +60,7 @@ class TokenStates:
     hidden: np.ndarray  # [tokens, dim] float32
     offsets: np.ndarray  # [tokens, 2] int64
     special: np.ndarray  # [tokens] bool
+    pooling: str = "mean"
 
     @property
     def span(self) -> tuple[int, int]:
@@ -58,8 +69,21 @@ class TokenStates:
         return (int(real[0, 0]), int(real[-1, 1])) if len(real) else (0, 0)
 
     def pooled(self, normalize: bool = True) -> np.ndarray:
-        """Mean over every token, special ones included: the same vector ``encode`` returns."""
-        return _finish(self.hidden.mean(axis=0), normalize)
+        """The checkpoint's pooling over every token, special ones included: ``encode``'s vector."""
+        return _finish(pool(self.hidden, self.pooling), normalize)
+
+
+def pool(hidden: np.ndarray, mode: str) -> np.ndarray:
+    """Pool [tokens, dim] states into one vector, in float32, as sentence-transformers does."""
+    hidden = hidden.astype(np.float32, copy=False)
+    if mode == "cls":
+        return hidden[0].copy()
+    if mode == "max":
+        return hidden.max(axis=0)
+    total = hidden.sum(axis=0)
+    if mode == "mean_sqrt_len_tokens":
+        return total / np.float32(np.sqrt(len(hidden)))
+    return total / np.float32(len(hidden))
 
 
 def _finish(vector: np.ndarray, normalize: bool) -> np.ndarray:
@@ -67,6 +91,15 @@ def _finish(vector: np.ndarray, normalize: bool) -> np.ndarray:
     if normalize:
         vector /= max(float(np.linalg.norm(vector)), 1e-12)
     return vector
+
+
+@dataclass
+class _Window:
+    """Token ids of one model input, special tokens included, with offsets and special flags."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    special: np.ndarray
 
 
 class Encoder:
@@ -80,6 +113,8 @@ class Encoder:
         name: str,
         device: torch.device,
         dtype: torch.dtype,
+        sentence: SentenceConfig | None = None,
+        model_dir: Path | None = None,
     ):
         self.model = model.to(device)
         self.tokenizer = tokenizer
@@ -87,8 +122,11 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self.config: BertConfig = model.config
+        self.sentence = sentence or SentenceConfig()
+        self.model_dir = model_dir
         self._pad_id = tokenizer.token_to_id("[PAD]") or self.config.pad_token_id
         self._special_count = tokenizer.post_processor.num_special_tokens_to_add(False)
+        self._prefix, self._suffix = _special_layout(tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -101,13 +139,17 @@ class Encoder:
     ) -> Encoder:
         """Load a local folder in Hugging Face layout, or a hub id (cache first).
 
-        ``device`` defaults to CUDA when available; ``dtype`` to float32 on CPU and bfloat16 (or
-        float16) on CUDA. Weights are read from safetensors only unless ``allow_pickle``.
+        ``device`` defaults to CUDA when available. ``dtype`` "auto" (the default, unless the
+        JRAG_DTYPE environment variable names another) means bfloat16 on CUDA and on CPUs with
+        native bfloat16 (AVX-512 BF16 or AMX), float32 on other CPUs; pooling and normalization
+        run in float32 either way. Weights are read from safetensors only unless
+        ``allow_pickle``.
         """
         model_dir = resolve_model_dir(name_or_path)
         config = BertConfig.from_file(model_dir / "config.json")
+        sentence = load_sentence_config(model_dir, config)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = _pick_dtype(dtype, device)
+        dtype = resolve_dtype(dtype, device)
         tokenizer = load_tokenizer(model_dir)
         state = load_state_dict(model_dir, allow_pickle=allow_pickle)
         model = build_model(config, state, dtype=dtype, source=str(model_dir))
@@ -118,21 +160,69 @@ class Encoder:
             if Path(name_or_path).expanduser().is_dir()
             else str(name_or_path)
         )
-        return cls(model, tokenizer, name=name, device=device, dtype=dtype)
+        return cls(
+            model, tokenizer, name=name, device=device, dtype=dtype, sentence=sentence,
+            model_dir=model_dir,
+        )  # fmt: skip
 
     @property
     def dim(self) -> int:
         return self.config.hidden_size
 
     @property
+    def dtype_name(self) -> str:
+        """The compute dtype as a plain name ("float32", "bfloat16"), e.g. for a store to record."""
+        return _DTYPE_NAMES.get(self.dtype, str(self.dtype).removeprefix("torch."))
+
+    @property
     def max_length(self) -> int:
-        """The model's real limit in tokens, special tokens included (8,192 for JinaBERT)."""
-        return self.config.max_length
+        """The default input limit in tokens, special tokens included.
+
+        The checkpoint's ``max_seq_length`` when it states one (256 for all-MiniLM-L6-v2), else
+        the position limit (8,192 for JinaBERT). An explicit ``max_length`` argument may go up to
+        the position limit.
+        """
+        stated = self.sentence.max_seq_length
+        return min(stated, self.config.max_length) if stated else self.config.max_length
+
+    @property
+    def pooling(self) -> str:
+        """How token states become one vector: "mean", "cls", "max" or "mean_sqrt_len_tokens"."""
+        return self.sentence.pooling
+
+    @property
+    def checkpoint_normalizes(self) -> bool:
+        """Whether the checkpoint ends in a Normalize module (jrag normalizes by default anyway)."""
+        return self.sentence.normalize
+
+    @property
+    def special_token_count(self) -> int:
+        """Special tokens added to each input ([CLS] and [SEP]: 2)."""
+        return self._special_count
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 hex of the checkpoint's content: config, tokenizer, pooling files, weights.
+
+        See ``jrag.loading.checkpoint_fingerprint``: weights enter by name, size and their first
+        and last MiB, so a swapped weights file is told apart cheaply. Empty for an encoder built
+        without a model folder.
+        """
+        if self.model_dir is None:
+            return ""
+        return checkpoint_fingerprint(self.model_dir, self.sentence.files)
+
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        """One tokenization per text, without special tokens or truncation.
+
+        Pass the result to ``encode_windows(encodings=...)``; its ``offsets`` serve late chunking
+        and ``len(e.ids) + special_token_count`` is ``count_tokens``.
+        """
+        return self.tokenizer.encode_batch(_check_texts(texts), add_special_tokens=False)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts, special tokens included, without truncation."""
-        texts = _check_texts(texts)
-        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+        return [len(e.ids) + self._special_count for e in self.tokenize(texts)]
 
     def encode(
         self,
@@ -143,15 +233,15 @@ class Encoder:
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         show_progress: bool = False,
     ) -> np.ndarray:
-        """Embed texts: [n, dim] float32 (or [dim] for one string), mean-pooled.
+        """Embed texts: [n, dim] float32 (or [dim] for one string), pooled as the checkpoint says.
 
-        Text past ``max_length`` (default: the model's limit) is truncated, with one warning.
+        Text past ``max_length`` (default: ``self.max_length``) is truncated, with one warning.
         """
         single = isinstance(texts, str)
-        encodings = self._truncated(_check_texts([texts] if single else texts), max_length)
+        windows = self._truncated(_check_texts([texts] if single else texts), max_length)
         vectors = self._run(
-            [e.ids for e in encodings],
-            lambda hidden: _finish(hidden.float().mean(dim=0).cpu().numpy(), normalize),
+            windows,
+            lambda hidden, _: _finish(pool(hidden, self.pooling), normalize),
             batch_tokens=batch_tokens,
             show_progress=show_progress,
         )
@@ -167,25 +257,96 @@ class Encoder:
         show_progress: bool = False,
     ) -> list[TokenStates]:
         """Per-token last hidden states with character offsets, one entry per (truncated) text."""
-        encodings = self._truncated(_check_texts(texts), max_length)
-        return self._token_states(encodings, batch_tokens, show_progress)
+        windows = self._truncated(_check_texts(texts), max_length)
+        return self._run(windows, self._states, batch_tokens=batch_tokens,
+                         show_progress=show_progress)  # fmt: skip
 
     def encode_windows(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str] | None = None,
         *,
+        encodings: Sequence[Encoding] | None = None,
         max_length: int | None = None,
         overlap: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         show_progress: bool = False,
+        progress: Progress | None = None,
     ) -> list[list[TokenStates]]:
         """Cover each whole text with overlapping windows of at most ``max_length`` tokens.
 
         A text that fits gets one window. Longer ones get windows that overlap by ``overlap``
         tokens (default: an eighth of the window, at most 512), so that no text is ever silently
-        truncated.
+        truncated. Pass ``texts``, or ``encodings`` from ``tokenize`` to skip tokenizing again.
+        ``progress(done, total)`` is called after each batch, counting windows.
         """
-        texts = _check_texts(texts)
+        per_text = [
+            self._windows(e, max_length, overlap) for e in self._encodings(texts, encodings)
+        ]
+        flat = [window for windows in per_text for window in windows]
+        states = iter(self._run(flat, self._states, batch_tokens=batch_tokens,
+                                show_progress=show_progress, progress=progress))  # fmt: skip
+        return [[next(states) for _ in windows] for windows in per_text]
+
+    def iter_windows(
+        self,
+        text: str | None = None,
+        *,
+        encoding: Encoding | None = None,
+        max_length: int | None = None,
+        overlap: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        progress: Progress | None = None,
+    ) -> Iterator[TokenStates]:
+        """The windows of one text, as ``encode_windows`` cuts them, computed a batch at a time.
+
+        Memory stays bounded by one batch of hidden states however long the text is, so a
+        caller that pools each window and drops it can ingest a file of any size.
+        ``progress(done, total)`` counts windows.
+        """
+        (encoding,) = self._encodings(None if text is None else [text],
+                                      None if encoding is None else [encoding])  # fmt: skip
+        windows = self._windows(encoding, max_length, overlap)
+        done = 0
+        for group in _window_groups([len(w.ids) for w in windows], batch_tokens):
+            states = self._run([windows[i] for i in group], self._states,
+                               batch_tokens=batch_tokens, show_progress=False)  # fmt: skip
+            done += len(group)
+            if progress is not None:
+                progress(done, len(windows))
+            yield from states
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _budget(self, max_length: int | None) -> int:
+        """Content tokens per sequence, special tokens excluded."""
+        limit = self.max_length if max_length is None else max_length
+        if not self._special_count < limit <= self.config.max_length:
+            raise InputError(
+                f"max_length must be between {self._special_count + 1} and "
+                f"{self.config.max_length} (this model's limit), not {limit}"
+            )
+        return limit - self._special_count
+
+    def _encodings(
+        self, texts: Sequence[str] | None, encodings: Sequence[Encoding] | None
+    ) -> list[Encoding]:
+        if (texts is None) == (encodings is None):
+            raise InputError("pass either texts or encodings (from Encoder.tokenize), not both")
+        if texts is not None:
+            return self.tokenize(texts)
+        for index, encoding in enumerate(encodings):
+            if not isinstance(encoding, Encoding):
+                raise InputError(
+                    f"encodings[{index}] is {type(encoding).__name__}, not tokenizers.Encoding"
+                )
+        return list(encodings)
+
+    def _windows(self, raw: Encoding, max_length: int | None, overlap: int | None) -> list[_Window]:
+        """Overlapping windows cut from one tokenization's ids and offsets, special tokens added.
+
+        Equivalent to ``raw.truncate(budget, stride=overlap)`` plus its overflowing encodings,
+        without building a full ``Encoding`` per window.
+        """
         budget = self._budget(max_length)
         if overlap is None:
             overlap = min(MAX_WINDOW_OVERLAP, budget // 8)
@@ -193,35 +354,38 @@ class Encoder:
             raise InputError(
                 f"overlap must be between 0 and {budget // 2 - 1} tokens, not {overlap}"
             )
-        windows_per_text = []
-        for raw in self.tokenizer.encode_batch(texts, add_special_tokens=False):
-            raw.truncate(budget, stride=overlap)
-            processed = self.tokenizer.post_process(raw)
-            windows_per_text.append([processed, *processed.overflowing])
-        flat = [window for windows in windows_per_text for window in windows]
-        states = iter(self._token_states(flat, batch_tokens, show_progress))
-        return [[next(states) for _ in windows] for windows in windows_per_text]
+        ids = np.asarray(raw.ids, dtype=np.int64)
+        offsets = np.asarray(raw.offsets, dtype=np.int64).reshape(-1, 2)
+        starts = [0]
+        while starts[-1] + budget < len(ids):
+            starts.append(starts[-1] + budget - overlap)
+        return [self._window(ids[s : s + budget], offsets[s : s + budget]) for s in starts]
 
-    # -- internals ---------------------------------------------------------------------------
+    def _window(self, ids: np.ndarray, offsets: np.ndarray) -> _Window:
+        prefix, suffix = self._prefix, self._suffix
+        return _Window(
+            ids=np.concatenate([prefix, ids, suffix]),
+            offsets=np.concatenate(
+                [
+                    np.zeros((len(prefix), 2), np.int64),
+                    offsets,
+                    np.zeros((len(suffix), 2), np.int64),
+                ]
+            ),
+            special=np.concatenate(
+                [np.ones(len(prefix), bool), np.zeros(len(ids), bool), np.ones(len(suffix), bool)]
+            ),
+        )
 
-    def _budget(self, max_length: int | None) -> int:
-        """Content tokens per sequence, special tokens excluded."""
-        limit = self.max_length if max_length is None else max_length
-        if not self._special_count < limit <= self.max_length:
-            raise InputError(
-                f"max_length must be between {self._special_count + 1} and {self.max_length} "
-                f"(this model's limit), not {limit}"
-            )
-        return limit - self._special_count
-
-    def _truncated(self, texts: list[str], max_length: int | None) -> list[Encoding]:
+    def _truncated(self, texts: list[str], max_length: int | None) -> list[_Window]:
         budget = self._budget(max_length)
-        encodings, dropped = [], []
+        windows, dropped = [], []
         for raw in self.tokenizer.encode_batch(texts, add_special_tokens=False):
-            if len(raw.ids) > budget:
-                dropped.append(len(raw.ids) - budget)
-                raw.truncate(budget)
-            encodings.append(self.tokenizer.post_process(raw))
+            ids = np.asarray(raw.ids, dtype=np.int64)
+            if len(ids) > budget:
+                dropped.append(len(ids) - budget)
+            offsets = np.asarray(raw.offsets, dtype=np.int64).reshape(-1, 2)
+            windows.append(self._window(ids[:budget], offsets[:budget]))
         if dropped:
             logger.warning(
                 "%d of %d texts exceeded %d tokens and were truncated, dropping %d tokens in all "
@@ -229,50 +393,74 @@ class Encoder:
                 "everything.",
                 len(dropped), len(texts), budget + self._special_count, sum(dropped), max(dropped),
             )  # fmt: skip
-        return encodings
+        return windows
 
-    def _token_states(
-        self, encodings: list[Encoding], batch_tokens: int, show_progress: bool
-    ) -> list[TokenStates]:
-        hidden = self._run(
-            [e.ids for e in encodings],
-            lambda states: states.float().cpu().numpy(),
-            batch_tokens=batch_tokens,
-            show_progress=show_progress,
-        )
-        return [
-            TokenStates(
-                hidden=states,
-                offsets=np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2),
-                special=np.asarray(e.special_tokens_mask, dtype=bool),
-            )
-            for states, e in zip(hidden, encodings, strict=True)
-        ]
+    def _states(self, hidden: np.ndarray, window: _Window) -> TokenStates:
+        return TokenStates(
+            hidden=hidden.copy(), offsets=window.offsets, special=window.special,
+            pooling=self.pooling,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def _run(
         self,
-        sequences: list[list[int]],
-        collect: Callable[[torch.Tensor], T],
+        windows: list[_Window],
+        collect: Callable[[np.ndarray, _Window], T],
         *,
         batch_tokens: int,
         show_progress: bool,
+        progress: Progress | None = None,
     ) -> list[T]:
-        """Run the model over token-id lists; ``collect`` maps each [len, dim] state to a result."""
-        results: list[T | None] = [None] * len(sequences)
+        """Run the model over windows; ``collect`` maps each [len, dim] float32 state and window."""
+        results: list[T | None] = [None] * len(windows)
+        done = 0
         with tqdm(
-            total=len(sequences), disable=not show_progress, desc="encoding", unit="text"
+            total=len(windows), disable=not show_progress, desc="encoding", unit="text"
         ) as bar:
-            for batch in token_budget_batches([len(s) for s in sequences], batch_tokens):
-                lengths = [len(sequences[i]) for i in batch]
-                input_ids = torch.full((len(batch), max(lengths)), self._pad_id, dtype=torch.long)
+            for batch in token_budget_batches([len(w.ids) for w in windows], batch_tokens):
+                lengths = [len(windows[i].ids) for i in batch]
+                input_ids = np.full((len(batch), max(lengths)), self._pad_id, dtype=np.int64)
                 for row, index in enumerate(batch):
-                    input_ids[row, : lengths[row]] = torch.tensor(sequences[index])
-                hidden = self.model(input_ids.to(self.device), lengths)
+                    input_ids[row, : lengths[row]] = windows[index].ids
+                hidden = self.model(torch.from_numpy(input_ids).to(self.device), lengths)
+                # One device-to-host copy per batch; pooling runs in float32 on the host.
+                hidden = hidden.float().cpu().numpy()
                 for row, index in enumerate(batch):
-                    results[index] = collect(hidden[row, : lengths[row]])
+                    results[index] = collect(hidden[row, : lengths[row]], windows[index])
                 bar.update(len(batch))
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(windows))
         return results  # type: ignore[return-value]
+
+
+def _special_layout(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The special token ids the post-processor puts before and after a single text's tokens."""
+    probe = tokenizer.encode("a", add_special_tokens=False)
+    processed = tokenizer.post_process(probe)
+    special = list(processed.special_tokens_mask)
+    content = [i for i, flag in enumerate(special) if not flag]
+    first = content[0] if content else len(special)
+    last = content[-1] + 1 if content else len(special)
+    ids = np.asarray(processed.ids, dtype=np.int64)
+    return ids[:first], ids[last:]
+
+
+def _no_span(count: int) -> np.ndarray:
+    return np.zeros((count, 2), np.int64)
+
+
+def _window_groups(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Consecutive windows in groups of about ``batch_tokens`` tokens (at least one each)."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for index, length in enumerate(lengths):
+        if groups[-1] and total + length > batch_tokens:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += length
+    return groups
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -303,13 +491,36 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
-def _pick_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``dtype`` on ``device``; None means JRAG_DTYPE or ``DEFAULT_DTYPE``."""
+    if dtype is None:
+        dtype = os.environ.get("JRAG_DTYPE") or DEFAULT_DTYPE
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise InputError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-    if dtype is not None:
-        return dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        name = dtype
+        dtype = getattr(torch, name, None)
+        if dtype not in _DTYPE_NAMES:
+            raise InputError(f"unknown dtype {name!r}; use auto, float32, float16 or bfloat16")
+    return dtype
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), per /proc/cpuinfo.
+
+    Elsewhere oneDNN emulates bfloat16, which is slower than float32, so "auto" stays float32.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False

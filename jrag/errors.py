@@ -25,3 +25,7 @@ class ParseError(JragError):
 
 class StoreError(JragError):
     """Milvus is unreachable, or a collection does not match the model in use."""
+
+
+class CollectionNotFound(StoreError):
+    """The collection (or the Milvus Lite database holding it) does not exist."""

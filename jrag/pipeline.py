@@ -28,7 +28,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from jrag.chunking import late_chunk_spans, pool_spans
-from jrag.encoder import Encoder, TokenStates
+from jrag.encoder import DEFAULT_BATCH_TOKENS, Encoder, TokenStates
 from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
 from jrag.parse import ParsedDocument, discover, parse_file
@@ -132,11 +132,13 @@ def embed_documents(
     kinds: Sequence[tuple[str, ...]] | None = None,
     *,
     tenant: str = "",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> list[list[Row]]:
     """Rows of ``kinds[i]`` (default: the mode's kinds) for each document, in shared batches.
 
     Never truncates: long documents get overlapping windows (``doc`` rows) or as many chunks as
     they need. Each document is tokenized once; its windows and late chunks share that pass.
+    ``batch_tokens`` bounds one forward batch (rows × longest row).
     """
     kinds = list(kinds) if kinds is not None else [options.kinds] * len(documents)
     encodings = _tokenize(encoder, [doc.text for doc in documents])
@@ -144,7 +146,9 @@ def embed_documents(
     windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks)]
     if windowed:
         windows_per_doc = encoder.encode_windows(
-            [documents[i].text for i in windowed], overlap=options.overlap(encoder)
+            [documents[i].text for i in windowed],
+            overlap=options.overlap(encoder),
+            batch_tokens=batch_tokens,
         )
         for i, windows in zip(windowed, windows_per_doc, strict=True):
             doc = documents[i]
@@ -159,7 +163,10 @@ def embed_documents(
         # the naive chunks, cut exactly at the token budget.
         max_length = min(options.naive_chunk_tokens, encoder.max_length)
         windows_per_doc = encoder.encode_windows(
-            [documents[i].text for i in chunked], max_length=max_length, overlap=0
+            [documents[i].text for i in chunked],
+            max_length=max_length,
+            overlap=0,
+            batch_tokens=batch_tokens,
         )
         for i, windows in zip(chunked, windows_per_doc, strict=True):
             spans = [w.span for w in windows]
@@ -190,6 +197,13 @@ def _rows(
     tenant: str,
 ) -> list[Row]:
     doc_id = document_id(doc.source, tenant)
+    # Document facts on every row, so that a user filter (metadata["doc_type"] == "pdf") works.
+    base = {
+        "doc_type": doc.doc_type,
+        "size": doc.size,
+        "mtime": doc.mtime,
+        "page_count": doc.page_count,
+    }
     return [
         Row(
             doc_id=doc_id,
@@ -201,7 +215,7 @@ def _rows(
             text=doc.text[start:end],
             source=doc.source,
             title=doc.title,
-            metadata={"page": doc.page_at(start), "page_end": doc.page_at(end)},
+            metadata={**base, "page": doc.page_at(start), "page_end": doc.page_at(end)},
             content_hash=doc.content_hash,
             vector=vector,
             tenant=tenant,
@@ -277,9 +291,9 @@ def ingest(
         doc_id = document_id(source, tenant)
         tick = time.perf_counter()
         try:
-            data, content_hash = _read(source)
+            _data, content_hash = _read(source)  # the bytes go to parse_file once it takes them
             committed = states.get(doc_id)
-            plan = _plan(committed, content_hash, wanted)
+            plan = plan_file(committed, content_hash, wanted)
             if plan is None:
                 report.skipped.append(source)
                 notify(source, "skipped")
@@ -315,7 +329,7 @@ def _tokenize(encoder: Encoder, texts: list[str]) -> list[Encoding]:
     return encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
 
 
-def _plan(
+def plan_file(
     committed: DocumentState | None, content_hash: str, wanted: dict[str, dict[str, Any]]
 ) -> tuple[tuple[str, ...], str] | None:
     """(kinds to embed, outcome) for one file, or None when it is stored as asked."""

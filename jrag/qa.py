@@ -1,13 +1,14 @@
 """Question answering with cited sources: retrieve documents, find their best passages, answer.
 
-:func:`ask` retrieves the ``k`` best documents (:func:`jrag.pipeline.search`), then locates the
-best passages *inside* them by late-chunk spans:
+:func:`ask` embeds the question once, retrieves the ``k`` best documents
+(:func:`jrag.retrieval.search`), then locates the best passages *inside* them by late-chunk
+spans:
 
-- where the collection holds ``late`` rows for a document, their stored vectors are searched
-  (restricted to that document);
-- otherwise (``whole`` or ``chunked`` collections) the document's text is put back together from
-  its stored rows, embedded again in one pass, and cut into late-chunk spans, exactly as a
-  ``late`` ingest would have done.
+- where a document has ``late`` rows, they are searched (dense, plus BM25 where the collection
+  has full-text search), restricted to the retrieved documents;
+- otherwise (``whole`` or ``chunked`` documents) the document's exact text is read back from the
+  store, embedded again in one pass, and cut into late-chunk spans, exactly as a ``late``
+  ingest would have done.
 
 Each passage is cited by file, character span in the parsed text, and page where known. With an
 LLM (see :mod:`jrag.llm`) the passages are numbered in the prompt and the answer cites them as
@@ -16,9 +17,7 @@ LLM (see :mod:`jrag.llm`) the passages are numbered in the prompt and the answer
 
 from __future__ import annotations
 
-import bisect
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -28,8 +27,17 @@ from jrag.chunking import late_chunk_spans, pool_spans
 from jrag.encoder import Encoder
 from jrag.errors import InputError
 from jrag.llm import ChatBackend, resolve_llm
-from jrag.pipeline import IngestOptions, SearchResult, search
-from jrag.store import Hit, MilvusStore, quote
+from jrag.pipeline import IngestOptions
+from jrag.retrieval import (
+    SearchOptions,
+    SearchResult,
+    build_query,
+    embed_query,
+    page_at,
+    search,
+)
+from jrag.store import DocumentState, MilvusStore
+from jrag.store.filters import all_of, one_of
 
 SYSTEM_PROMPT = (
     "You answer questions about a collection of documents. Use only the numbered context "
@@ -111,21 +119,24 @@ def ask(
     store: MilvusStore,
     encoder: Encoder,
     k: int = 3,
-    mode: str = "whole",
-    filter: str | None = None,
     passages: int = 3,
     llm: object | None = None,
+    options: SearchOptions | None = None,
+    **search_options,
 ) -> Answer:
     """Answer ``question`` from the ``k`` best documents, citing ``passages`` passages.
 
     ``llm`` is a LangChain model, a LlamaIndex LLM, a :class:`jrag.llm.ChatBackend` (such as
-    ``jrag.llm.from_env()``), or None for an extractive answer that needs no LLM.
+    ``jrag.llm.from_env()``), or None for an extractive answer that needs no LLM. Further
+    keywords (``mode``, ``filter``, ``hybrid``, ``tenant`` …) are search options.
     """
     backend = resolve_llm(llm)
     if passages < 1:
         raise InputError(f"passages must be at least 1, not {passages}")
-    results = search(question, store, encoder, k=k, mode=mode, filter=filter)
-    context = find_passages(question, results, store, encoder, limit=passages)
+    options = options or SearchOptions(k=k, **search_options)
+    vector = embed_query(encoder, question)  # once, for the documents and their passages
+    results = search(question, store, encoder, options, vector=vector)
+    context = find_passages(question, vector, results, store, encoder, passages, options)
     if not context:
         return Answer(question, "No documents matched the question.", [], [], None, _name(backend))
     if backend is None:
@@ -137,30 +148,33 @@ def ask(
 
 def find_passages(
     question: str,
+    vector: np.ndarray,
     results: Sequence[SearchResult],
     store: MilvusStore,
     encoder: Encoder,
-    *,
     limit: int = 3,
+    options: SearchOptions | None = None,
 ) -> list[Citation]:
     """The ``limit`` passages of the retrieved documents closest to ``question``, numbered from 1.
 
-    Each document contributes its best late-chunk spans; all are then ranked by cosine with the
-    question, best first.
+    Documents with late-chunk rows contribute their best stored late chunks; the others are
+    late-chunked again from their exact text. The two lists are merged by rank.
     """
     if not results:
         return []
-    query = encoder.encode([question])[0]
-    candidates: list[Citation] = []
-    without_late_rows = []
-    for result in results:
-        found = _stored_late_passages(query, result, store, limit)
-        candidates += found
-        if not found:
-            without_late_rows.append(result)
-    candidates += _embedded_passages(query, without_late_rows, store, encoder, limit)
-    candidates.sort(key=lambda c: -c.score)
-    best = candidates[:limit]
+    options = options or SearchOptions()
+    states = store.states([r.doc_id for r in results])
+    with_late = [r for r in results if r.doc_id in states and "late" in states[r.doc_id].kinds]
+    without = [r for r in results if r.doc_id in states and r not in with_late]
+    ranked_lists = [
+        _stored_late_passages(question, vector, with_late, states, store, limit, options),
+        _embedded_passages(vector, without, states, store, encoder, limit),
+    ]
+    merged = sorted(
+        ((rank, index, c) for index, cs in enumerate(ranked_lists) for rank, c in enumerate(cs)),
+        key=lambda item: (item[0], item[1]),
+    )
+    best = [c for _, _, c in merged[:limit]]
     for number, citation in enumerate(best, 1):
         citation.number = number
     return best
@@ -190,118 +204,82 @@ def _extractive(question: str, context: list[Citation]) -> Answer:
     return Answer(question, text, list(context), list(context), None, "extractive")
 
 
-def _name(backend: ChatBackend | None) -> str:
-    return backend.name if backend is not None else "extractive"
-
-
 # -- passages from stored late-chunk rows -------------------------------------------------------
 
 
 def _stored_late_passages(
-    query: np.ndarray, result: SearchResult, store: MilvusStore, limit: int
+    question: str,
+    vector: np.ndarray,
+    results: Sequence[SearchResult],
+    states: dict[str, DocumentState],
+    store: MilvusStore,
+    limit: int,
+    options: SearchOptions,
 ) -> list[Citation]:
-    hits = store.search(query, k=limit, kind="late", filter=f"doc_id == {quote(result.doc_id)}")
+    if not results:
+        return []
+    by_doc = {r.doc_id: r for r in results}
+    inner = SearchOptions(
+        k=limit, mode="late", hybrid=options.hybrid, ranker=options.ranker,
+        weights=options.weights, tenant=options.tenant, full_text_kinds=("late",),
+        filter=all_of(one_of("doc_id", list(by_doc)), options.filter),
+    )  # fmt: skip
+    rows = store.top_rows(build_query(store, question, vector, inner), limit)
     return [
-        _citation(result, h.start, h.end, h.text, h.score, h.metadata.get("page"),
-                  h.metadata.get("page_end"))
-        for h in hits
-    ]  # fmt: skip
+        _citation(by_doc[row.doc_id], states[row.doc_id], store, row.start, row.end, row.score)
+        for row in rows
+    ]
 
 
 # -- passages by embedding the stored document again ---------------------------------------------
 
 
 def _embedded_passages(
-    query: np.ndarray,
+    vector: np.ndarray,
     results: Sequence[SearchResult],
+    states: dict[str, DocumentState],
     store: MilvusStore,
     encoder: Encoder,
     limit: int,
 ) -> list[Citation]:
-    """Late-chunk each document put back together from its ``doc`` (or ``chunk``) rows.
-
-    The documents are embedded in one batched call; each yields its ``limit`` best spans.
-    """
+    """Late-chunk each document's exact text, embedded in one batched pass; rank its spans."""
     documents = []
     for result in results:
-        rows = _one_version(store.get_rows([result.doc_id], "doc"))
-        rows = rows or _one_version(store.get_rows([result.doc_id], "chunk"))
-        text = _stitch(rows)
+        text = store.document_text(states[result.doc_id])
         if text.strip():
-            documents.append((result, rows, text))
+            documents.append((result, text))
     if not documents:
         return []
-    windows_per_doc = encoder.encode_windows([text for _, _, text in documents])
-    citations = []
-    for (result, rows, text), windows in zip(documents, windows_per_doc, strict=True):
+    windows_per_doc = encoder.encode_windows([text for _, text in documents])
+    scored = []
+    for (result, text), windows in zip(documents, windows_per_doc, strict=True):
         encoding = encoder.tokenizer.encode(text, add_special_tokens=False)
         offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
         spans = late_chunk_spans(text, offsets, chunk_tokens=IngestOptions.late_chunk_tokens)
         vectors, kept = pool_spans(windows, spans)
-        scores = vectors @ query
-        pages = _PageAnchors(rows)
+        scores = vectors @ vector
         for index in np.argsort(-scores)[:limit]:
             start, end = spans[kept[index]]
-            citations.append(
-                _citation(result, start, end, text[start:end], float(scores[index]),
-                          pages.at(start), pages.at(end))
-            )  # fmt: skip
-    return citations
+            scored.append((float(scores[index]), result, start, end, text[start:end]))
+    scored.sort(key=lambda item: -item[0])
+    return [
+        _citation(result, states[result.doc_id], store, start, end, score, quote)
+        for score, result, start, end, quote in scored[:limit]
+    ]
 
 
-def _one_version(rows: list[Hit]) -> list[Hit]:
-    """Rows of one content version (an interrupted re-ingest can leave two): the fuller one."""
-    if not rows:
-        return rows
-    version = Counter(r.content_hash for r in rows).most_common(1)[0][0]
-    return [r for r in rows if r.content_hash == version]
-
-
-def _stitch(rows: Sequence[Hit]) -> str:
-    """The document's text from rows that cover it, each placed at its own offset.
-
-    ``doc`` windows overlap and cover the text from its first to its last token; ``chunk`` rows
-    leave the whitespace between them out, which comes back as spaces, so offsets stay exact.
-    """
-    length = max((r.start + len(r.text) for r in rows), default=0)
-    chars = [" "] * length
-    for row in rows:
-        chars[row.start : row.start + len(row.text)] = row.text
-    return "".join(chars)
-
-
-class _PageAnchors:
-    """Pages known from row boundaries: a row's start lies on its ``page``, its end on
-    ``page_end``. An offset's page is known when the anchors around it agree."""
-
-    def __init__(self, rows: Sequence[Hit]):
-        anchors = sorted(
-            (offset, page)
-            for r in rows
-            for offset, page in ((r.start, r.metadata.get("page")),
-                                 (r.end, r.metadata.get("page_end")))
-            if page is not None
-        )  # fmt: skip
-        self.offsets = [offset for offset, _ in anchors]
-        self.pages = [page for _, page in anchors]
-
-    def at(self, offset: int) -> int | None:
-        after = bisect.bisect_left(self.offsets, offset)
-        if after < len(self.offsets) and self.offsets[after] == offset:
-            return self.pages[after]
-        if 0 < after < len(self.offsets) and self.pages[after - 1] == self.pages[after]:
-            return self.pages[after]
-        return None
+def _name(backend: ChatBackend | None) -> str:
+    return backend.name if backend is not None else "extractive"
 
 
 def _citation(
     result: SearchResult,
+    state: DocumentState,
+    store: MilvusStore,
     start: int,
     end: int,
-    text: str,
     score: float,
-    page: int | None,
-    page_end: int | None,
+    quote: str | None = None,
 ) -> Citation:
     return Citation(
         number=0,
@@ -309,9 +287,9 @@ def _citation(
         title=result.title,
         start=start,
         end=end,
-        page=page,
-        page_end=page_end,
-        quote=text,
+        page=page_at(state, start),
+        page_end=page_at(state, end),
+        quote=quote if quote is not None else store.document_text(state, start, end),
         score=score,
         doc_id=result.doc_id,
     )

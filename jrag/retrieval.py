@@ -25,8 +25,14 @@ import numpy as np
 
 from jrag.encoder import Encoder
 from jrag.errors import InputError
-from jrag.modes import CONTENTS, DEFAULT_SEARCH_MODE, full_text_kinds, search_kinds
-from jrag.store import DocumentState, MilvusStore, Query, RankedRow
+from jrag.modes import (
+    CONTENTS,
+    DEFAULT_SEARCH_MODE,
+    SEARCH_MODES,
+    full_text_kinds,
+    search_kinds,
+)
+from jrag.store import RANKERS, DocumentState, MilvusStore, Query, RankedRow
 from jrag.store.filters import all_of, one_of
 
 logger = logging.getLogger("jrag")
@@ -81,6 +87,10 @@ class SearchOptions:
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise InputError(f"k must be a positive number of documents, not {self.k!r}")
+        if self.mode not in SEARCH_MODES:
+            raise InputError(f"unknown mode {self.mode!r}; use one of {', '.join(SEARCH_MODES)}")
+        if self.ranker not in RANKERS:
+            raise InputError(f"unknown ranker {self.ranker!r}; use one of {', '.join(RANKERS)}")
         if self.content not in CONTENTS:
             raise InputError(f"unknown content {self.content!r}; use one of {', '.join(CONTENTS)}")
         if len(self.weights) != 2 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
@@ -203,8 +213,8 @@ def _result(
     text = store.document_text(state, start, end)
     metadata = {
         **{k: v for k, v in state.metadata.items() if k != "page_starts"},
-        "page": _page_at(state, start),
-        "page_end": _page_at(state, end),
+        "page": page_at(state, start),
+        "page_end": page_at(state, end),
     }
     return SearchResult(
         doc_id=state.doc_id, source=state.source, title=state.title, score=best.score,
@@ -286,7 +296,7 @@ def _tokens(encoder: Encoder, text: str) -> int:
     return len(encoder.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def _page_at(state: DocumentState, offset: int) -> int | None:
+def page_at(state: DocumentState, offset: int) -> int | None:
     starts = state.metadata.get("page_starts") or []
     if not starts:
         return None

@@ -1,6 +1,6 @@
-"""Opening a collection with its model, lazily, and searching it: shared by the adapters.
+"""Opening a collection with its model, lazily, and searching it: shared by the adapters and CLI.
 
-The LangChain and LlamaIndex adapters (and the CLI) need the same steps: open an existing
+The LangChain and LlamaIndex retrievers (and the CLI) need the same steps: open an existing
 collection, load the model it was built with (or a named one that matches it), search, and hand
 results back as plain metadata. Nothing here connects or loads until the first query, so a
 retriever can be built inside a framework's configuration code, or pointed at a server that is not
@@ -12,36 +12,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from jrag.embedding import identity_of, load_encoder
 from jrag.encoder import Encoder
-from jrag.errors import InputError
-from jrag.pipeline import SEARCH_KIND, SearchResult, search
+from jrag.retrieval import SearchOptions, SearchResult, search
 from jrag.store import CONNECT_TIMEOUT_S, MilvusStore
-
-_ENCODERS: dict[tuple[str, str | None], Encoder] = {}
-_ENCODERS_LOCK = threading.Lock()
-
-
-def load_encoder(model: str, device: str | None = None) -> Encoder:
-    """``Encoder.from_pretrained(model, device)``, loaded once per process and then shared.
-
-    Adapters are cheap objects that frameworks build often (one per chain, per test, per
-    request); the weights behind them should be loaded once.
-    """
-    key = (str(model), device)
-    with _ENCODERS_LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = Encoder.from_pretrained(model, device=device)
-        return _ENCODERS[key]
-
-
-def embed_texts(
-    encoder: Encoder, texts: list[str], *, max_length: int, normalize: bool
-) -> list[list[float]]:
-    """Vectors as plain lists, for the frameworks; ``max_length`` is clamped to the model's."""
-    vectors = encoder.encode(
-        list(texts), max_length=min(max_length, encoder.max_length), normalize=normalize
-    )
-    return vectors.tolist()
 
 
 def open_collection(
@@ -51,6 +25,7 @@ def open_collection(
     token: str | None = None,
     model: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
 ) -> tuple[MilvusStore, Encoder]:
     """Open an existing collection and the model it was built with (or ``model``, checked).
@@ -59,8 +34,8 @@ def open_collection(
     """
     store = MilvusStore(uri, collection, token=token, create=False, connect_timeout=connect_timeout)
     try:
-        encoder = load_encoder(model or store.model, device)
-        store.check_model(encoder.name, encoder.dim)
+        encoder = load_encoder(model or store.model, device, dtype)
+        store.check_model(identity_of(encoder))
     except BaseException:
         store.close()
         raise
@@ -75,6 +50,8 @@ def result_metadata(result: SearchResult) -> dict[str, Any]:
         "score": result.score,
         "start": result.start,
         "end": result.end,
+        "passage_start": result.passage_start,
+        "passage_end": result.passage_end,
         "page": result.page,
         "doc_id": result.doc_id,
         "kind": result.kind,
@@ -104,7 +81,8 @@ class Searcher:
         # Async callers run queries in worker threads; only one of them may open the store.
         self._lock = threading.Lock()
 
-    def _open(self) -> tuple[MilvusStore, Encoder]:
+    def open(self) -> tuple[MilvusStore, Encoder]:
+        """The store and its model, opened on first use."""
         with self._lock:
             if self._opened is None:
                 self._opened = open_collection(
@@ -121,16 +99,10 @@ class Searcher:
     def is_open(self) -> bool:
         return self._opened is not None
 
-    def search(
-        self, query: str, *, k: int = 4, mode: str = "whole", filter: str | None = None
-    ) -> list[SearchResult]:
-        """The ``k`` best documents for ``query`` (see :func:`jrag.pipeline.search`)."""
-        if mode not in SEARCH_KIND:
-            raise InputError(f"unknown mode {mode!r}; use one of {', '.join(SEARCH_KIND)}")
-        if not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive number of documents, not {k!r}")
-        store, encoder = self._open()
-        return search(query, store, encoder, k=k, mode=mode, filter=filter)
+    def search(self, query: str, options: SearchOptions) -> list[SearchResult]:
+        """The best documents for ``query`` (see :func:`jrag.retrieval.search`)."""
+        store, encoder = self.open()
+        return search(query, store, encoder, options)
 
     def close(self) -> None:
         """Close the store (for Milvus Lite: release its folder for other processes)."""

@@ -19,6 +19,12 @@ PAGE_TWO_SENTENCE = "On the second page the lamp oil ran low again."
 
 def make_pdf(path: Path, pages: tuple[tuple[str, ...], ...] | None = None) -> Path:
     """Write a PDF whose first page opens with TITLE; each page holds its own sentences."""
+    path.write_bytes(pdf_bytes(pages))
+    return path
+
+
+def pdf_bytes(pages: tuple[tuple[str, ...], ...] | None = None) -> bytes:
+    """The bytes of the PDF that :func:`make_pdf` writes."""
     from fpdf import FPDF
 
     if pages is None:
@@ -37,8 +43,7 @@ def make_pdf(path: Path, pages: tuple[tuple[str, ...], ...] | None = None) -> Pa
         for sentence in sentences:
             pdf.cell(0, 8, sentence, new_x="LMARGIN", new_y="NEXT")
             pdf.ln(6)
-    pdf.output(str(path))
-    return path
+    return bytes(pdf.output())
 
 
 def make_blank_pdf(path: Path) -> Path:
@@ -48,6 +53,20 @@ def make_blank_pdf(path: Path) -> Path:
     pdf = FPDF(format="A4")
     pdf.add_page()
     pdf.rect(20, 20, 50, 30)
+    pdf.output(str(path))
+    return path
+
+
+def make_image_only_pdf(path: Path) -> Path:
+    """Write a PDF whose only page is a picture of text, as a scanner makes: no text layer."""
+    from fpdf import FPDF
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("L", (600, 200), color=255)
+    ImageDraw.Draw(picture).text((20, 80), SENTENCES[0], fill=0)
+    pdf = FPDF(format="A4")
+    pdf.add_page()
+    pdf.image(picture, x=10, y=10, w=180)
     pdf.output(str(path))
     return path
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 import jrag.attention
 from jrag import Encoder, InputError, ModelLoadError
-from jrag.checkpoints import jina_v2_config, write_random_checkpoint
-from jrag.encoder import token_budget_batches
+from jrag.checkpoints import bert_config, jina_v2_config, write_random_checkpoint
+from jrag.encoder import cpu_has_native_bf16, resolve_dtype, token_budget_batches
 from jrag.loading import MINILM_ID, resolve_model_dir
 from tests.reference_bert import reference_embedding, reference_hidden_states
 
@@ -70,6 +70,13 @@ def small_jina(tmp_path_factory):
     return write_random_checkpoint(tmp_path_factory.mktemp("small"), jina_v2_config("small"))
 
 
+@pytest.fixture(autouse=True)
+def float32_by_default(monkeypatch):
+    """Random weights are too ill-conditioned to judge bfloat16 by, so parity runs in float32;
+    the tests of the default dtype say so explicitly."""
+    monkeypatch.setenv("JRAG_DTYPE", "float32")
+
+
 @pytest.fixture
 def small_query_blocks(monkeypatch):
     """Shrink the query blocks so that even short inputs go through several of them."""
@@ -102,11 +109,16 @@ def test_parity_of_the_real_small_layout_at_3000_tokens(small_jina):
 
 def test_plain_bert_with_absolute_positions_matches_reference():
     encoder = Encoder.from_pretrained(MINILM_ID)
-    assert encoder.max_length == 512
+    assert encoder.max_length == 256  # sentence_bert_config.json's max_seq_length
+    assert encoder.config.max_length == 512  # still reachable with an explicit max_length
     assert not encoder.config.uses_alibi
     text = make_text(300, seed=3)
     ids = encoder.tokenizer.encode(text).ids
+    assert 256 < len(ids) <= 512
     expected = reference_embedding(resolve_model_dir(MINILM_ID), ids)
+    assert np.abs(encoder.encode([text], max_length=512)[0] - expected).max() <= 1e-4
+    truncated = [*ids[:255], ids[-1]]
+    expected = reference_embedding(resolve_model_dir(MINILM_ID), truncated)
     assert np.abs(encoder.encode([text])[0] - expected).max() <= 1e-4
 
 
@@ -331,3 +343,221 @@ def test_skipping_far_keys_changes_nothing(tiny_jina, monkeypatch):
     )
     monkeypatch.setattr(jrag.attention, "SKIP_FAR_KEYS", True)
     assert min(bias.reach(q, q)) < ids.shape[1]  # the skipping path really ran on some heads
+
+
+# -- the checkpoint's sentence-transformers config -----------------------------------------------
+
+
+def sentence_transformer(folder):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu")
+
+
+def test_minilm_matches_sentence_transformers_including_its_256_token_limit():
+    encoder = Encoder.from_pretrained(MINILM_ID)
+    assert encoder.pooling == "mean" and encoder.checkpoint_normalizes
+    texts = ["A cat is sleeping on the sofa.", make_text(40, seed=1), make_text(400, seed=2)]
+    assert encoder.count_tokens(texts)[2] > 256  # truncated at max_seq_length by both
+    expected = sentence_transformer(resolve_model_dir(MINILM_ID)).encode(texts)
+    assert np.abs(encoder.encode(texts) - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max", "mean_sqrt_len_tokens"])
+def test_pooling_modes_match_sentence_transformers(tmp_path, pooling):
+    folder = write_random_checkpoint(tmp_path / pooling, bert_config(), seed=3, pooling=pooling,
+                                     max_seq_length=128)  # fmt: skip
+    encoder = Encoder.from_pretrained(folder)
+    assert encoder.pooling == pooling and encoder.max_length == 128
+    assert not encoder.checkpoint_normalizes
+    texts = ["a short one", make_text(30, seed=4), make_text(200, seed=5)]
+    expected = sentence_transformer(folder).encode(texts)  # no Normalize module: raw vectors
+    vectors = encoder.encode(texts, normalize=False)
+    assert np.abs(vectors - expected).max() <= 1e-5
+    mean = np.stack([s.hidden.mean(axis=0) for s in encoder.encode_tokens(texts)])
+    assert np.abs(vectors - mean).max() > 1e-2  # really not the mean
+    (states,) = encoder.encode_tokens(texts[1:2])
+    assert np.abs(states.pooled(normalize=False) - vectors[1]).max() <= 1e-6
+
+
+def test_unknown_pooling_mode_is_refused_naming_the_file(tmp_path):
+    folder = write_random_checkpoint(tmp_path / "m", tiny_config())
+    pooling_file = folder / "1_Pooling" / "config.json"
+    pooling_file.write_text(json.dumps({"word_embedding_dimension": 48,
+                                        "pooling_mode_weightedmean_tokens": True}))  # fmt: skip
+    with pytest.raises(
+        ModelLoadError, match=r"1_Pooling/config\.json asks for pooling weightedmean"
+    ):
+        Encoder.from_pretrained(folder)
+    pooling_file.write_text(json.dumps({"pooling_mode": "lasttoken"}))
+    with pytest.raises(ModelLoadError, match="lasttoken; jrag supports one of mean, cls"):
+        Encoder.from_pretrained(folder)
+
+
+def test_max_seq_length_beyond_the_positions_is_clamped(tmp_path):
+    folder = write_random_checkpoint(tmp_path / "m", bert_config(), max_seq_length=4096)
+    assert Encoder.from_pretrained(folder).max_length == 512
+
+
+def test_a_folder_without_sentence_transformers_files_mean_pools(tmp_path):
+    folder = write_random_checkpoint(tmp_path / "m", tiny_config(), pooling="cls")
+    for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+        (folder / name).unlink()
+    encoder = Encoder.from_pretrained(folder)
+    assert encoder.pooling == "mean" and encoder.max_length == 8192
+
+
+def test_fingerprint_tells_checkpoints_apart_by_content_not_by_name(tmp_path):
+    one = write_random_checkpoint(tmp_path / "one", tiny_config(), seed=1)
+    same = write_random_checkpoint(tmp_path / "same", tiny_config(), seed=1)
+    other_weights = write_random_checkpoint(tmp_path / "w", tiny_config(), seed=2)
+    other_pooling = write_random_checkpoint(tmp_path / "p", tiny_config(), seed=1, pooling="cls")
+    prints = [Encoder.from_pretrained(f).fingerprint for f in (one, same, other_weights,
+                                                                 other_pooling)]  # fmt: skip
+    assert all(len(p) == 64 and int(p, 16) >= 0 for p in prints)
+    assert prints[0] == prints[1]
+    assert len(set(prints[1:])) == 3
+
+
+# -- dtype ---------------------------------------------------------------------------------------
+
+
+def test_auto_dtype_is_bfloat16_exactly_on_cpus_with_native_bfloat16(monkeypatch):
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert resolve_dtype("auto", cpu) == expected
+    assert resolve_dtype("float32", cpu) == torch.float32
+    monkeypatch.setenv("JRAG_DTYPE", "auto")
+    encoder = Encoder.from_pretrained(MINILM_ID)
+    assert encoder.dtype == expected
+    assert encoder.model.encoder.layer[0].attention.self.query.weight.dtype == expected
+    assert encoder.dtype_name == {torch.bfloat16: "bfloat16", torch.float32: "float32"}[expected]
+    assert encoder.encode(["still float32 out"]).dtype == np.float32
+    with pytest.raises(InputError, match="unknown dtype 'float8'"):
+        resolve_dtype("float8", cpu)
+
+
+def test_bfloat16_on_real_weights_stays_close_to_float32():
+    # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.002 per value); over 6 layers
+    # of a trained model the errors average out in the mean pool: measured cosines against
+    # float32 are ≥ 0.9997 on these texts. 0.999 leaves room for kernel differences while still
+    # failing on a real bug (a wrong dtype in pooling or attention gives cosines of 0.9 or less).
+    texts = [
+        "A cat is sleeping on the sofa.",
+        "Quarterly tax filing deadlines for small businesses.",
+        make_text(60, seed=1),
+        make_text(240, seed=2),
+    ]
+    fp32 = Encoder.from_pretrained(MINILM_ID, dtype="float32").encode(texts)
+    bf16 = Encoder.from_pretrained(MINILM_ID, dtype="bfloat16").encode(texts)
+    reference = sentence_transformer(resolve_model_dir(MINILM_ID)).encode(texts)
+    assert np.abs(fp32 - reference).max() <= 1e-5
+    assert (bf16 * fp32).sum(axis=1).min() >= 0.999
+    assert (bf16 * reference).sum(axis=1).min() >= 0.999
+    # The similarity structure survives: every text is still nearest to itself.
+    assert ((bf16 @ fp32.T).argmax(axis=1) == np.arange(len(texts))).all()
+
+
+# -- batching and kernels ------------------------------------------------------------------------
+
+
+def test_packed_short_sequences_match_one_at_a_time(tiny_jina, monkeypatch):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    texts = [make_text(n, seed=n) for n in (2, 9, 30, 64, 200, 17)]
+    packed = encoder.encode_tokens(texts, batch_tokens=10**6)
+    monkeypatch.setattr(jrag.attention, "PACKED_MAX_LENGTH", 0)  # every row on its own
+    alone = encoder.encode_tokens(texts, batch_tokens=10**6)
+    for a, b in zip(packed, alone, strict=True):
+        assert np.abs(a.hidden - b.hidden).max() <= 1e-5
+    monkeypatch.setattr(jrag.attention, "PACKED_MASK_ELEMENTS", 1)  # one row per packed call
+    monkeypatch.setattr(jrag.attention, "PACKED_MAX_LENGTH", 512)
+    split = encoder.encode_tokens(texts, batch_tokens=10**6)
+    for a, b in zip(packed, split, strict=True):
+        assert np.abs(a.hidden - b.hidden).max() <= 1e-5
+
+
+def test_flex_attention_path_matches_the_reference_on_cpu(tiny_jina, monkeypatch):
+    # The CUDA kernel path (ALiBi as a score_mod, padding as a block mask), run eagerly on CPU.
+    monkeypatch.setattr(jrag.attention, "KERNEL", "flex")
+    encoder = Encoder.from_pretrained(tiny_jina)
+    texts = [make_text(n, seed=n) for n in (3, 150, 40)]
+    states = encoder.encode_tokens(texts, batch_tokens=10**6)
+    bias = jrag.attention.AlibiBias(encoder.model.alibi_slopes, 8, dtype=torch.float32,
+                                    device="cpu")  # fmt: skip
+    assert bias.kernel == "flex" and not hasattr(bias, "base")  # no bias tensor at all
+    for text, state in zip(texts, states, strict=True):
+        expected = reference_hidden_states(tiny_jina, encoder.tokenizer.encode(text).ids)
+        assert np.abs(state.hidden - expected).max() <= 1e-4
+    alone = encoder.encode([texts[2]])[0]
+    assert np.abs(encoder.encode(texts, batch_tokens=10**6)[2] - alone).max() <= 1e-5
+
+
+# -- windows from one tokenization ---------------------------------------------------------------
+
+
+def test_windows_are_those_of_truncate_with_stride(tiny_jina):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    text = make_text(1500, seed=8)
+    (windows,) = encoder.encode_windows([text], max_length=512, overlap=64)
+    raw = encoder.tokenizer.encode(text, add_special_tokens=False)
+    raw.truncate(510, stride=64)
+    first = encoder.tokenizer.post_process(raw)
+    expected = [first, *first.overflowing]
+    assert len(windows) == len(expected) >= 3
+    for window, encoding in zip(windows, expected, strict=True):
+        assert window.offsets.tolist() == [list(o) for o in encoding.offsets]
+        assert window.special.tolist() == [bool(m) for m in encoding.special_tokens_mask]
+
+
+def test_pre_tokenized_input_gives_the_same_windows(tiny_jina):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    texts = [make_text(900, seed=1), "a few words"]
+    encodings = encoder.tokenize(texts)
+    assert [len(e.ids) + encoder.special_token_count for e in encodings] == encoder.count_tokens(
+        texts
+    )
+    from_texts = encoder.encode_windows(texts, max_length=256, overlap=32)
+    from_encodings = encoder.encode_windows(encodings=encodings, max_length=256, overlap=32)
+    assert [len(w) for w in from_texts] == [len(w) for w in from_encodings] == [5, 1]
+    flat = [
+        (a, b)
+        for x, y in zip(from_texts, from_encodings, strict=True)
+        for a, b in zip(x, y, strict=True)
+    ]
+    for a, b in flat:
+        assert np.array_equal(a.hidden, b.hidden) and np.array_equal(a.offsets, b.offsets)
+    with pytest.raises(InputError, match="either texts or encodings"):
+        encoder.encode_windows(texts, encodings=encodings)
+
+
+def test_iter_windows_equals_encode_windows_and_reports_progress(tiny_jina):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    text = make_text(1500, seed=8)
+    (expected,) = encoder.encode_windows([text], max_length=256, overlap=32)
+    calls = []
+    windows = list(
+        encoder.iter_windows(text, max_length=256, overlap=32, batch_tokens=600,
+                             progress=lambda *call: calls.append(call))
+    )  # fmt: skip
+    assert len(windows) == len(expected)
+    for a, b in zip(windows, expected, strict=True):
+        assert np.abs(a.hidden - b.hidden).max() <= 1e-5
+    assert calls[-1] == (len(expected), len(expected)) and len(calls) > 1
+
+
+def test_a_two_megabyte_single_line_text_is_windowed_lazily(tiny_jina):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    text = make_text(300_000, seed=13).replace(".", ",")  # ~2 MB, one line, no sentence ends
+    assert len(text) > 2_000_000 and "\n" not in text
+    (encoding,) = encoder.tokenize([text])
+    calls = []
+    windows = encoder.iter_windows(encoding=encoding, progress=lambda *c: calls.append(c))
+    first = next(windows)
+    budget, step = 8190, 8190 - 512
+    expected_windows = 1 + -(-(len(encoding.ids) - budget) // step)
+    # Only the first batch (two 8k windows under the 16k-token budget) has run.
+    assert calls == [(2, expected_windows)] and expected_windows > 40
+    assert first.span[0] == 0 and len(first.hidden) == 8192
+    second = next(windows)
+    assert second.span[0] < first.span[1]
+    windows.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import signal
@@ -14,7 +15,8 @@ import pytest
 
 from jrag import Encoder
 from jrag.loading import MINILM_ID
-from jrag.pipeline import IngestOptions, document_id, ingest, search
+from jrag.pipeline import IngestOptions, document_id, ingest
+from jrag.retrieval import search
 from jrag.store import MilvusStore
 from tests.docs_factory import make_pdf
 
@@ -65,6 +67,11 @@ def store(store_uri, minilm):
         opened.drop()
 
 
+def stored(store: MilvusStore) -> dict:
+    """The committed documents by source."""
+    return {state.source: state for state in store.all_states()}
+
+
 def rows_by_kind(store: MilvusStore) -> dict[str, int]:
     return store.stats()["rows"]
 
@@ -112,8 +119,8 @@ def test_a_changed_file_replaces_its_rows(store, minilm, tmp_path):
     )
     report = ingest([tmp_path / "docs"], store, minilm)
     assert report.updated == [str(paths["bakery"].resolve())] and len(report.skipped) == 4
-    versions = store.documents()[str(paths["bakery"].resolve())]
-    assert len(versions) == 1 and versions[0].complete
+    state = stored(store)[str(paths["bakery"].resolve())]
+    assert state.content_hash == hashlib.sha256(paths["bakery"].read_bytes()).hexdigest()
     assert rows_by_kind(store)["doc"] == rows_before["doc"] - old_bakery_rows + 1
     top = search("buckwheat flour milling day", store, minilm, k=1)[0]
     assert top.source == str(paths["bakery"].resolve()) and "buckwheat" in top.text
@@ -127,7 +134,7 @@ def test_prune_deletes_rows_of_removed_files_only_under_the_given_paths(store, m
     (tmp_path / "docs" / "bakery.md").unlink()
     report = ingest([tmp_path / "docs"], store, minilm, prune=True)
     assert report.pruned == [str((tmp_path / "docs" / "bakery.md").resolve())]
-    sources = set(store.documents())
+    sources = set(stored(store))
     assert len(sources) == 9 and str(other["bakery"].resolve()) in sources
 
 
@@ -138,7 +145,8 @@ def test_late_mode_stores_whole_and_late_chunk_vectors_from_one_pass(store, mini
     assert rows["doc"] >= 5 and rows["late"] > rows["doc"]
     best = search("Who recast the foghorn?", store, minilm, k=1, mode="late")[0]
     assert best.source == str(paths["lighthouse"].resolve())
-    assert "Orrin Vale" in best.text and len(best.text) < 1500  # a chunk, not the document
+    passage = best.text[best.passage_start - best.start : best.passage_end - best.start]
+    assert "Orrin Vale" in passage and len(passage) < 1500  # a chunk, not the document
 
 
 def test_chunked_mode_embeds_independent_512_token_chunks(store, minilm, tmp_path):
@@ -201,7 +209,7 @@ def test_a_file_that_turns_corrupt_keeps_its_stored_version(store, minilm, tmp_p
     paths["moths"].write_bytes(b"\x00\x01\x02" * 500)
     report = ingest([tmp_path / "docs"], store, minilm)
     assert [Path(p).name for p, _ in report.failed] == ["moths.txt"]
-    assert str(paths["moths"].resolve()) in store.documents()
+    assert str(paths["moths"].resolve()) in stored(store)
 
 
 def _jrag(*args: str) -> list[str]:
@@ -229,27 +237,29 @@ def test_kill_9_halfway_then_rerun_ends_with_every_document_once(store_uri, mini
     process = subprocess.Popen(
         _jrag("--debug", "ingest", str(docs), *common), stderr=subprocess.PIPE, text=True, env=env
     )
-    stored = 0
+    logged = 0
     for line in process.stderr:
-        stored += "stored" in line
-        if stored == 15:
+        logged += "stored" in line
+        if logged == 15:
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
 
     with MilvusStore(store_uri, collection, model=minilm.name, dim=minilm.dim) as store:
-        assert 15 <= len(store.documents()) < 40
+        assert 15 <= len(stored(store)) < 40
         report = ingest([docs], store, minilm, options=IngestOptions(mode="late"))
         assert len(report.skipped) >= 15 and report.failed == []
-        documents = store.documents()
+        documents = stored(store)
         assert len(documents) == 40
-        assert all(len(v) == 1 and v[0].complete for v in documents.values())
         doc_rows = store.get_rows([document_id(s) for s in documents], "doc")
         assert len(doc_rows) == 40 == len({r.id for r in doc_rows})
         late_rows = store.get_rows([document_id(s) for s in documents], "late")
         assert len(late_rows) == len({r.id for r in late_rows})
-        assert sum(v[0].kinds["late"] for v in documents.values()) == len(late_rows)
+        assert sum(v.kinds["late"]["rows"] for v in documents.values()) == len(late_rows)
+        # Nothing beyond the committed versions: every row in the collection is accounted for.
+        committed = sum(sum(k["rows"] for k in v.kinds.values()) for v in documents.values())
+        assert store.count('kind in ["doc", "late", "chunk", "text"]') == committed
         store.drop()
 
 

@@ -7,9 +7,9 @@ import asyncio
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field
 
+from jrag.embedding import embed_texts, load_encoder
 from jrag.encoder import Encoder
 from jrag.loading import DEFAULT_MODEL
-from jrag.searcher import embed_texts, load_encoder
 
 
 class JragEmbeddings(BaseModel, Embeddings):

@@ -13,7 +13,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
-from jrag.pipeline import SearchResult
+from jrag.retrieval import SearchOptions, SearchResult
 from jrag.searcher import Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
 
@@ -30,10 +30,13 @@ class JragRetriever(BaseRetriever):
             docs = retriever.invoke("When was the Fresnel lens re-ground?")
             docs[0].metadata["source"], docs[0].metadata["score"]
 
-    Each ``Document`` is one source document: ``page_content`` is its best-matching span (the
-    whole document, or the window of a long one, in mode ``whole``; the late chunk in mode
-    ``late``), and ``metadata`` holds ``source``, ``title``, ``score``, ``start``, ``end``,
-    ``page`` (None when unknown), ``doc_id`` and ``kind``.
+    Each ``Document`` is one source document: ``page_content`` is its best passage with
+    neighbouring context (``content="passage"``), or the whole window holding it
+    (``content="document"``), and ``metadata`` holds ``source``, ``title``, ``score``,
+    ``start``, ``end`` (the content's span), ``passage_start``, ``passage_end``, ``page`` (None
+    when unknown), ``doc_id`` and ``kind``. By default every kind of row the collection holds is
+    searched (``mode="auto"``), fused with full-text BM25 where the collection has it
+    (``hybrid=False`` turns that off).
 
     ``model=None`` loads the model the collection was built with; a named model must match it.
     Nothing connects or loads at construction: the store and the model open on the first query
@@ -50,9 +53,14 @@ class JragRetriever(BaseRetriever):
     device: str | None = Field(default=None, description="torch device; default: CUDA if any.")
     k: int = Field(default=4, ge=1, description="How many documents to return.")
     filter: str | None = Field(default=None, description="Milvus filter expression.")
-    mode: Literal["whole", "late", "chunked"] = Field(
-        default="whole", description="Which vectors to search (as ingested)."
+    mode: Literal["auto", "whole", "late", "chunked"] = Field(
+        default="auto", description="Which rows to search: auto = all the collection holds."
     )
+    hybrid: bool = Field(default=True, description="Fuse dense and BM25 full-text search.")
+    content: Literal["passage", "document"] = Field(
+        default="passage", description="Best passage with context, or its whole window."
+    )
+    tenant: str = Field(default="", description="Only this tenant's documents.")
     connect_timeout: float = Field(default=CONNECT_TIMEOUT_S, gt=0, description="Seconds.")
 
     _searcher: Searcher = PrivateAttr()
@@ -75,12 +83,7 @@ class JragRetriever(BaseRetriever):
         k: int | None = None,
         filter: str | None = None,
     ) -> list[Document]:
-        results = self._searcher.search(
-            query,
-            k=self.k if k is None else k,
-            mode=self.mode,
-            filter=self.filter if filter is None else filter,
-        )
+        results = self._searcher.search(query, self._options(k, filter))
         return [_to_document(result) for result in results]
 
     async def _aget_relevant_documents(
@@ -92,14 +95,18 @@ class JragRetriever(BaseRetriever):
         filter: str | None = None,
     ) -> list[Document]:
         # Model forward passes and the Milvus client are blocking: keep them off the loop.
-        results = await asyncio.to_thread(
-            self._searcher.search,
-            query,
+        results = await asyncio.to_thread(self._searcher.search, query, self._options(k, filter))
+        return [_to_document(result) for result in results]
+
+    def _options(self, k: int | None, filter: str | None) -> SearchOptions:
+        return SearchOptions(
             k=self.k if k is None else k,
             mode=self.mode,
             filter=self.filter if filter is None else filter,
+            hybrid=self.hybrid,
+            content=self.content,
+            tenant=self.tenant,
         )
-        return [_to_document(result) for result in results]
 
     def close(self) -> None:
         """Close the store if it was opened (a later query opens it again)."""

@@ -20,9 +20,9 @@ import typer
 from typer.core import TyperCommand
 
 from jrag.errors import JragError
+from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES
 from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS
 from jrag.loading import DEFAULT_MODEL
-from jrag.pipeline import MODES
 
 
 class _MultiValueCommand(TyperCommand):
@@ -90,21 +90,21 @@ LengthsOpt = Annotated[
 ]
 DocsOpt = Annotated[int, typer.Option(help="Candidate documents (and queries) per length.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the generated documents.")]
-_DEFAULT_MODES = list(MODES)
+_DEFAULT_MODES = list(DEFAULT_VARIANTS)
 _DEFAULT_LENGTHS = list(DEFAULT_LENGTHS)
 _DEFAULT_OUT = Path("jrag-eval")
 
 
 def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) -> None:
     """Load the model, build the corpora, run every mode, then print and save the results."""
-    from jrag.cli import _fail, _load_encoder, console
+    from jrag.console import console, fail, load_encoder
     from jrag.evaluation.report import results_table, write_outputs
     from jrag.evaluation.runner import check_modes, run_evaluation
 
     try:
         modes = check_modes(modes)
         started = time.perf_counter()
-        encoder = _load_encoder(model)
+        encoder = load_encoder(model)
         with console.status(f"building the {task} corpus"):
             corpora = make_corpora(encoder)
         with console.status(f"{task}") as status:
@@ -116,7 +116,7 @@ def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) 
         result.info["seconds"] = round(time.perf_counter() - started, 2)
         json_path, png_path = write_outputs(result, out)
     except JragError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     console.print(results_table(result))
     console.print(f"wrote {json_path} and {png_path} ({result.info['seconds']:.1f} s in all)")
 

@@ -1,11 +1,10 @@
-"""Index each corpus once per mode in Milvus, rank documents for every query, score the ranking.
+"""Index each corpus once, rank documents for every query in every variant, score the ranking.
 
-Every mode goes through the same code as ``jrag ingest`` / ``jrag search``: rows come from
-:func:`jrag.pipeline.embed_documents`, live in one :class:`~jrag.store.MilvusStore` collection
-per (mode, corpus), and a document scores as its best row of the mode's search kind
-(:func:`jrag.pipeline.best_per_document`): its best macro-window in ``whole`` mode when it is
-longer than the model, its best late chunk in ``late`` mode, its best 512-token chunk in
-``chunked`` mode. Queries are embedded with ``encoder.encode``.
+Every variant goes through the same code as ``jrag ingest`` / ``jrag search``: rows come from
+:func:`jrag.pipeline.embed_documents` and are written with the store's versioned protocol into
+one collection per corpus holding every row kind the variants need; documents are ranked by
+:meth:`jrag.store.MilvusStore.rank`, the primitive behind ``jrag search`` and the retrievers.
+A variant names the row kinds of its dense leg and of its BM25 leg (see :data:`VARIANTS`).
 """
 
 from __future__ import annotations
@@ -20,13 +19,41 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jrag.embedding import identity_of
 from jrag.encoder import Encoder
 from jrag.errors import InputError, StoreError
 from jrag.evaluation.corpus import Corpus, EvalDocument
 from jrag.evaluation.metrics import evaluate
 from jrag.parse import ParsedDocument
-from jrag.pipeline import MODES, SEARCH_KIND, IngestOptions, SearchResult, best_per_document
-from jrag.store import MilvusStore
+from jrag.pipeline import IngestOptions, document_version, embed_documents
+from jrag.store import MilvusStore, Query
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to search: the dense leg's row kinds and the BM25 leg's (empty: none)."""
+
+    kinds: tuple[str, ...]
+    full_text_kinds: tuple[str, ...] = ()
+
+    @property
+    def needs(self) -> set[str]:
+        return set(self.kinds) | set(self.full_text_kinds)
+
+
+VARIANTS: dict[str, Variant] = {
+    "whole": Variant(("doc",)),
+    "late": Variant(("late",)),
+    "chunked": Variant(("chunk",)),
+    "auto-dense": Variant(("doc", "late")),
+    "bm25": Variant((), ("late",)),
+    "hybrid": Variant(("doc", "late"), ("late",)),
+    "hybrid-doc": Variant(("doc", "late"), ("doc",)),
+    "hybrid-both": Variant(("doc", "late"), ("doc", "late")),
+    "chunked-hybrid": Variant(("chunk",), ("chunk",)),
+}
+DEFAULT_VARIANTS = ("whole", "late", "chunked", "bm25", "hybrid")
+MODES = tuple(VARIANTS)
 
 DEPTH = 10  # documents ranked per query: enough for every @10 metric
 # Documents embedded together, in tokens (estimated): bounds the token states held in memory.
@@ -69,10 +96,10 @@ class EvalResult:
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
-    """Modes in the given order, deduplicated; an unknown one is an InputError."""
-    unknown = [m for m in modes if m not in MODES]
+    """Variants in the given order, deduplicated; an unknown one is an InputError."""
+    unknown = [m for m in modes if m not in VARIANTS]
     if unknown or not modes:
-        raise InputError(f"unknown mode(s) {unknown or modes}; use {', '.join(MODES)}")
+        raise InputError(f"unknown mode(s) {unknown or modes}; use {', '.join(VARIANTS)}")
     return list(dict.fromkeys(modes))
 
 
@@ -92,19 +119,21 @@ def as_parsed(doc: EvalDocument) -> ParsedDocument:
 
 
 def index_corpus(
-    store: MilvusStore, corpus: Corpus, encoder: Encoder, options: IngestOptions
+    store: MilvusStore, corpus: Corpus, encoder: Encoder, kinds: set[str]
 ) -> dict[str, int]:
-    """Embed and write every document of ``corpus``; returns the rows written per kind."""
-    from jrag.pipeline import embed_documents
-
+    """Embed and write every document of ``corpus`` with rows of ``kinds``; rows per kind."""
+    options = IngestOptions(mode="late")
+    wanted = tuple(k for k in ("doc", "late", "chunk") if k in kinds)
     written: dict[str, int] = {}
     group: list[ParsedDocument] = []
     group_tokens = 0
 
     def flush_group() -> None:
         nonlocal group, group_tokens
-        for doc, rows in zip(group, embed_documents(group, encoder, options), strict=True):
-            store.write_document(doc.source, doc.content_hash, rows)
+        rows_per_doc = embed_documents(group, encoder, options, [wanted] * len(group))
+        for doc, rows in zip(group, rows_per_doc, strict=True):
+            by_kind = {kind: options.for_kind(kind, encoder) for kind in wanted}
+            store.write_document(document_version(doc), rows, by_kind)
             for row in rows:
                 written[row.kind] = written.get(row.kind, 0) + 1
         group, group_tokens = [], 0
@@ -118,22 +147,6 @@ def index_corpus(
         flush_group()
     store.flush()
     return written
-
-
-def rank_documents(
-    store: MilvusStore, vector, kind: str, total_rows: int, depth: int = DEPTH
-) -> list[SearchResult]:
-    """The ``depth`` best documents, each scored by its best row of ``kind``; exact.
-
-    Rows are over-fetched until ``depth`` distinct documents show up: a document absent from
-    the top rows has every row below them, so it cannot outrank any document that is present.
-    """
-    limit = min(total_rows, max(depth * 20, 64), _MAX_SEARCH_ROWS)
-    while True:
-        ranked = best_per_document(store.search(vector, k=limit, kind=kind), depth)
-        if len(ranked) >= depth or limit >= min(total_rows, _MAX_SEARCH_ROWS):
-            return ranked
-        limit = min(total_rows, limit * 4, _MAX_SEARCH_ROWS)
 
 
 def _collection_name(task: str, mode: str, label: str) -> str:
@@ -151,58 +164,72 @@ def run_evaluation(
     token: str | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Score every corpus in every mode. Collections are created fresh and dropped afterwards;
-    without ``uri`` they live in a Milvus Lite database in a temporary folder."""
+    """Score every corpus in every variant (``modes``). Each corpus is indexed once, in a fresh
+    collection dropped afterwards; without ``uri`` it lives in a temporary Milvus Lite file."""
     modes = check_modes(modes)
     result = EvalResult(task, encoder.name, modes, [c.label for c in corpora], metrics)
     workdir = None
     if uri is None:
         workdir = Path(tempfile.mkdtemp(prefix="jrag-eval-"))
         uri = str(workdir / "eval.db")
+    kinds = set().union(*(VARIANTS[m].needs for m in modes))
     try:
-        for mode in modes:
-            options = IngestOptions(mode=mode)
-            for corpus in corpora:
-                if on_step:
-                    on_step(f"{task} {corpus.label}: {mode}")
-                scores, seconds, rows = _evaluate_one(
-                    task, corpus, encoder, options, metrics, uri, token
-                )
-                result.scores.setdefault(mode, {})[corpus.label] = scores
-                result.seconds.setdefault(mode, {})[corpus.label] = seconds
-                result.rows.setdefault(mode, {})[corpus.label] = rows
+        for corpus in corpora:
+            if on_step:
+                on_step(f"{task} {corpus.label}: indexing")
+            _evaluate_corpus(task, corpus, encoder, modes, kinds, metrics, uri, token, result)
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
-def _evaluate_one(
+def _evaluate_corpus(
     task: str,
     corpus: Corpus,
     encoder: Encoder,
-    options: IngestOptions,
+    modes: Sequence[str],
+    kinds: set[str],
     metrics: tuple[str, ...],
     uri: str,
     token: str | None,
-) -> tuple[dict[str, float], dict[str, float], int]:
-    name = _collection_name(task, options.mode, corpus.label)
-    kind = SEARCH_KIND[options.mode]
+    result: EvalResult,
+) -> None:
+    name = _collection_name(task, "all", corpus.label)
     # A leftover of an earlier run at a user-given --uri.
     with contextlib.suppress(StoreError), MilvusStore(uri, name, token=token, create=False) as old:
         old.drop()
-    with MilvusStore(uri, name, token=token, model=encoder.name, dim=encoder.dim) as store:
+    with MilvusStore(uri, name, token=token, identity=identity_of(encoder)) as store:
         try:
             started = time.perf_counter()
-            total_rows = index_corpus(store, corpus, encoder, options).get(kind, 0)
+            written = index_corpus(store, corpus, encoder, kinds)
             embedded = time.perf_counter()
             vectors = encoder.encode([q.text for q in corpus.queries])
-            run = {}
-            for query, vector in zip(corpus.queries, vectors, strict=True):
-                ranked = rank_documents(store, vector, kind, total_rows)
-                run[query.query_id] = {r.source: r.score for r in ranked}
-            searched = time.perf_counter()
+            for mode in modes:
+                variant = VARIANTS[mode]
+                full_text = variant.full_text_kinds if store.full_text else ()
+                tick = time.perf_counter()
+                run = {}
+                for query, vector in zip(corpus.queries, vectors, strict=True):
+                    ranked, states = store.rank(
+                        Query(vector, query.text, DEPTH, variant.kinds, full_text)
+                    )
+                    # By rank, not score: BM25 scores from Milvus Lite are negative.
+                    run[query.query_id] = {
+                        states[r.doc_id].source: float(len(ranked) - i)
+                        for i, r in enumerate(ranked)
+                        if r.doc_id in states
+                    }
+                searched = time.perf_counter() - tick
+                label = corpus.label
+                result.scores.setdefault(mode, {})[label] = evaluate(corpus.qrels(), run, metrics)
+                result.seconds.setdefault(mode, {})[label] = {
+                    "embed": embedded - started,
+                    "search": searched,
+                    "per_query_ms": 1000 * searched / max(1, len(corpus.queries)),
+                }
+                result.rows.setdefault(mode, {})[label] = sum(
+                    written.get(k, 0) for k in variant.kinds
+                )
         finally:
             store.drop()
-    seconds = {"embed": embedded - started, "search": searched - embedded}
-    return evaluate(corpus.qrels(), run, metrics), seconds, total_rows

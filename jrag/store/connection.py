@@ -31,7 +31,7 @@ import grpc
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from jrag.errors import StoreError
+from jrag.errors import CollectionNotFound, StoreError
 from jrag.logs import quiet_milvus_logs
 
 CONNECT_TIMEOUT_S = 10.0
@@ -186,7 +186,7 @@ class Connection:
             )
         path = path.resolve()
         if not create and not path.exists():
-            raise StoreError(
+            raise CollectionNotFound(
                 f"there is no Milvus Lite database at {path}; check --uri (or run `jrag ingest` "
                 "first)"
             )

@@ -211,6 +211,7 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
     vector = fields.get("vector") or {}
     dim = int((vector.get("params") or {}).get("dim", 0) or props.get("jrag.dim", 0))
     if version < SCHEMA_VERSION:
+        _load(conn, name)
         return _legacy_manifest(conn, name, props, dim, version)
     if version > SCHEMA_VERSION:
         raise StoreError(
@@ -223,6 +224,7 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
             f"{where} carries jrag's properties but lacks its fields ({', '.join(missing)}); it "
             f"was not written by this jrag. Use another --collection, or `jrag drop -c {name}`"
         )
+    _load(conn, name)
     rows = conn.call(
         f"read the manifest of '{name}'",
         conn.client.query,
@@ -249,6 +251,11 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
     }
     bm25 = bool(data.get("bm25")) and BM25_FIELD in fields
     return Manifest(SCHEMA_VERSION, identity, bm25, kinds)
+
+
+def _load(conn: Connection, name: str) -> None:
+    """Load the collection: it is released after a server restart or a Lite reopen."""
+    conn.call(f"load collection '{name}'", conn.client.load_collection, name)
 
 
 def _legacy_manifest(conn: Connection, name: str, props: dict, dim: int, version: int) -> Manifest:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from jrag.errors import StoreError
+from jrag.errors import CollectionNotFound, StoreError
 from jrag.store.connection import CONNECT_TIMEOUT_S, Connection
 from jrag.store.filters import all_of, one_of
 from jrag.store.manifest import (
@@ -64,11 +64,15 @@ class MilvusStore:
         *,
         token: str | None = None,
         identity: Identity | None = None,
+        model: str | None = None,
+        dim: int | None = None,
         create: bool = True,
         full_text: bool | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         flush_each_write: bool | None = None,
     ) -> None:
+        if identity is None and model is not None and dim is not None:
+            identity = Identity(model=model, dim=int(dim))  # a model known by name and dim only
         if identity is None and create:
             raise StoreError(
                 "MilvusStore needs the embedding model's identity to create a collection"
@@ -139,17 +143,16 @@ class MilvusStore:
         )
         if not exists:
             if not create:
-                raise StoreError(
+                raise CollectionNotFound(
                     f"{self.where} does not exist; run `jrag ingest` first or pass another "
                     "--collection"
                 )
             assert identity is not None
             manifest = create_collection(self.conn, self.collection, identity, bm25=full_text)
-        else:
-            manifest = read_manifest(self.conn, self.collection)
-            if identity is not None:
-                check_identity(self.where, manifest.identity, identity)
-        self.conn.call(f"load {self.where}", self.conn.client.load_collection, self.collection)
+            return manifest
+        manifest = read_manifest(self.conn, self.collection)  # loads it, once it is jrag's
+        if identity is not None:
+            check_identity(self.where, manifest.identity, identity)
         return manifest
 
     def check_model(self, identity: Identity) -> None:
@@ -202,6 +205,12 @@ class MilvusStore:
         if self.read_only:
             query.full_text_kinds = ()
         return self.ranker.rank(query)
+
+    def top_rows(self, query: Query, limit: int) -> list[RankedRow]:
+        """The ``limit`` best rows for ``query``, several per document allowed."""
+        if self.read_only:
+            query.full_text_kinds = ()
+        return self.ranker.top_rows(query, limit)
 
     def rows(self, ids: Sequence[str]) -> list[Hit]:
         """Rows by id, with their text and metadata."""

@@ -90,7 +90,7 @@ class DocumentRanker:
 
     def rank(self, query: Query) -> tuple[list[RankedRow], dict[str, DocumentState]]:
         """The ``query.k`` best documents' best rows, best first, with their states."""
-        if query.k <= 0 or not query.kinds:
+        if query.k <= 0 or not (query.kinds or query.full_text_kinds):
             return [], {}
         if query.ranker not in RANKERS:
             raise InputError(f"unknown ranker {query.ranker!r}; use one of {', '.join(RANKERS)}")
@@ -103,7 +103,7 @@ class DocumentRanker:
         if len(ranked) < query.k:
             # No grouping here, or the grouped candidates ran short: the exact loop fills up.
             self._loop(query, user, states, ranked)
-        best = sorted(ranked.values(), key=lambda r: -r.score)[: query.k]
+        best = list(ranked.values())[: query.k]  # in search order (Lite's BM25 scores are negative)
         return best, {r.doc_id: states[r.doc_id] for r in best if r.doc_id in states}
 
     def _grouped(
@@ -157,12 +157,33 @@ class DocumentRanker:
                 ranked[row.doc_id] = row
         return invisible
 
+    def top_rows(self, query: Query, limit: int) -> list[RankedRow]:
+        """The ``limit`` best visible rows, best first, several per document allowed."""
+        user = check_user_filter(query.filter)
+        self._excluded = []
+        states: dict[str, DocumentState] = {}
+        for _ in range(MAX_ROUNDS):
+            rows = self._search(query, user, _exclusion(self._excluded), limit, group=False)
+            states.update(self._states_of(rows, states))
+            kept = []
+            for row in rows:
+                self._check_restriction(row, query)
+                if self._visible(row, states.get(row.doc_id)):
+                    kept.append(row)
+                else:
+                    self._excluded.append((row.doc_id, row.content_hash, row.kind))
+            if len(kept) == len(rows):
+                return kept
+        return kept
+
     # -- one search ------------------------------------------------------------------------------
 
     def _search(
         self, query: Query, user: str | None, exclusions: str | None, limit: int, *, group: bool
     ) -> list[RankedRow]:
-        dense_expr = all_of(restriction(query.kinds, query.tenant), user, exclusions)
+        tenant = query.tenant if self.check_versions else None  # older schemas had no tenant
+        fields = HIT_FIELDS if self.check_versions else [f for f in HIT_FIELDS if f != "tenant"]
+        dense_expr = all_of(restriction(query.kinds, tenant), user, exclusions)
         grouping: dict[str, Any] = {"group_by_field": "doc_id"} if group else {}
         # Hybrid legs fetch candidates beyond ``limit``, so that fusing, then grouping, still
         # finds ``limit`` documents when some own many rows.
@@ -174,10 +195,15 @@ class DocumentRanker:
         client = self.conn.client
         try:
             with quiet_milvus_logs():
-                if query.full_text_kinds:
-                    text_expr = all_of(
-                        restriction(query.full_text_kinds, query.tenant), user, exclusions
-                    )
+                if not query.kinds:  # full-text search alone
+                    text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
+                    result = client.search(
+                        self.collection, data=[query.text], filter=text_expr, limit=limit,
+                        output_fields=fields, search_params={"metric_type": "BM25"},
+                        anns_field=BM25_FIELD, consistency_level="Strong", **grouping,
+                    )  # fmt: skip
+                elif query.full_text_kinds:
+                    text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
                     legs = [
                         AnnSearchRequest(
                             [vector], "vector", dense_params, leg_limit, expr=dense_expr
@@ -193,13 +219,13 @@ class DocumentRanker:
                         else WeightedRanker(*query.weights, norm_score=True)
                     )
                     result = client.hybrid_search(
-                        self.collection, legs, ranker, limit=limit, output_fields=HIT_FIELDS,
+                        self.collection, legs, ranker, limit=limit, output_fields=fields,
                         consistency_level="Strong", **grouping,
                     )  # fmt: skip
                 else:
                     result = client.search(
                         self.collection, data=[vector], filter=dense_expr, limit=limit,
-                        output_fields=HIT_FIELDS, search_params=dense_params,
+                        output_fields=fields, search_params=dense_params,
                         anns_field="vector", consistency_level="Strong", **grouping,
                     )  # fmt: skip
         except MILVUS_ERRORS as e:
@@ -232,7 +258,8 @@ class DocumentRanker:
     @staticmethod
     def _check_restriction(row: RankedRow, query: Query) -> None:
         allowed = set(query.kinds) | set(query.full_text_kinds)
-        if row.kind not in allowed or row.tenant != query.tenant:
+        wrong_tenant = row.tenant is not None and row.tenant != query.tenant
+        if row.kind not in allowed or wrong_tenant:
             raise InputError(
                 f"the filter {query.filter!r} widened the search beyond jrag's restriction "
                 "(kinds and tenant); a filter can only narrow a search"
@@ -244,7 +271,7 @@ def _ranked_row(hit: dict) -> RankedRow:
     return _Row(
         id=hit.get("id", entity.get("id")),
         doc_id=entity["doc_id"],
-        tenant=entity.get("tenant", ""),
+        tenant=entity.get("tenant"),
         kind=entity["kind"],
         chunk_index=int(entity["chunk_index"]),
         start=int(entity["start"]),
@@ -256,7 +283,7 @@ def _ranked_row(hit: dict) -> RankedRow:
 
 @dataclass
 class _Row(RankedRow):
-    tenant: str = ""
+    tenant: str | None = None  # None: the older schema has no tenant field
 
 
 def _exclusion(excluded: Sequence[tuple[str, str, str]]) -> str | None:
@@ -273,5 +300,12 @@ def _is_parse_error(message: str) -> bool:
     lowered = message.lower()
     return any(
         marker in lowered
-        for marker in ("parse expr", "query plan", "syntax", "invalid expr", "not exist")
+        for marker in (
+            "parse expr",
+            "query plan",
+            "syntax",
+            "invalid expr",
+            "not exist",
+            "unknown field",
+        )
     )

@@ -8,9 +8,9 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
+from jrag.embedding import embed_texts, load_encoder
 from jrag.encoder import Encoder
 from jrag.loading import DEFAULT_MODEL
-from jrag.searcher import embed_texts, load_encoder
 
 
 class JragEmbedding(BaseEmbedding):

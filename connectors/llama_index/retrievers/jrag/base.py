@@ -8,13 +8,12 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from jrag.errors import InputError
-from jrag.pipeline import SEARCH_KIND, SearchResult
+from jrag.retrieval import SearchOptions, SearchResult
 from jrag.searcher import Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
 
 # Kept in the node's metadata for callers, but not shown to the LLM or re-embedded.
-_INTERNAL_KEYS = ["score", "start", "end", "doc_id", "kind"]
+_INTERNAL_KEYS = ["score", "start", "end", "passage_start", "passage_end", "doc_id", "kind"]
 
 
 class JragRetriever(BaseRetriever):
@@ -29,10 +28,14 @@ class JragRetriever(BaseRetriever):
             for hit in retriever.retrieve("When was the Fresnel lens re-ground?"):
                 print(hit.score, hit.node.metadata["source"])
 
-    Each ``NodeWithScore`` is one source document: the node's text is its best-matching span,
-    ``start_char_idx``/``end_char_idx`` locate it in the document, and the metadata holds
-    ``source``, ``title``, ``score``, ``start``, ``end``, ``page`` (None when unknown),
-    ``doc_id`` and ``kind``. ``model=None`` loads the model the collection was built with.
+    Each ``NodeWithScore`` is one source document: the node's text is its best passage with
+    neighbouring context (``content="passage"``) or the whole window holding it
+    (``content="document"``), ``start_char_idx``/``end_char_idx`` locate it in the document,
+    and the metadata holds ``source``, ``title``, ``score``, ``start``, ``end``,
+    ``passage_start``, ``passage_end``, ``page`` (None when unknown), ``doc_id`` and ``kind``.
+    ``mode="auto"`` searches every kind of row the collection holds, fused with BM25 full-text
+    search where the collection has it (``hybrid=False`` turns that off). ``model=None`` loads
+    the model the collection was built with.
     Nothing connects or loads at construction: the store and model open on the first query
     (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
     """
@@ -44,20 +47,20 @@ class JragRetriever(BaseRetriever):
         model: str | None = None,
         k: int = 4,
         filter: str | None = None,
-        mode: str = "whole",
+        mode: str = "auto",
         *,
+        hybrid: bool = True,
+        content: str = "passage",
+        tenant: str = "",
         token: str | None = None,
         device: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
-        if mode not in SEARCH_KIND:
-            raise InputError(f"unknown mode {mode!r}; use one of {', '.join(SEARCH_KIND)}")
-        if not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive number of documents, not {k!r}")
-        self.k = k
-        self.filter = filter
-        self.mode = mode
+        # Checked here, so a bad argument fails at construction rather than at the first query.
+        self.options = SearchOptions(
+            k=k, mode=mode, filter=filter, hybrid=hybrid, content=content, tenant=tenant
+        )
         self._searcher = Searcher(
             uri,
             collection,
@@ -76,7 +79,7 @@ class JragRetriever(BaseRetriever):
         return _to_nodes(await asyncio.to_thread(self._search, query_bundle.query_str))
 
     def _search(self, query: str) -> list[SearchResult]:
-        return self._searcher.search(query, k=self.k, mode=self.mode, filter=self.filter)
+        return self._searcher.search(query, self.options)
 
     def close(self) -> None:
         """Close the store if it was opened (a later query opens it again)."""

@@ -1,0 +1,36 @@
+"""What every ``jrag`` command prints through: the consoles, one-line errors, model loading.
+
+Document text and file paths are always printed as plain text, never as rich markup, so a
+passage holding ``[/]`` or ``[url=…]`` prints as it is.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+console = Console()
+errors = Console(stderr=True)
+state = {"debug": False}
+
+
+def fail(err: BaseException, code: int = 1) -> typer.Exit:
+    """Print ``err`` as one line (the traceback too with --debug); the exit to raise."""
+    if state["debug"]:
+        errors.print_exception()
+    errors.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
+    return typer.Exit(code=code)
+
+
+def warn(label: str, message: str) -> None:
+    """One plain-text line on stderr, e.g. ``failed: /path/to/file: why``."""
+    errors.print(Text.assemble((f"{label}: ", "red"), message), soft_wrap=True)
+
+
+def load_encoder(model: str, dtype: str | None = None):
+    """The model, loaded once per process, with a status line while it loads."""
+    from jrag.embedding import load_encoder as load
+
+    with console.status(Text(f"loading model {model}")):
+        return load(model, dtype=dtype)

@@ -1,0 +1,492 @@
+"""Ingest at scale with Ray Data: the same rows as :func:`jrag.pipeline.ingest`, spread out.
+
+One document flows one way through four stages:
+
+1. **plan** (driver): discover files, hash them, read their committed states from the store in
+   batches and keep only the files :func:`jrag.pipeline.plan_file` says need work;
+2. **parse** (Ray tasks): :func:`jrag.parse.parse_file`; a file that fails becomes a row with
+   an error message, never an exception that sinks the job;
+3. **embed** (an actor pool, one :class:`~jrag.encoder.Encoder` per actor, on a GPU each when
+   asked): :func:`jrag.pipeline.embed_documents`, in batches bounded by tokens;
+4. **write** (driver): :meth:`MilvusStore.write_document` per document, the versioned protocol,
+   so a killed run can be re-run and every document ends up stored once and complete. With
+   ``bulk=True`` the rows go through Milvus' bulk import instead (see :mod:`jrag.bulk`).
+
+Workers never open the store: Milvus Lite allows one process per ``.db``, and a worker needs
+only the model's name. The store is reached from the driver through a :class:`StoreConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jrag.embedding import identity_of, load_encoder
+from jrag.encoder import DEFAULT_BATCH_TOKENS
+from jrag.errors import InputError, JragError, ParseError
+from jrag.parse import ParsedDocument, discover, file_sha256, parse_file
+from jrag.pipeline import (
+    IngestOptions,
+    IngestReport,
+    _message,
+    _prune,
+    document_version,
+    embed_documents,
+    plan_file,
+)
+from jrag.store import DocumentState, MilvusStore, document_id
+
+logger = logging.getLogger(__name__)
+
+PLAN_BATCH = 512  # documents per state query on the driver
+PARSE_TASK_CPUS = 0.25  # parsing is light next to embedding; keep most CPUs for the actors
+MAX_DOCS_PER_BATCH = 64
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the store is, as plain data that can cross to another process (never a client)."""
+
+    uri: str = "./jrag.db"
+    collection: str = "jrag"
+    token: str | None = field(default=None, repr=False)
+
+    def open(self, **kwargs: Any) -> MilvusStore:
+        return MilvusStore(self.uri, self.collection, token=self.token, **kwargs)
+
+
+@dataclass
+class Progress:
+    """One document done: what happened to it, and the run's pace so far."""
+
+    source: str
+    outcome: str  # added / updated / extended / skipped / failed
+    done: int
+    total: int
+    seconds: float
+
+    @property
+    def documents_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Work:
+    """A file the plan says needs work, as it travels through Ray (plain fields only)."""
+
+    source: str
+    doc_id: str
+    kinds: list[str]
+    outcome: str
+
+
+def ingest_ray(
+    paths: Sequence[str | Path],
+    store_config: StoreConfig,
+    encoder_name: str,
+    *,
+    options: IngestOptions | None = None,
+    glob: str | None = None,
+    prune: bool = False,
+    tenant: str = "",
+    ray_address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    dtype: str | None = None,
+    bulk: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> IngestReport:
+    """Bring the store up to date with the files under ``paths``, on a Ray cluster.
+
+    Without ``ray_address`` a local Ray starts on this machine's allowed cores (loopback only)
+    and stops at the end. ``workers`` is the number of embedding actors (default: one per GPU
+    with ``gpus_per_worker``, else one per two CPUs); ``batch_tokens`` bounds one forward batch
+    and sizes the batches sent to actors. The report's ``stage_seconds`` holds ``ray_start``,
+    ``plan`` and ``store`` (driver wall time) and ``parse`` and ``embed`` (summed over workers,
+    which run at the same time).
+    """
+    import ray
+
+    options = options or IngestOptions()
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, not {workers}")
+    if gpus_per_worker < 0:
+        raise InputError(f"gpus_per_worker must be ≥ 0, not {gpus_per_worker}")
+    if batch_tokens < 1:
+        raise InputError(f"batch_tokens must be positive, not {batch_tokens}")
+    report = IngestReport()
+    report.stage_seconds.update(ray_start=0.0, plan=0.0)
+    started = time.perf_counter()
+    started_ray = _start_ray(ray_address)
+    report.stage_seconds["ray_start"] = time.perf_counter() - started
+    try:
+        encoder = load_encoder(encoder_name, device="cpu", dtype=dtype)
+        wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
+        with store_config.open(identity=identity_of(encoder)) as store:
+            tick = time.perf_counter()
+            files = discover(paths, glob)
+            sources = [str(path) for path in files]
+            work, committed = _plan(sources, store, wanted, tenant, report)
+            report.stage_seconds["plan"] = time.perf_counter() - tick
+            done = len(report.skipped) + len(report.failed)
+            if on_progress:
+                for source in report.skipped:
+                    on_progress(Progress(source, "skipped", done, len(sources), _since(started)))
+            if work:
+                results = _run_dataset(
+                    work, encoder_name, options, tenant, workers, gpus_per_worker, batch_tokens,
+                    dtype,
+                )  # fmt: skip
+                writer = _Writer(store, committed, report, bulk=bulk)
+                for result in results:
+                    outcome = writer.take(result)
+                    done += 1
+                    if on_progress:
+                        on_progress(
+                            Progress(result["source"], outcome, done, len(sources), _since(started))
+                        )
+                writer.finish()
+            if prune:
+                tick = time.perf_counter()
+                report.pruned = _prune(paths, sources, glob, store, tenant)
+                report.stage_seconds["store"] += time.perf_counter() - tick
+            store.flush()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    for name in ("added", "updated", "skipped"):
+        getattr(report, name).sort()
+    report.extended.sort()
+    report.failed.sort()
+    report.seconds = time.perf_counter() - started
+    logger.info(
+        "ingested %d documents in %.1f s (%.2f documents/s)",
+        report.stored, report.seconds, report.stored / max(report.seconds, 1e-9),
+    )  # fmt: skip
+    return report
+
+
+def allowed_cpus() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to ``address``, or start a local Ray on the allowed cores; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=allowed_cpus(), _node_ip_address="127.0.0.1", **quiet)
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    return True
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+# -- stage 1: plan (driver) --------------------------------------------------------------------
+
+
+def _plan(
+    sources: list[str],
+    store: MilvusStore,
+    wanted: dict[str, dict[str, Any]],
+    tenant: str,
+    report: IngestReport,
+) -> tuple[list[_Work], dict[str, DocumentState]]:
+    """The files that need work, and the committed states the writes will need."""
+    work: list[_Work] = []
+    committed: dict[str, DocumentState] = {}
+    for i in range(0, len(sources), PLAN_BATCH):
+        batch = sources[i : i + PLAN_BATCH]
+        ids = [document_id(s, tenant) for s in batch]
+        states = store.states(ids)
+        for source, doc_id in zip(batch, ids, strict=True):
+            try:
+                content_hash = file_sha256(source)
+            except OSError as err:
+                report.failed.append((source, _message(err, source)))
+                continue
+            state = states.get(doc_id)
+            plan = plan_file(state, content_hash, wanted)
+            if plan is None:
+                report.skipped.append(source)
+                continue
+            kinds, outcome = plan
+            work.append(_Work(source, doc_id, list(kinds), outcome))
+            if state is not None:
+                committed[doc_id] = state
+    return work, committed
+
+
+# -- stages 2 and 3: parse and embed (Ray) -----------------------------------------------------
+
+
+def _run_dataset(
+    work: list[_Work],
+    encoder_name: str,
+    options: IngestOptions,
+    tenant: str,
+    workers: int | None,
+    gpus_per_worker: float,
+    batch_tokens: int,
+    dtype: str | None,
+) -> Iterator[dict[str, Any]]:
+    """Parse and embed ``work`` on the cluster; yields one result row per document, as they
+    finish."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if workers is None:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        workers = max(1, int(gpus // gpus_per_worker) if gpus_per_worker else cpus // 2)
+    # Each actor gets an equal share of the CPUs that parsing leaves; torch uses that many.
+    actor_cpus = max(0.5, (cpus - PARSE_TASK_CPUS * 2) / workers) if not gpus_per_worker else 1
+    actor_args: dict[str, Any] = {"num_cpus": actor_cpus}
+    if gpus_per_worker:
+        actor_args["num_gpus"] = gpus_per_worker
+    items = [w.__dict__ for w in work]
+    docs_per_batch = _docs_per_batch(work, batch_tokens, workers)
+    blocks = max(1, min(len(items), 4 * cpus))
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=blocks)
+        .map_batches(
+            _parse_batch, batch_size=1, batch_format="pyarrow", num_cpus=PARSE_TASK_CPUS
+        )
+        .map_batches(
+            _Embedder,
+            fn_constructor_kwargs={
+                "encoder_name": encoder_name,
+                "options": options,
+                "tenant": tenant,
+                "batch_tokens": batch_tokens,
+                "device": "cuda" if gpus_per_worker else "cpu",
+                "dtype": dtype,
+                "threads": max(1, math.floor(actor_cpus)),
+            },
+            batch_size=docs_per_batch,
+            batch_format="pyarrow",
+            # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default).
+            compute=ActorPoolStrategy(size=workers),
+            **actor_args,
+        )
+    )  # fmt: skip
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from batch.to_pylist()
+
+
+def _docs_per_batch(work: list[_Work], batch_tokens: int, workers: int) -> int:
+    """Documents per actor call: about ``batch_tokens`` tokens (estimated from file sizes at
+    four bytes a token), but never so many that some actor has nothing to do."""
+    sizes = []
+    for w in work:
+        try:
+            sizes.append(Path(w.source).stat().st_size)
+        except OSError:
+            sizes.append(0)
+    mean_tokens = max(1.0, sum(sizes) / max(1, len(sizes)) / 4)
+    by_tokens = max(1, int(batch_tokens // mean_tokens))
+    spread = max(1, math.ceil(len(work) / (2 * workers)))
+    return min(by_tokens, spread, MAX_DOCS_PER_BATCH)
+
+
+def _parse_batch(batch: Any) -> Any:
+    """Parse each file; a failure becomes the row's ``error``, so the job goes on."""
+    import pyarrow as pa
+
+    out = []
+    for item in batch.to_pylist():
+        tick = time.perf_counter()
+        document = error = None
+        try:
+            document = pickle.dumps(parse_file(item["source"]))
+        except (ParseError, OSError) as err:
+            error = _message(err, item["source"])
+        except Exception as err:  # a parser bug on one file must not sink the job
+            error = _message(err, item["source"]) + f" ({type(err).__name__})"
+        out.append(
+            {**item, "document": document, "error": error, "parse_s": time.perf_counter() - tick}
+        )
+    return pa.Table.from_pylist(out, schema=_parsed_schema())
+
+
+def _parsed_schema() -> Any:
+    """The parse stage's output schema (built lazily: pyarrow comes with Ray)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("source", pa.string()),
+            ("doc_id", pa.string()),
+            ("kinds", pa.list_(pa.string())),
+            ("outcome", pa.string()),
+            ("document", pa.binary()),
+            ("error", pa.string()),
+            ("parse_s", pa.float64()),
+        ]
+    )
+
+
+class _Embedder:
+    """A Ray actor holding one encoder: parsed documents in, pickled rows out."""
+
+    def __init__(
+        self,
+        encoder_name: str,
+        options: IngestOptions,
+        tenant: str,
+        batch_tokens: int,
+        device: str,
+        dtype: str | None,
+        threads: int,
+    ) -> None:
+        import torch
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.encoder = load_encoder(encoder_name, device=device, dtype=dtype)
+        self.options = options
+        self.tenant = tenant
+        self.batch_tokens = batch_tokens
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        items = batch.to_pylist()
+        tick = time.perf_counter()
+        ready = [i for i, item in enumerate(items) if item["error"] is None]
+        documents: list[ParsedDocument] = [pickle.loads(items[i]["document"]) for i in ready]
+        rows = self._embed(documents, [tuple(items[i]["kinds"]) for i in ready])
+        tokens = self.encoder.count_tokens([d.text for d in documents]) if documents else []
+        embed_s = (time.perf_counter() - tick) / max(1, len(items))
+        out = []
+        for i, item in enumerate(items):
+            result = {
+                "source": item["source"],
+                "doc_id": item["doc_id"],
+                "kinds": item["kinds"],
+                "outcome": item["outcome"],
+                "error": item["error"],
+                "payload": None,
+                "tokens": 0,
+                "parse_s": item["parse_s"],
+                "embed_s": embed_s,
+            }
+            if i in ready:
+                k = ready.index(i)
+                doc, doc_rows = documents[k], rows[k]
+                if isinstance(doc_rows, str):
+                    result["error"] = doc_rows
+                else:
+                    version = document_version(doc, self.tenant, tokens[k])
+                    opts = {
+                        kind: self.options.for_kind(kind, self.encoder) for kind in item["kinds"]
+                    }
+                    result["payload"] = pickle.dumps((version, doc_rows, opts))
+                    result["tokens"] = tokens[k]
+            out.append(result)
+        return pa.Table.from_pylist(out)
+
+    def _embed(
+        self, documents: list[ParsedDocument], kinds: list[tuple[str, ...]]
+    ) -> list[list[Any] | str]:
+        """Rows per document, or an error message for a document that cannot be embedded."""
+        if not documents:
+            return []
+        embed = self._embed_group
+        try:
+            return list(embed(documents, kinds))
+        except JragError:
+            # One bad document must not sink its batch: one by one, to find it.
+            out: list[list[Any] | str] = []
+            for doc, doc_kinds in zip(documents, kinds, strict=True):
+                try:
+                    out.append(embed([doc], [doc_kinds])[0])
+                except JragError as err:
+                    out.append(_message(err, doc.source))
+            return out
+
+    def _embed_group(
+        self, documents: list[ParsedDocument], kinds: list[tuple[str, ...]]
+    ) -> list[list[Any]]:
+        return embed_documents(
+            documents, self.encoder, self.options, kinds, tenant=self.tenant,
+            batch_tokens=self.batch_tokens,
+        )  # fmt: skip
+
+
+# -- stage 4: write (driver) -------------------------------------------------------------------
+
+
+class _Writer:
+    """Writes results as they arrive, with the versioned protocol (or bulk import)."""
+
+    def __init__(
+        self,
+        store: MilvusStore,
+        committed: dict[str, DocumentState],
+        report: IngestReport,
+        *,
+        bulk: bool,
+    ) -> None:
+        self.store = store
+        self.committed = committed
+        self.report = report
+        self.bulk = None
+        if bulk:
+            from jrag.bulk import BulkLoader
+
+            self.bulk = BulkLoader.for_store(store)
+
+    def take(self, result: dict[str, Any]) -> str:
+        """Record or write one document's result; returns its outcome."""
+        report = self.report
+        report.stage_seconds["parse"] += result["parse_s"]
+        report.stage_seconds["embed"] += result["embed_s"]
+        source = result["source"]
+        if result["error"] is not None:
+            report.failed.append((source, result["error"]))
+            return "failed"
+        version, rows, options = pickle.loads(result["payload"])
+        tick = time.perf_counter()
+        committed = self.committed.get(result["doc_id"])
+        if self.bulk is not None:
+            self.bulk.add(version, rows, options, committed)
+        else:
+            self.store.write_document(version, rows, options, committed)
+        report.stage_seconds["store"] += time.perf_counter() - tick
+        report.tokens += result["tokens"]
+        outcome = result["outcome"]
+        if outcome == "extended":
+            report.extended.append((source, list(result["kinds"])))
+        else:
+            getattr(report, outcome).append(source)
+        return outcome
+
+    def finish(self) -> None:
+        if self.bulk is not None:
+            tick = time.perf_counter()
+            self.bulk.finish()
+            self.report.stage_seconds["store"] += time.perf_counter() - tick
