@@ -20,8 +20,9 @@ import pytest
 
 from jrag.embedding import identity_of, load_encoder
 from jrag.pipeline import IngestOptions, ingest
+from jrag.retrieval import search
 from jrag.serve import start_server
-from jrag.store import MilvusStore
+from jrag.store import MilvusStore, document_id
 from tests.milvus_server import MilvusServerProcess, server_binary
 from tests.test_serve import MINILM, REPO_ROOT, audit, child_env
 
@@ -73,12 +74,17 @@ def ingest_and_kill_server(uri: str, folder: Path, kill: Callable[[], None]) -> 
             if len(stored) == KILL_AFTER:
                 kill()
                 break
-        # Without its server the ingest fails; it must not hang (pymilvus retries for a while).
+        # Without its server the ingest fails (pymilvus retries for a while first).
+        killed_at = time.monotonic()
         try:
-            child.wait(timeout=30)
+            child.wait(timeout=10)
         except subprocess.TimeoutExpired:
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=10)
+        print(
+            f"ingest exited {time.monotonic() - killed_at:.1f} s after the kill, rc "
+            f"{child.returncode}: {(child.stderr.read() or '').strip().splitlines()[-1:]}"
+        )
     finally:
         if child.poll() is None:
             child.kill()
@@ -91,7 +97,7 @@ def rerun_and_check(uri: str, folder: Path, sources: list[str], stored: list[str
     """Re-run the ingest and check every document is stored once; returns the figures."""
     encoder = load_encoder(MINILM)
     with MilvusStore(uri, "c", identity=identity_of(encoder)) as store:
-        before = {s.source for s in store.all_states()}
+        before = {s.source for s in store.states([document_id(s) for s in sources]).values()}
         assert set(stored) <= before, f"acknowledged documents lost: {set(stored) - before}"
         # Rows of the write the kill interrupted have no state row yet (the re-run rewrites
         # them); every committed document must be whole.
@@ -104,6 +110,9 @@ def rerun_and_check(uri: str, folder: Path, sources: list[str], stored: list[str
         assert sorted(report.skipped) == sorted(before)
         assert len(report.added) == DOCUMENTS - len(before)
         assert audit(store, sources) == []
+        found = search("When was the lantern checked?", store, encoder, k=5)
+        assert len(found) == 5
+        assert all(Path(r.source).read_text()[r.start : r.end] == r.text for r in found)
     return {"acknowledged": len(stored), "stored_after_kill": len(before),
             "after_rerun": DOCUMENTS, "rerun_s": round(rerun_s, 1)}  # fmt: skip
 
