@@ -309,7 +309,8 @@ def _is_jrag_serve(pid: int) -> bool:
     except OSError:
         return False
     words = [a.decode(errors="replace") for a in argv]
-    return "jrag.serve" in words or ("serve" in words and any(w.endswith("jrag") for w in words))
+    launched = any(w.endswith("/jrag") or w in ("jrag", "jrag.cli") for w in words)
+    return "jrag.serve" in words or ("serve" in words and launched)
 
 
 def check_lite_writable(path: Path) -> None:
