@@ -185,13 +185,14 @@ def test_closing_a_store_keeps_other_clients_on_the_same_db_working(tmp_path: Pa
     client = MilvusClient(db)
     client.create_collection("plain", dimension=DIM)
     store.close()
-    client.insert("plain", [{"id": 1, "vector": rng.normal(size=DIM).tolist()}])
-    assert client.query("plain", filter="id == 1", output_fields=["id"])[0]["id"] == 1
+    # Short timeouts: on a released server pymilvus would retry for minutes.
+    client.insert("plain", [{"id": 1, "vector": rng.normal(size=DIM).tolist()}], timeout=10)
+    assert client.query("plain", filter="id == 1", output_fields=["id"], timeout=10)[0]["id"] == 1
     # And the other way round: the plain client first, jrag opens and closes twice.
     for _ in range(2):
         with MilvusStore(db, "jrag_c", create=False) as again:
             assert again.dim == DIM
-        assert client.has_collection("plain")
+        assert client.has_collection("plain", timeout=10)
     client.close()
     # With every client gone, jrag's close released the folder: another process can open it.
     with MilvusStore(db, "jrag_c", create=False):
