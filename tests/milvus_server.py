@@ -233,6 +233,20 @@ class MilvusServerProcess:
                 proc.wait(timeout=5)
         self.socket_path.unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """SIGKILL Milvus and its supervisor at once, as a crash would; the data dir stays, so
+        :meth:`start` restarts the server on it."""
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.socket_path.unlink(missing_ok=True)
+
     def __enter__(self) -> MilvusServerProcess:
         return self.start()
 

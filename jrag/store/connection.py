@@ -35,6 +35,8 @@ from jrag.errors import CollectionNotFound, StoreError
 from jrag.logs import quiet_milvus_logs
 
 CONNECT_TIMEOUT_S = 10.0
+# What a Milvus Lite 3 folder holds from its first open on.
+LITE_MARKERS = ("LOCK", "collections", "databases")
 SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
 # What pymilvus raises for a failed call: its own exceptions and raw gRPC errors. Python's
 # TypeError and ValueError are programming errors and pass through.
@@ -195,17 +197,27 @@ class Connection:
                 f"there is no Milvus Lite database at {path}; check --uri (or run `jrag ingest` "
                 "first)"
             )
+        if path.exists() and not path.is_dir():
+            raise StoreError(
+                f"{path} is a file, not a Milvus Lite database: Milvus Lite 3 keeps a .db as a "
+                "folder (a file is from an older Milvus Lite, or not Milvus at all)"
+            )
+        if not create and not any((path / name).exists() for name in LITE_MARKERS):
+            raise StoreError(
+                f"{path} is a folder but not a Milvus Lite database (it holds none of "
+                f"{', '.join(LITE_MARKERS)}); check --uri"
+            )
         if create:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create the folder for Milvus Lite at {path}: {e}") from e
-        _check_lite_writable(path)
-        from milvus_lite.server_manager import server_manager_instance
-
-        key = str(path)
+        check_lite_writable(path)
         with _LITE_LOCK:
-            running = key in getattr(server_manager_instance, "_servers", {})
+            # Reuse this process's server for the folder under the key it was started with
+            # (another client may have named it through a symlink or a relative path).
+            running = _running_lite_key(path)
+            key = running or str(path)
             try:
                 with quiet_milvus_logs():
                     self._client = MilvusClient(
@@ -214,15 +226,9 @@ class Connection:
             except (*MILVUS_ERRORS, OSError, RuntimeError) as e:
                 holder = lite_lock_holder(path)
                 if holder is not None:
-                    pid = f" (pid {holder})" if holder > 0 else ""
-                    raise StoreError(
-                        f"Milvus Lite database {path} is in use by another process{pid}. "
-                        "Milvus Lite allows one process per .db: share it with "
-                        f"`jrag serve --db {path}` and pass its URI to every command, or use "
-                        "another --uri"
-                    ) from None
+                    raise StoreError(locked_message(path, holder)) from None
                 raise self.error(f"cannot open Milvus Lite database {path}", e) from None
-            if not running:
+            if running is None:
                 _LITE_STARTED_BY_JRAG.add(key)
             self._lite_path = key
             _LITE_USERS[key] = _LITE_USERS.get(key, 0) + 1
@@ -243,7 +249,9 @@ class Connection:
                 _LITE_USERS[path] = left
                 return
             _LITE_USERS.pop(path, None)
-            if path not in _LITE_STARTED_BY_JRAG:
+            if path not in _LITE_STARTED_BY_JRAG or _other_clients_of(path):
+                # Not ours, or another client (a framework's store) in this process still uses
+                # it: leave it running; Milvus Lite stops it at exit.
                 return
             _LITE_STARTED_BY_JRAG.discard(path)
             from milvus_lite.server_manager import server_manager_instance
@@ -262,7 +270,57 @@ class Connection:
             self.close()
 
 
-def _check_lite_writable(path: Path) -> None:
+def _running_lite_key(path: Path) -> str | None:
+    """The key of this process's Milvus Lite server for the folder ``path``, if one runs."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    for key in list(getattr(server_manager_instance, "_servers", {})):
+        if os.path.realpath(key) == str(path):
+            return key
+    return None
+
+
+def _other_clients_of(key: str) -> bool:
+    """True if a pymilvus connection in this process still points at ``key``'s Lite server."""
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus import connections
+
+    entry = getattr(server_manager_instance, "_servers", {}).get(key)
+    if entry is None:
+        return False
+    address = f"127.0.0.1:{entry[2]}"
+    return any(
+        handler is not None and connections.get_connection_addr(alias).get("address") == address
+        for alias, handler in connections.list_connections()
+    )
+
+
+def locked_message(path: Path, holder: int) -> str:
+    """Why ``path`` cannot be opened: the holder's pid, and how to share the .db."""
+    pid = f" (pid {holder})" if holder > 0 else ""
+    if holder > 0 and _is_jrag_serve(holder):
+        return (
+            f"Milvus Lite database {path} is served by `jrag serve`{pid}: pass the URI it "
+            "printed (--uri http://127.0.0.1:PORT) instead of the .db path"
+        )
+    return (
+        f"Milvus Lite database {path} is in use by another process{pid}. Milvus Lite allows "
+        f"one process per .db: share it with `jrag serve --db {path}` and pass its URI to every "
+        "command, or use another --uri"
+    )
+
+
+def _is_jrag_serve(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    words = [a.decode(errors="replace") for a in argv]
+    launched = any(w.endswith("/jrag") or w in ("jrag", "jrag.cli") for w in words)
+    return "jrag.serve" in words or ("serve" in words and launched)
+
+
+def check_lite_writable(path: Path) -> None:
     """Milvus Lite writes a lock and its log even to read; name a read-only .db plainly."""
     target = path if path.exists() else path.parent
     blocked = [p for p in (target, *target.glob("*")) if not os.access(p, os.W_OK)]
