@@ -35,7 +35,7 @@ from jrag import Encoder
 from jrag.evaluation.corpus import Corpus, EvalDocument, EvalQuery
 from jrag.evaluation.metrics import DATASET_METRICS
 from jrag.evaluation.report import results_table, write_outputs
-from jrag.evaluation.runner import MODES, run_evaluation
+from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES, run_evaluation
 from jrag.loading import MINILM_ID
 
 INSTALLED = Path("/usr/share/doc/git-doc")

@@ -13,7 +13,7 @@ import argparse
 import time
 
 from jrag.cli import app
-from jrag.evaluation.runner import MODES
+from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES
 from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS, LONG_LENGTHS
 from jrag.loading import DEFAULT_MODEL
 
