@@ -17,20 +17,22 @@ from jrag.errors import InputError
 from jrag.pipeline import SEARCH_KIND, SearchResult, search
 from jrag.store import CONNECT_TIMEOUT_S, MilvusStore
 
-_ENCODERS: dict[tuple[str, str | None], Encoder] = {}
+_ENCODERS: dict[tuple[str, str | None, str | None], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
-def load_encoder(model: str, device: str | None = None) -> Encoder:
-    """``Encoder.from_pretrained(model, device)``, loaded once per process and then shared.
+def load_encoder(model: str, device: str | None = None, dtype: str | None = None) -> Encoder:
+    """``Encoder.from_pretrained(model, device, dtype)``, loaded once per process and shared.
+
+    ``dtype`` None follows JRAG_DTYPE, else "auto" (bfloat16 where the CPU has it natively).
 
     Adapters are cheap objects that frameworks build often (one per chain, per test, per
     request); the weights behind them should be loaded once.
     """
-    key = (str(model), device)
+    key = (str(model), device, dtype)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = Encoder.from_pretrained(model, device=device)
+            _ENCODERS[key] = Encoder.from_pretrained(model, device=device, dtype=dtype)
         return _ENCODERS[key]
 
 

@@ -585,3 +585,14 @@ def test_a_two_megabyte_single_line_text_is_windowed_lazily(tiny_jina):
     second = next(windows)
     assert second.span[0] < first.span[1]
     windows.close()
+
+
+def test_sixteen_bit_models_attend_in_float32_on_cpu(tiny_jina):
+    # bfloat16 would round a far key's ALiBi bias (-slope·distance) by up to 0.125 at 8k tokens.
+    bias = jrag.attention.AlibiBias(jrag.attention.alibi_slopes(8), 8192, dtype=torch.bfloat16,
+                                    device="cpu")  # fmt: skip
+    assert bias.base.dtype == torch.float32
+    assert float(bias.base[7, 0]) == pytest.approx(-(2**-8) * bias.center, rel=1e-7)
+    encoder = Encoder.from_pretrained(tiny_jina, dtype="bfloat16")
+    (states,) = encoder.encode_tokens([make_text(700, seed=3)])
+    assert np.isfinite(states.hidden).all() and states.hidden.dtype == np.float32
