@@ -175,9 +175,14 @@ def _mask_groups(
 def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
     """Several rows in one SDPA call, with ALiBi (when ``bias``) and padding in a dense mask."""
     device = query.device
-    index = torch.tensor(rows, device=device)
     length = max(lengths[r] for r in rows)
-    q, k, v = (t.index_select(0, index)[:, :, :length] for t in (query, key, value))
+    whole_batch = rows == sorted(rows) and len(rows) == query.shape[0]
+    if whole_batch:  # no gather and scatter: slice the batch as it is
+        index = slice(None)
+        q, k, v = (t[:, :, :length] for t in (query, key, value))
+    else:
+        index = torch.tensor(rows, device=device)
+        q, k, v = (t.index_select(0, index)[:, :, :length] for t in (query, key, value))
     real = (
         torch.arange(length, device=device)[None]
         < torch.tensor([lengths[r] for r in rows], device=device)[:, None]
@@ -189,7 +194,11 @@ def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
         distance = (positions[:, None] - positions[None]).abs()
         mask = mask + (-bias.slopes.to(device)[:, None, None] * distance)[None]  # [rows, H, L, L]
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(query.dtype))
-    output[index, :, :length] = context.masked_fill_(~real[:, None, :, None], 0)
+    context.masked_fill_(~real[:, None, :, None], 0)
+    if whole_batch and length == query.shape[2]:
+        output.copy_(context)
+    else:
+        output[index, :, :length] = context
 
 
 def _long_attention(query, key, value, row: int, n: int, bias: AlibiBias, output) -> None:
