@@ -30,6 +30,18 @@ def eager_with_bias(q, k, v, lengths: Sequence[int], bias: AlibiBias | None) -> 
     return torch.softmax(scores, dim=-1) @ v
 
 
+def one_sequence_at_a_time(q, k, v, lengths: Sequence[int], bias: AlibiBias | None):
+    """Plain BERT attention as jrag ran it before packing: one SDPA call per sequence."""
+    if bias is not None:
+        raise ValueError("one_sequence_at_a_time is for models without ALiBi")
+    output = q.new_zeros(q.shape)
+    for row, n in enumerate(lengths):
+        output[row, :, :n] = F.scaled_dot_product_attention(
+            q[row : row + 1, :, :n], k[row : row + 1, :, :n], v[row : row + 1, :, :n]
+        )[0]
+    return output
+
+
 def sdpa_without_bias(q, k, v, lengths: Sequence[int], bias: AlibiBias | None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 

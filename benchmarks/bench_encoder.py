@@ -1,17 +1,23 @@
-"""Encoder speed and memory: jrag vs a naive eager ALiBi baseline vs bias-free SDPA.
+"""Encoder speed, memory and precision: jrag fp32/bf16 vs eager ALiBi vs bias-free SDPA.
 
-Each (layout, length, variant) runs in a fresh subprocess. "Extra RSS" is the peak resident
+Each (layout, length, variant) runs in a fresh subprocess. A variant ending in ``-bf16`` runs
+with bfloat16 weights and activations; the others in float32. Every variant's last hidden
+states are compared with jrag's float32 ones (same random token ids): max |Δ| and the minimum
+cosine over tokens. Random weights are ill-conditioned, so bf16's precision here is a worst case;
+judge it on real weights (tests, bench_dtype_retrieval.py). "Extra RSS" is the peak resident
 memory during the forward pass minus the resident memory just before it: the kernel's peak
 counter (VmHWM) is reset after the model has loaded, so load-time peaks don't hide it (Linux).
 
     python benchmarks/bench_encoder.py                 # small and base, 512 / 2048 / 8192 tokens
     python benchmarks/bench_encoder.py --layouts small --lengths 8192
+    python benchmarks/bench_encoder.py --quick         # small layout, 512 / 2048, one repeat
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -21,8 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def measure(model_dir: str, length: int, variant: str, repeats: int) -> dict:
-    """In the subprocess: load, warm up, then time one forward pass of ``length`` tokens."""
+def measure(model_dir: str, length: int, variant: str, repeats: int, save: str) -> dict:
+    """In the subprocess: load, warm up, then time one forward pass of ``length`` tokens.
+
+    The float32 hidden states are written to ``save`` (.npy) for the parent to compare.
+    """
+    import numpy as np
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -31,11 +41,13 @@ def measure(model_dir: str, length: int, variant: str, repeats: int) -> dict:
     import jrag.attention
     from jrag import Encoder
 
-    encoder = Encoder.from_pretrained(model_dir, device="cpu")
-    jrag.attention.SKIP_FAR_KEYS = variant != "jrag-no-skip"
-    if VARIANTS[variant] is not None:
-        encoder.model.attention_fn = VARIANTS[variant]
-    ids = torch.randint(1000, 30000, (1, length))
+    dtype = torch.bfloat16 if variant.endswith("-bf16") else torch.float32
+    base = variant.removesuffix("-bf16")
+    encoder = Encoder.from_pretrained(model_dir, device="cpu", dtype=dtype)
+    jrag.attention.SKIP_FAR_KEYS = base != "jrag-no-skip"
+    if VARIANTS[base] is not None:
+        encoder.model.attention_fn = VARIANTS[base]
+    ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         encoder.model(ids[:, :64], [64])  # warm-up: kernels, thread pool
         before = _memory_kb("VmRSS")
@@ -43,10 +55,26 @@ def measure(model_dir: str, length: int, variant: str, repeats: int) -> dict:
         timings = []
         for _ in range(repeats):
             start = time.perf_counter()
-            encoder.model(ids, [length])
+            hidden = encoder.model(ids, [length])
             timings.append(time.perf_counter() - start)
         peak = _memory_kb("VmHWM")
+    np.save(save, hidden[0].float().numpy())
     return {"seconds": min(timings), "extra_rss_mb": (peak - before) / 1024}
+
+
+def compare(path: Path, reference: Path) -> dict:
+    """Max |Δ| and minimum per-token cosine of one variant's states against jrag fp32's."""
+    import numpy as np
+
+    a, b = np.load(path).astype(np.float64), np.load(reference).astype(np.float64)
+    cosines = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    pooled = a.mean(0) @ b.mean(0) / (np.linalg.norm(a.mean(0)) * np.linalg.norm(b.mean(0)))
+    return {"max_abs": float(np.abs(a - b).max()), "min_cos": float(cosines.min()),
+            "pooled_cos": float(pooled)}  # fmt: skip
+
+
+def _cos(value: float) -> str:
+    return "1" if value >= 1 - 1e-9 or math.isnan(value) else f"{value:.5f}"
 
 
 def _memory_kb(field: str) -> int:
@@ -61,15 +89,23 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["small", "base"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[512, 2048, 8192])
     parser.add_argument(
-        "--variants", nargs="+", default=["jrag", "jrag-no-skip", "eager+bias", "sdpa-no-bias"]
+        "--variants",
+        nargs="+",
+        default=["jrag", "jrag-bf16", "sdpa-no-bias", "sdpa-no-bias-bf16", "eager+bias"],
+        help="jrag, jrag-no-skip, eager+bias, sdpa-no-bias; add -bf16 for bfloat16",
     )
+    parser.add_argument("--quick", action="store_true", help="small layout, 512 and 2048 only")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        model_dir, length, variant, repeats = args._child
-        print(json.dumps(measure(model_dir, int(length), variant, int(repeats))))
+        model_dir, length, variant, repeats, save = args._child
+        print(json.dumps(measure(model_dir, int(length), variant, int(repeats), save)))
         return
+    if args.quick:
+        args.layouts, args.lengths = ["small"], [512, 2048]
+    if "jrag" not in args.variants:
+        args.variants.insert(0, "jrag")  # the reference every other variant is compared with
 
     import torch
     from rich.console import Console
@@ -86,32 +122,31 @@ def main() -> None:
             for length in args.lengths:
                 row = {"layout": layout, "tokens": length}
                 for variant in args.variants:
-                    repeats = 3 if length <= 2048 else 1
+                    repeats = 1 if args.quick or length > 2048 else 3
+                    save = Path(tmp) / f"{variant}.npy"
                     out = subprocess.run(
                         [sys.executable, __file__, "--_child", str(model_dir), str(length), variant,
-                         str(repeats)],
+                         str(repeats), str(save)],
                         capture_output=True, text=True, check=True, cwd=REPO,
                     )  # fmt: skip
                     row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-                    console.print(f"  {layout} {length:>5} {variant:<13} {row[variant]}")
+                    row[variant] |= compare(save, Path(tmp) / "jrag.npy")
+                    console.print(f"  {layout} {length:>5} {variant:<18} {row[variant]}")
                 results.append(row)
 
     table = Table(title="JinaBERT forward pass, one document, CPU (random weights)")
     for column in ("layout", "tokens"):
         table.add_column(column, justify="right")
-    for variant in args.variants:
-        table.add_column(f"{variant} s", justify="right")
-        table.add_column(f"{variant} +RSS MB", justify="right")
-    ratios = [("jrag", "sdpa-no-bias"), ("jrag-no-skip", "sdpa-no-bias"), ("eager+bias", "jrag")]
-    ratios = [(a, b) for a, b in ratios if a in args.variants and b in args.variants]
-    for a, b in ratios:
-        table.add_column(f"{a} / {b}", justify="right")
+    for column in ("variant", "s", "× jrag fp32", "+RSS MB", "max |Δ|", "min cos", "pooled cos"):
+        table.add_column(column, justify="right")
     for row in results:
-        cells = [row["layout"], str(row["tokens"])]
         for variant in args.variants:
-            cells += [f"{row[variant]['seconds']:.2f}", f"{row[variant]['extra_rss_mb']:.0f}"]
-        cells += [f"{row[a]['seconds'] / row[b]['seconds']:.2f}x" for a, b in ratios]
-        table.add_row(*cells)
+            m = row[variant]
+            table.add_row(
+                row["layout"], str(row["tokens"]), variant, f"{m['seconds']:.2f}",
+                f"{m['seconds'] / row['jrag']['seconds']:.2f}", f"{m['extra_rss_mb']:.0f}",
+                f"{m['max_abs']:.2g}", _cos(m["min_cos"]), _cos(m["pooled_cos"]),
+            )  # fmt: skip
     console.print(table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

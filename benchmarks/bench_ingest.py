@@ -5,6 +5,7 @@ then runs ``jrag.pipeline.ingest`` into a fresh Milvus Lite collection, once per
 
     python benchmarks/bench_ingest.py                       # 40 docs, jina-v2-small layout + MiniLM
     python benchmarks/bench_ingest.py --docs 100 --mode late
+    python benchmarks/bench_ingest.py --dtypes float32 auto   # compare compute dtypes
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=40)
     parser.add_argument("--mode", default="whole", choices=["whole", "late", "chunked"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtypes", nargs="+", default=["auto"], help="e.g. float32 auto")
     args = parser.parse_args()
     console = Console(width=200)
     table = Table(
@@ -89,6 +91,7 @@ def main() -> None:
     )
     for column in (
         "model",
+        "dtype",
         "docs/s",
         "tokens/s",
         "tokens",
@@ -108,8 +111,9 @@ def main() -> None:
             ),
             "all-MiniLM-L6-v2": MINILM_ID,
         }
-        for label, model in models.items():
-            encoder = Encoder.from_pretrained(model)
+        runs = [(label, model, dtype) for label, model in models.items() for dtype in args.dtypes]
+        for label, model, dtype in runs:
+            encoder = Encoder.from_pretrained(model, dtype=dtype)
             uri = str(Path(tmp) / f"{len(table.rows)}.db")
             with MilvusStore(uri, "bench", model=encoder.name, dim=encoder.dim) as store:
                 started = time.perf_counter()
@@ -119,13 +123,14 @@ def main() -> None:
             stages = report.stage_seconds
             table.add_row(
                 label,
+                f"{dtype} ({encoder.dtype_name})",
                 f"{len(report.added) / total:.2f}",
                 f"{report.tokens / total:,.0f}",
                 f"{report.tokens:,}",
                 f"{total:.1f}",
                 *(f"{100 * stages[s] / total:.0f}" for s in ("parse", "embed", "store")),
             )
-            console.print(f"  {label}: {report.tokens:,} tokens in {total:.1f} s")
+            console.print(f"  {label} {dtype}: {report.tokens:,} tokens in {total:.1f} s")
     console.print(table)
 
 

@@ -46,6 +46,8 @@ SKIP_FAR_KEYS = True
 PACKED_MAX_LENGTH = 512
 # Mask elements per packed SDPA call (float32: 16 MiB): bounds the dense mask's memory.
 PACKED_MASK_ELEMENTS = 1 << 22
+# With 16-bit weights on CPU, attention still runs in float32 (see ``attention``).
+FLOAT32_ON_CPU = True
 # "auto": flex_attention on CUDA, the SDPA paths elsewhere; "flex" or "sdpa" force one.
 KERNEL = "auto"
 
@@ -91,6 +93,8 @@ class AlibiBias:
         self.flex_mask = None  # built by the first layer, shared by the others
         if self.kernel == "flex":
             return
+        if device.type == "cpu" and FLOAT32_ON_CPU:
+            dtype = torch.float32
         positions = torch.arange(2 * self.center, device=device, dtype=torch.float32)
         distance = (positions - self.center).abs()
         self.base = (-slopes.to(device)[:, None] * distance[None]).to(dtype).contiguous()
@@ -133,6 +137,11 @@ def attention(
     Each sequence attends over its own real keys only, so a text's output cannot depend on what
     else is in the batch.
     """
+    if query.device.type == "cpu" and query.dtype != torch.float32 and FLOAT32_ON_CPU:
+        # SDPA gains nothing from 16-bit on CPU, and a float32 bias keeps far-key logits exact
+        # (bfloat16 would round -slope·distance by up to 0.125 at 8k tokens).
+        context = attention(query.float(), key.float(), value.float(), lengths, bias)
+        return context.to(query.dtype)
     padded_length = query.shape[2]
     if bias is None and all(n == padded_length for n in lengths):
         return F.scaled_dot_product_attention(query, key, value)
@@ -166,9 +175,14 @@ def _mask_groups(
 def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
     """Several rows in one SDPA call, with ALiBi (when ``bias``) and padding in a dense mask."""
     device = query.device
-    index = torch.tensor(rows, device=device)
     length = max(lengths[r] for r in rows)
-    q, k, v = (t.index_select(0, index)[:, :, :length] for t in (query, key, value))
+    whole_batch = rows == sorted(rows) and len(rows) == query.shape[0]
+    if whole_batch:  # no gather and scatter: slice the batch as it is
+        index = slice(None)
+        q, k, v = (t[:, :, :length] for t in (query, key, value))
+    else:
+        index = torch.tensor(rows, device=device)
+        q, k, v = (t.index_select(0, index)[:, :, :length] for t in (query, key, value))
     real = (
         torch.arange(length, device=device)[None]
         < torch.tensor([lengths[r] for r in rows], device=device)[:, None]
@@ -180,7 +194,11 @@ def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
         distance = (positions[:, None] - positions[None]).abs()
         mask = mask + (-bias.slopes.to(device)[:, None, None] * distance)[None]  # [rows, H, L, L]
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(query.dtype))
-    output[index, :, :length] = context.masked_fill_(~real[:, None, :, None], 0)
+    context.masked_fill_(~real[:, None, :, None], 0)
+    if whole_batch and length == query.shape[2]:
+        output.copy_(context)
+    else:
+        output[index, :, :length] = context
 
 
 def _long_attention(query, key, value, row: int, n: int, bias: AlibiBias, output) -> None:

@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from tokenizers import Encoding, Tokenizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
 from tqdm.auto import tqdm
 
 from jrag.config import BertConfig
@@ -39,6 +40,11 @@ from jrag.modeling import BertModel
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 16384
+# Long texts are tokenized in pieces of about this many characters, a few pieces at a time.
+TOKENIZE_CHUNK_CHARS = 100_000
+_TOKENIZE_GROUP_CHARS = 800_000
+# The largest share of a batch's positions that may be padding (see token_budget_batches).
+MAX_PADDING = 0.125
 # Window overlap: an eighth of the window, at most 512 tokens (512 of 8,192 for JinaBERT).
 MAX_WINDOW_OVERLAP = 512
 # What ``dtype=None`` means, unless the JRAG_DTYPE environment variable says otherwise.
@@ -102,6 +108,24 @@ class _Window:
     special: np.ndarray
 
 
+@dataclass
+class Tokens:
+    """One text's tokens, special tokens excluded: ids and character offsets into the text."""
+
+    ids: np.ndarray  # [n] int64
+    offsets: np.ndarray  # [n, 2] int64
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_encoding(cls, encoding: Encoding) -> Tokens:
+        return cls(
+            np.asarray(encoding.ids, dtype=np.int64),
+            np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2),
+        )
+
+
 class Encoder:
     """A BERT or JinaBERT checkpoint with its tokenizer, ready to embed texts."""
 
@@ -127,6 +151,7 @@ class Encoder:
         self._pad_id = tokenizer.token_to_id("[PAD]") or self.config.pad_token_id
         self._special_count = tokenizer.post_processor.num_special_tokens_to_add(False)
         self._prefix, self._suffix = _special_layout(tokenizer)
+        self._splits_at_whitespace = isinstance(tokenizer.pre_tokenizer, BertPreTokenizer)
 
     @classmethod
     def from_pretrained(
@@ -212,17 +237,44 @@ class Encoder:
             return ""
         return checkpoint_fingerprint(self.model_dir, self.sentence.files)
 
-    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+    def tokenize(self, texts: Sequence[str]) -> list[Tokens]:
         """One tokenization per text, without special tokens or truncation.
 
-        Pass the result to ``encode_windows(encodings=...)``; its ``offsets`` serve late chunking
-        and ``len(e.ids) + special_token_count`` is ``count_tokens``.
+        Pass the result to ``encode_windows(encodings=...)`` or ``iter_windows(encoding=...)``;
+        its ``offsets`` serve late chunking, and ``len(t) + special_token_count`` is
+        ``count_tokens``. Long texts are tokenized in pieces of about ``TOKENIZE_CHUNK_CHARS``
+        cut at whitespace (where a BERT tokenizer splits anyway), so memory stays bounded:
+        tokenizing 5 MB at once peaks at about 600 MB.
         """
-        return self.tokenizer.encode_batch(_check_texts(texts), add_special_tokens=False)
+        texts = _check_texts(texts)
+        chunk = TOKENIZE_CHUNK_CHARS if self._splits_at_whitespace else None
+        parts: list[list[Tokens]] = [[] for _ in texts]
+        group: list[tuple[int, int, str]] = []
+        group_chars = 0
+
+        def flush() -> None:
+            nonlocal group, group_chars
+            encodings = self.tokenizer.encode_batch([p for _, _, p in group],
+                                                    add_special_tokens=False)  # fmt: skip
+            for (index, start, _), encoding in zip(group, encodings, strict=True):
+                tokens = Tokens.from_encoding(encoding)
+                tokens.offsets += start
+                parts[index].append(tokens)
+            group, group_chars = [], 0
+
+        for index, text in enumerate(texts):
+            for start, end in _pieces(text, chunk):
+                group.append((index, start, text[start:end]))
+                group_chars += end - start
+                if group_chars >= _TOKENIZE_GROUP_CHARS:
+                    flush()
+        if group:
+            flush()
+        return [_concatenate(p) for p in parts]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts, special tokens included, without truncation."""
-        return [len(e.ids) + self._special_count for e in self.tokenize(texts)]
+        return [len(t) + self._special_count for t in self.tokenize(texts)]
 
     def encode(
         self,
@@ -265,7 +317,7 @@ class Encoder:
         self,
         texts: Sequence[str] | None = None,
         *,
-        encodings: Sequence[Encoding] | None = None,
+        encodings: Sequence[Tokens | Encoding] | None = None,
         max_length: int | None = None,
         overlap: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
@@ -279,9 +331,7 @@ class Encoder:
         truncated. Pass ``texts``, or ``encodings`` from ``tokenize`` to skip tokenizing again.
         ``progress(done, total)`` is called after each batch, counting windows.
         """
-        per_text = [
-            self._windows(e, max_length, overlap) for e in self._encodings(texts, encodings)
-        ]
+        per_text = [self._windows(t, max_length, overlap) for t in self._tokens(texts, encodings)]
         flat = [window for windows in per_text for window in windows]
         states = iter(self._run(flat, self._states, batch_tokens=batch_tokens,
                                 show_progress=show_progress, progress=progress))  # fmt: skip
@@ -291,7 +341,7 @@ class Encoder:
         self,
         text: str | None = None,
         *,
-        encoding: Encoding | None = None,
+        encoding: Tokens | Encoding | None = None,
         max_length: int | None = None,
         overlap: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
@@ -303,9 +353,9 @@ class Encoder:
         caller that pools each window and drops it can ingest a file of any size.
         ``progress(done, total)`` counts windows.
         """
-        (encoding,) = self._encodings(None if text is None else [text],
-                                      None if encoding is None else [encoding])  # fmt: skip
-        windows = self._windows(encoding, max_length, overlap)
+        (tokens,) = self._tokens(None if text is None else [text],
+                                 None if encoding is None else [encoding])  # fmt: skip
+        windows = self._windows(tokens, max_length, overlap)
         done = 0
         for group in _window_groups([len(w.ids) for w in windows], batch_tokens):
             states = self._run([windows[i] for i in group], self._states,
@@ -327,21 +377,28 @@ class Encoder:
             )
         return limit - self._special_count
 
-    def _encodings(
-        self, texts: Sequence[str] | None, encodings: Sequence[Encoding] | None
-    ) -> list[Encoding]:
+    def _tokens(
+        self, texts: Sequence[str] | None, encodings: Sequence[Tokens | Encoding] | None
+    ) -> list[Tokens]:
         if (texts is None) == (encodings is None):
             raise InputError("pass either texts or encodings (from Encoder.tokenize), not both")
         if texts is not None:
             return self.tokenize(texts)
+        tokens = []
         for index, encoding in enumerate(encodings):
-            if not isinstance(encoding, Encoding):
+            if isinstance(encoding, Encoding):
+                encoding = Tokens.from_encoding(encoding)
+            if not isinstance(encoding, Tokens):
                 raise InputError(
-                    f"encodings[{index}] is {type(encoding).__name__}, not tokenizers.Encoding"
+                    f"encodings[{index}] is {type(encoding).__name__}, not Tokens (from "
+                    "Encoder.tokenize) or tokenizers.Encoding"
                 )
-        return list(encodings)
+            tokens.append(encoding)
+        return tokens
 
-    def _windows(self, raw: Encoding, max_length: int | None, overlap: int | None) -> list[_Window]:
+    def _windows(
+        self, tokens: Tokens, max_length: int | None, overlap: int | None
+    ) -> list[_Window]:
         """Overlapping windows cut from one tokenization's ids and offsets, special tokens added.
 
         Equivalent to ``raw.truncate(budget, stride=overlap)`` plus its overflowing encodings,
@@ -354,8 +411,7 @@ class Encoder:
             raise InputError(
                 f"overlap must be between 0 and {budget // 2 - 1} tokens, not {overlap}"
             )
-        ids = np.asarray(raw.ids, dtype=np.int64)
-        offsets = np.asarray(raw.offsets, dtype=np.int64).reshape(-1, 2)
+        ids, offsets = tokens.ids, tokens.offsets
         starts = [0]
         while starts[-1] + budget < len(ids):
             starts.append(starts[-1] + budget - overlap)
@@ -380,12 +436,10 @@ class Encoder:
     def _truncated(self, texts: list[str], max_length: int | None) -> list[_Window]:
         budget = self._budget(max_length)
         windows, dropped = [], []
-        for raw in self.tokenizer.encode_batch(texts, add_special_tokens=False):
-            ids = np.asarray(raw.ids, dtype=np.int64)
-            if len(ids) > budget:
-                dropped.append(len(ids) - budget)
-            offsets = np.asarray(raw.offsets, dtype=np.int64).reshape(-1, 2)
-            windows.append(self._window(ids[:budget], offsets[:budget]))
+        for tokens in self.tokenize(texts):
+            if len(tokens) > budget:
+                dropped.append(len(tokens) - budget)
+            windows.append(self._window(tokens.ids[:budget], tokens.offsets[:budget]))
         if dropped:
             logger.warning(
                 "%d of %d texts exceeded %d tokens and were truncated, dropping %d tokens in all "
@@ -446,6 +500,29 @@ def _special_layout(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     return ids[:first], ids[last:]
 
 
+def _pieces(text: str, chunk: int | None) -> Iterator[tuple[int, int]]:
+    """Spans of ``text`` of about ``chunk`` characters that end at whitespace (None: one span)."""
+    start = 0
+    while chunk is not None and len(text) - start > chunk:
+        end = start + chunk
+        while end > start and not text[end].isspace():
+            end -= 1
+        if end == start:  # no whitespace in the chunk: cut at the next one, if any
+            end = next((i for i in range(start + chunk, len(text)) if text[i].isspace()), len(text))
+        yield start, end
+        start = end
+    if start < len(text) or not text:
+        yield start, len(text)
+
+
+def _concatenate(parts: list[Tokens]) -> Tokens:
+    if len(parts) == 1:
+        return parts[0]
+    return Tokens(
+        np.concatenate([t.ids for t in parts]), np.concatenate([t.offsets for t in parts])
+    )
+
+
 def _no_span(count: int) -> np.ndarray:
     return np.zeros((count, 2), np.int64)
 
@@ -466,17 +543,24 @@ def _window_groups(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Group indices, longest first, so that rows × longest row stays within ``batch_tokens``.
 
-    A sequence longer than the budget gets a batch of its own.
+    A sequence longer than the budget gets a batch of its own. A batch also closes before
+    padding would exceed ``MAX_PADDING`` of its tokens: padded positions cost as much as real
+    ones, and with many short texts of mixed lengths a few more batches are far cheaper.
     """
     if batch_tokens < 1:
         raise InputError(f"batch_tokens must be positive, not {batch_tokens}")
     batches: list[list[int]] = []
+    real = 0
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         # Sorted longest first, so a batch's first item is its longest.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+        if batches:
+            padded = (len(batches[-1]) + 1) * lengths[batches[-1][0]]
+            if padded <= batch_tokens and real + lengths[index] >= (1 - MAX_PADDING) * padded:
+                batches[-1].append(index)
+                real += lengths[index]
+                continue
+        batches.append([index])
+        real = lengths[index]
     return batches
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import jrag.attention
+import jrag.encoder
 from jrag import Encoder, InputError, ModelLoadError
 from jrag.checkpoints import bert_config, jina_v2_config, write_random_checkpoint
 from jrag.encoder import cpu_has_native_bf16, resolve_dtype, token_budget_batches
@@ -160,7 +161,16 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_input():
     for batch in batches:
         longest = max(lengths[i] for i in batch)
         assert len(batch) == 1 or len(batch) * longest <= 700
-    assert len(batches) < len(lengths)
+        assert sum(lengths[i] for i in batch) >= (1 - 0.125) * len(batch) * longest
+    assert [4] in batches and [1, 3] in batches  # equal lengths share a batch
+
+
+def test_short_texts_of_mixed_lengths_batch_with_little_padding():
+    lengths = [8 + (i * 7) % 57 for i in range(2000)]  # 8–64 tokens
+    batches = token_budget_batches(lengths, batch_tokens=16384)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded <= 1.125 * sum(lengths)
+    assert len(batches) <= 40
 
 
 def test_long_text_is_truncated_with_one_warning_saying_how_much(tiny_jina, caplog):
@@ -513,9 +523,9 @@ def test_pre_tokenized_input_gives_the_same_windows(tiny_jina):
     encoder = Encoder.from_pretrained(tiny_jina)
     texts = [make_text(900, seed=1), "a few words"]
     encodings = encoder.tokenize(texts)
-    assert [len(e.ids) + encoder.special_token_count for e in encodings] == encoder.count_tokens(
-        texts
-    )
+    counts = [len(t) + encoder.special_token_count for t in encodings]
+    assert counts == encoder.count_tokens(texts)
+    assert counts == [len(encoder.tokenizer.encode(t).ids) for t in texts]
     from_texts = encoder.encode_windows(texts, max_length=256, overlap=32)
     from_encodings = encoder.encode_windows(encodings=encodings, max_length=256, overlap=32)
     assert [len(w) for w in from_texts] == [len(w) for w in from_encodings] == [5, 1]
@@ -528,6 +538,20 @@ def test_pre_tokenized_input_gives_the_same_windows(tiny_jina):
         assert np.array_equal(a.hidden, b.hidden) and np.array_equal(a.offsets, b.offsets)
     with pytest.raises(InputError, match="either texts or encodings"):
         encoder.encode_windows(texts, encodings=encodings)
+    raw = encoder.tokenizer.encode_batch(texts, add_special_tokens=False)  # Encodings work too
+    assert [len(w) for w in encoder.encode_windows(encodings=raw, max_length=256)] == [5, 1]
+
+
+def test_long_texts_are_tokenized_in_pieces_with_the_same_result(tiny_jina, monkeypatch):
+    encoder = Encoder.from_pretrained(tiny_jina)
+    text = "Start. " + make_text(3000, seed=21) + "  tail,words;end"
+    whole = encoder.tokenizer.encode(text, add_special_tokens=False)
+    monkeypatch.setattr(jrag.encoder, "TOKENIZE_CHUNK_CHARS", 997)
+    monkeypatch.setattr(jrag.encoder, "_TOKENIZE_GROUP_CHARS", 3000)
+    (tokens,) = encoder.tokenize([text])
+    assert len(text) > 10 * 997
+    assert tokens.ids.tolist() == whole.ids
+    assert tokens.offsets.tolist() == [list(o) for o in whole.offsets]
 
 
 def test_iter_windows_equals_encode_windows_and_reports_progress(tiny_jina):
@@ -561,3 +585,14 @@ def test_a_two_megabyte_single_line_text_is_windowed_lazily(tiny_jina):
     second = next(windows)
     assert second.span[0] < first.span[1]
     windows.close()
+
+
+def test_sixteen_bit_models_attend_in_float32_on_cpu(tiny_jina):
+    # bfloat16 would round a far key's ALiBi bias (-slope·distance) by up to 0.125 at 8k tokens.
+    bias = jrag.attention.AlibiBias(jrag.attention.alibi_slopes(8), 8192, dtype=torch.bfloat16,
+                                    device="cpu")  # fmt: skip
+    assert bias.base.dtype == torch.float32
+    assert float(bias.base[7, 0]) == pytest.approx(-(2**-8) * bias.center, rel=1e-7)
+    encoder = Encoder.from_pretrained(tiny_jina, dtype="bfloat16")
+    (states,) = encoder.encode_tokens([make_text(700, seed=3)])
+    assert np.isfinite(states.hidden).all() and states.hidden.dtype == np.float32

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from jrag.embedding import load_encoder
 from jrag.loading import MINILM_ID
 from jrag.pipeline import IngestOptions, ingest
-from jrag.searcher import load_encoder
 from jrag.store import MilvusStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from langchain_tests.integration_tests import (
 )
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
+from jrag.embedding import load_encoder
 from jrag.errors import InputError, ModelLoadError, StoreError
-from jrag.searcher import load_encoder
 from tests.adapters import (
     MODEL,
     SampleCollection,

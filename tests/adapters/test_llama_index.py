@@ -17,8 +17,8 @@ from llama_index.embeddings.jrag import JragEmbedding
 from llama_index.retrievers.jrag import JragRetriever
 from llama_index.vector_stores.milvus import MilvusVectorStore
 
+from jrag.embedding import load_encoder
 from jrag.errors import InputError, ModelLoadError, StoreError
-from jrag.searcher import load_encoder
 from tests.adapters import (
     MODEL,
     SampleCollection,
