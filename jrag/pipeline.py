@@ -15,7 +15,6 @@ A document's stored state decides what happens to its file:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Encoding
 
 from jrag.chunking import late_chunk_spans, pool_spans
-from jrag.encoder import DEFAULT_BATCH_TOKENS, Encoder, TokenStates
+from jrag.encoder import DEFAULT_BATCH_TOKENS, MAX_WINDOW_OVERLAP, Encoder, Tokens, TokenStates
 from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
-from jrag.parse import ParsedDocument, discover, parse_file
+from jrag.parse import ParsedDocument, discover, parse_file, read_file
 from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
 
 logger = logging.getLogger(__name__)
@@ -89,7 +87,7 @@ class IngestOptions:
     def overlap(self, encoder: Encoder) -> int:
         if self.window_overlap is not None:
             return self.window_overlap
-        return min(512, (encoder.max_length - 2) // 8)
+        return min(MAX_WINDOW_OVERLAP, (encoder.max_length - encoder.special_token_count) // 8)
 
 
 @dataclass
@@ -133,6 +131,7 @@ def embed_documents(
     *,
     tenant: str = "",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    tokens: Sequence[Tokens] | None = None,
 ) -> list[list[Row]]:
     """Rows of ``kinds[i]`` (default: the mode's kinds) for each document, in shared batches.
 
@@ -141,12 +140,12 @@ def embed_documents(
     ``batch_tokens`` bounds one forward batch (rows × longest row).
     """
     kinds = list(kinds) if kinds is not None else [options.kinds] * len(documents)
-    encodings = _tokenize(encoder, [doc.text for doc in documents])
+    encodings = tokens if tokens is not None else encoder.tokenize([d.text for d in documents])
     rows: list[list[Row]] = [[] for _ in documents]
     windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks)]
     if windowed:
         windows_per_doc = encoder.encode_windows(
-            [documents[i].text for i in windowed],
+            encodings=[encodings[i] for i in windowed],
             overlap=options.overlap(encoder),
             batch_tokens=batch_tokens,
         )
@@ -163,7 +162,7 @@ def embed_documents(
         # the naive chunks, cut exactly at the token budget.
         max_length = min(options.naive_chunk_tokens, encoder.max_length)
         windows_per_doc = encoder.encode_windows(
-            [documents[i].text for i in chunked],
+            encodings=[encodings[i] for i in chunked],
             max_length=max_length,
             overlap=0,
             batch_tokens=batch_tokens,
@@ -176,7 +175,7 @@ def embed_documents(
 
 def _late_chunk_rows(
     doc: ParsedDocument,
-    encoding: Encoding,
+    encoding: Tokens,
     windows: list[TokenStates],
     options: IngestOptions,
     tenant: str,
@@ -291,7 +290,7 @@ def ingest(
         doc_id = document_id(source, tenant)
         tick = time.perf_counter()
         try:
-            _data, content_hash = _read(source)  # the bytes go to parse_file once it takes them
+            data, content_hash = read_file(source)
             committed = states.get(doc_id)
             plan = plan_file(committed, content_hash, wanted)
             if plan is None:
@@ -299,7 +298,7 @@ def ingest(
                 notify(source, "skipped")
                 continue
             kinds, outcome = plan
-            document = parse_file(source)
+            document = parse_file(source, data=data, content_hash=content_hash)
         except (ParseError, OSError) as err:
             report.failed.append((source, _message(err, source)))
             notify(source, "failed")
@@ -317,16 +316,6 @@ def ingest(
     store.flush()
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _read(source: str) -> tuple[bytes, str]:
-    """A file's bytes and their SHA-256, read once."""
-    data = Path(source).read_bytes()
-    return data, content_sha256(data)
-
-
-def _tokenize(encoder: Encoder, texts: list[str]) -> list[Encoding]:
-    return encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
 
 
 def plan_file(
@@ -355,24 +344,27 @@ def _embed_and_store(
     documents = [p.document for p in pending]
     kinds = [p.kinds for p in pending]
     tick = time.perf_counter()
+    tokens = encoder.tokenize([doc.text for doc in documents])  # once: windows, chunks, counts
     try:
         rows_per_doc: list[list[Row] | None] = list(
-            embed_documents(documents, encoder, options, kinds, tenant=tenant)
+            embed_documents(documents, encoder, options, kinds, tenant=tenant, tokens=tokens)
         )
     except JragError:
         # One bad document must not sink its batch: retry one by one to find it.
         rows_per_doc = []
-        for doc, doc_kinds in zip(documents, kinds, strict=True):
+        for doc, doc_kinds, doc_tokens in zip(documents, kinds, tokens, strict=True):
             try:
                 rows_per_doc.append(
-                    embed_documents([doc], encoder, options, [doc_kinds], tenant=tenant)[0]
+                    embed_documents(
+                        [doc], encoder, options, [doc_kinds], tenant=tenant, tokens=[doc_tokens]
+                    )[0]
                 )
             except JragError as err:
                 rows_per_doc.append(None)
                 report.failed.append((doc.source, _message(err, doc.source)))
                 notify(doc.source, "failed")
     report.stage_seconds["embed"] += time.perf_counter() - tick
-    token_counts = encoder.count_tokens(documents_text(documents))
+    token_counts = [len(t) + encoder.special_token_count for t in tokens]
     for item, rows, tokens in zip(pending, rows_per_doc, token_counts, strict=True):
         if rows is None:
             continue
@@ -390,10 +382,6 @@ def _embed_and_store(
         else:
             getattr(report, item.outcome).append(doc.source)
         notify(doc.source, item.outcome)
-
-
-def documents_text(documents: Sequence[ParsedDocument]) -> list[str]:
-    return [doc.text for doc in documents]
 
 
 def _prune(
@@ -428,7 +416,3 @@ def _prune(
 def _message(err: Exception, source: str) -> str:
     text = str(err)
     return text if source in text else f"{source}: {text}"
-
-
-def content_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

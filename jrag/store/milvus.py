@@ -10,7 +10,6 @@ It puts the store's parts together, each in its own module:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -308,10 +307,6 @@ class MilvusStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 def check_identity(where: str, recorded: Identity, current: Identity) -> None:
