@@ -104,8 +104,9 @@ def exc_message(exc: BaseException | None) -> str:
 
 
 # Milvus Lite's servers are process-wide (one per data directory). Count our open connections
-# per directory, and remember which servers jrag itself started.
-_LITE_LOCK = threading.Lock()
+# per directory, and remember which servers jrag itself started. Re-entrant: garbage collection
+# may run a forgotten Connection's __del__ (which closes it) inside a thread holding this lock.
+_LITE_LOCK = threading.RLock()
 _LITE_USERS: dict[str, int] = {}
 _LITE_STARTED_BY_JRAG: set[str] = set()
 

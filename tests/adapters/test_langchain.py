@@ -117,11 +117,12 @@ def test_max_length_is_clamped_to_the_model_limit_and_long_text_truncates_with_a
 ):
     long_text = " ".join(f"Entry {i} of the long ledger." for i in range(400))
     encoder = load_encoder(MODEL)
-    assert embeddings.max_length == 8192 and encoder.max_length == 512
+    # MiniLM's sentence-transformers config states max_seq_length 256 (its positions go to 512).
+    assert embeddings.max_length == 8192 and encoder.max_length == 256
     with caplog.at_level(logging.WARNING, logger="jrag.encoder"):
         vector = embeddings.embed_query(long_text)
     assert "truncated" in caplog.text
-    assert np.allclose(vector, encoder.encode(long_text, max_length=512), atol=1e-5)
+    assert np.allclose(vector, encoder.encode(long_text, max_length=256), atol=1e-5)
     short = JragEmbeddings(model=MODEL, max_length=16).embed_query(long_text)
     assert np.allclose(short, encoder.encode(long_text, max_length=16), atol=1e-5)
 
