@@ -100,6 +100,7 @@ class BulkLoader:
     ) -> None:
         """Queue one document; imports (and commits) when the batch is full."""
         entities, counts = self.store.writer.entities(version, rows, committed)
+        self.store.writer.begin(version, counts, committed)
         self.store.record_kinds(rows, options)
         if self._writer is None:
             self._writer = self._open_writer()

@@ -322,7 +322,7 @@ def plan_file(
     committed: DocumentState | None, content_hash: str, wanted: dict[str, dict[str, Any]]
 ) -> tuple[tuple[str, ...], str] | None:
     """(kinds to embed, outcome) for one file, or None when it is stored as asked."""
-    if committed is None:
+    if committed is None or not committed.committed:  # none, or a first write cut short
         return tuple(wanted), "added"
     if committed.content_hash == content_hash:
         missing = tuple(k for k, opts in wanted.items() if not committed.holds(k, opts))
@@ -399,7 +399,7 @@ def _prune(
     here = set(present)
     resolved_roots = [Path(r).expanduser().resolve() for r in roots]
     gone = []
-    for state in store.all_states(tenant):
+    for state in store.all_states(tenant, pending=True):
         source = Path(state.source)
         if state.source in here:
             continue

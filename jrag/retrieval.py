@@ -150,6 +150,22 @@ def search(
     if store.read_only:
         _notice_once(store, store.legacy_notice())
     vector = embed_query(encoder, query) if vector is None else vector
+    for _ in range(STALE_READ_RETRIES):
+        results = _search_once(query, vector, store, encoder, options)
+        if all(len(r.text) == r.end - r.start for r in results):
+            break
+        # A writer committed a new version of a document between ranking and reading its
+        # text (whose old rows it then deleted): rank again, against the new version.
+    return results
+
+
+# A concurrent re-ingest can replace a document mid-search; rank again at most this many times.
+STALE_READ_RETRIES = 3
+
+
+def _search_once(
+    query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
+) -> list[SearchResult]:
     ranked, states = store.rank(build_query(store, query, vector, options))
     if not ranked:
         return []

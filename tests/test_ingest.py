@@ -113,7 +113,7 @@ def test_a_changed_file_replaces_its_rows(store, minilm, tmp_path):
     ingest([tmp_path / "docs"], store, minilm)
     rows_before = rows_by_kind(store)
     old_bakery_rows = len(store.get_rows([document_id(str(paths["bakery"].resolve()))], "doc"))
-    assert old_bakery_rows == 2  # ~600 tokens: two MiniLM windows
+    assert old_bakery_rows >= 2  # ~600 tokens: overlapping 256-token MiniLM windows
     paths["bakery"].write_text(
         "# Bakery\n\nThe cooperative now also mills buckwheat flour on Tuesdays."
     )
@@ -142,7 +142,7 @@ def test_late_mode_stores_whole_and_late_chunk_vectors_from_one_pass(store, mini
     paths = write_corpus(tmp_path / "docs")
     ingest([tmp_path / "docs"], store, minilm, options=IngestOptions(mode="late"))
     rows = rows_by_kind(store)
-    assert rows["doc"] >= 5 and rows["late"] > rows["doc"]
+    assert rows["doc"] >= 5 and rows["late"] >= 5
     best = search("Who recast the foghorn?", store, minilm, k=1, mode="late")[0]
     assert best.source == str(paths["lighthouse"].resolve())
     passage = best.text[best.passage_start - best.start : best.passage_end - best.start]
@@ -253,7 +253,9 @@ def test_kill_9_halfway_then_rerun_ends_with_every_document_once(store_uri, mini
         documents = stored(store)
         assert len(documents) == 40
         doc_rows = store.get_rows([document_id(s) for s in documents], "doc")
-        assert len(doc_rows) == 40 == len({r.id for r in doc_rows})
+        assert len({r.doc_id for r in doc_rows}) == 40
+        assert sum(v.kinds["doc"]["rows"] for v in documents.values()) == len(doc_rows)
+        assert len(doc_rows) == len({r.id for r in doc_rows})
         late_rows = store.get_rows([document_id(s) for s in documents], "late")
         assert len(late_rows) == len({r.id for r in late_rows})
         assert sum(v.kinds["late"]["rows"] for v in documents.values()) == len(late_rows)

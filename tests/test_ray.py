@@ -23,6 +23,9 @@ from tests.docs_factory import long_text, make_html, make_markdown
 ray = pytest.importorskip("ray")
 
 OPTIONS = IngestOptions(mode="late", late_chunk_tokens=64)
+# The engines are compared within 1e-5, which holds in float32 (bfloat16 rounds differently
+# when a text is packed with other texts).
+DTYPE = "float32"
 ROW_FIELDS = ["id", "doc_id", "tenant", "kind", "chunk_index", "start", "end", "text", "vector"]
 ROW_FIELDS += ["content_hash", "source", "metadata"]
 
@@ -77,7 +80,7 @@ def assert_same_rows(local: dict[str, dict], distributed: dict[str, dict]) -> No
 def test_same_rows_as_the_local_engine(ray_cluster: None, store_uri: str, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
-    encoder = load_encoder(MINILM_ID, device="cpu")
+    encoder = load_encoder(MINILM_ID, device="cpu", dtype=DTYPE)
     suffix = uuid.uuid4().hex[:8]
     with MilvusStore(store_uri, f"local_{suffix}", identity=identity_of(encoder)) as store:
         local_report = ingest([corpus], store, encoder, options=OPTIONS)
@@ -86,7 +89,13 @@ def test_same_rows_as_the_local_engine(ray_cluster: None, store_uri: str, tmp_pa
     config = StoreConfig(store_uri, f"ray_{suffix}")
     progress: list[Progress] = []
     report = ingest_ray(
-        [corpus], config, MINILM_ID, options=OPTIONS, workers=2, on_progress=progress.append
+        [corpus],
+        config,
+        MINILM_ID,
+        dtype=DTYPE,
+        options=OPTIONS,
+        workers=2,
+        on_progress=progress.append,
     )
     assert report.added == sorted(local_report.added) and len(report.added) == 40
     assert [name for name, _ in report.failed] == [str((corpus / "empty.txt").resolve())]
@@ -98,7 +107,7 @@ def test_same_rows_as_the_local_engine(ray_cluster: None, store_uri: str, tmp_pa
     with config.open(create=False) as store:
         assert_same_rows(local_rows, all_rows(store))
 
-    again = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1)
+    again = ingest_ray([corpus], config, MINILM_ID, dtype=DTYPE, options=OPTIONS, workers=1)
     assert again.stored == 0 and len(again.skipped) == 40
 
 
@@ -108,7 +117,13 @@ def test_update_extend_and_prune_in_a_tenant(ray_cluster: None, tmp_path: Path) 
     uri = str(tmp_path / "lite" / "jrag.db")
     config = StoreConfig(uri, "docs")
     ingest_ray(
-        [corpus], config, MINILM_ID, options=IngestOptions(mode="late"), workers=1, tenant="t1"
+        [corpus],
+        config,
+        MINILM_ID,
+        dtype=DTYPE,
+        options=IngestOptions(mode="late"),
+        workers=1,
+        tenant="t1",
     )
     paths[0].write_text("Record zero, rewritten.\n\n" + long_text(80), encoding="utf-8")
     paths[1].unlink()
@@ -163,14 +178,14 @@ def test_a_killed_worker_leaves_every_document_stored_once(
     caplog.set_level(logging.WARNING)
     try:
         first = ingest_ray(
-            [corpus], config, MINILM_ID, options=options, workers=2, batch_tokens=1024,
+            [corpus], config, MINILM_ID, dtype=DTYPE, options=options, workers=2, batch_tokens=1024,
             on_progress=kill_one_actor,
         )  # fmt: skip
         stored_first = set(first.added)
     except Exception:  # the job may fail with the actor: then a re-run must finish it
         stored_first = set()
     assert killed
-    second = ingest_ray([corpus], config, MINILM_ID, options=options, workers=2)
+    second = ingest_ray([corpus], config, MINILM_ID, dtype=DTYPE, options=options, workers=2)
     assert not stored_first & set(second.added)
     assert len(stored_first | set(second.added)) == 40
     with config.open(create=False) as store:
@@ -212,7 +227,7 @@ def test_bulk_import_gives_the_same_searchable_rows(
     bulk_dir.mkdir()
     monkeypatch.setenv("JRAG_BULK_DIR", str(bulk_dir))
     suffix = uuid.uuid4().hex[:8]
-    encoder = load_encoder(MINILM_ID, device="cpu")
+    encoder = load_encoder(MINILM_ID, device="cpu", dtype=DTYPE)
     with MilvusStore(milvus_server_uri, f"ins_{suffix}", identity=identity_of(encoder)) as store:
         ingest([corpus], store, encoder, options=OPTIONS)
         inserted = all_rows(store)
@@ -220,7 +235,9 @@ def test_bulk_import_gives_the_same_searchable_rows(
 
     caplog.set_level(logging.WARNING)
     config = StoreConfig(milvus_server_uri, f"bulk_{suffix}")
-    report = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
+    report = ingest_ray(
+        [corpus], config, MINILM_ID, dtype=DTYPE, options=OPTIONS, workers=1, bulk=True
+    )
     assert len(report.added) == 8 and not _bulk_warnings(caplog)
     assert not list(bulk_dir.iterdir())  # the import files are cleaned up
     with config.open(create=False) as store:
@@ -230,7 +247,9 @@ def test_bulk_import_gives_the_same_searchable_rows(
     assert {(r.source, r.start, r.end, round(r.score, 4)) for r in found} == {
         (r.source, r.start, r.end, round(r.score, 4)) for r in expected
     }
-    again = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
+    again = ingest_ray(
+        [corpus], config, MINILM_ID, dtype=DTYPE, options=OPTIONS, workers=1, bulk=True
+    )
     assert again.stored == 0 and len(again.skipped) == 8
 
 
@@ -248,7 +267,9 @@ def test_bulk_falls_back_to_upsert_in_one_line(
     write_corpus(corpus, count=3)
     caplog.set_level(logging.WARNING)
     config = StoreConfig(store_uri, f"fallback_{uuid.uuid4().hex[:8]}")
-    report = ingest_ray([corpus], config, MINILM_ID, options=OPTIONS, workers=1, bulk=True)
+    report = ingest_ray(
+        [corpus], config, MINILM_ID, dtype=DTYPE, options=OPTIONS, workers=1, bulk=True
+    )
     assert len(report.added) == 3
     warnings = _bulk_warnings(caplog)
     assert len(warnings) == 1 and "\n" not in warnings[0]

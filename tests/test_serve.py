@@ -435,8 +435,5 @@ def test_readers_see_each_document_whole_in_one_version_while_a_writer_reingests
                 for d, src in enumerate(sources)
             }
     assert time.monotonic() - started < 60
-    if read["stale"]:
-        # Known: search ranks a version, a writer commits the next one and deletes the ranked
-        # one, then search reads the deleted version's text (empty or short). The fix belongs in
-        # jrag.retrieval.search: rank again when a winner's text comes back short.
-        pytest.xfail(f"{read['stale']} results read a version deleted after ranking")
+    # Search ranks again when a winner's text was deleted by a commit after ranking.
+    assert read["stale"] == 0, read

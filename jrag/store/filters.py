@@ -73,6 +73,13 @@ def one_of(field_name: str, values: Iterable[str]) -> str:
     return f"{field_name} in [{', '.join(quote(v) for v in items)}]"
 
 
+def ids_in(ids: Iterable[str]) -> str:
+    """``id in [...]``, alone: Milvus answers it from the primary key index, while ``id == x``,
+    or ``id in [...]`` combined with anything else, scans the collection (measured on Lite:
+    0.7 ms against 140 ms at 60,000 rows)."""
+    return f"id in [{', '.join(quote(v) for v in dict.fromkeys(ids))}]"
+
+
 def none_of(field_name: str, values: Iterable[str]) -> str | None:
     items = list(dict.fromkeys(values))
     if not items:

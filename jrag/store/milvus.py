@@ -29,12 +29,15 @@ from jrag.store.manifest import (
 from jrag.store.rows import (
     STATE_KIND,
     TEXT_KIND,
+    TEXT_PIECE_CHARS,
     VECTOR_KINDS,
     DocumentState,
     Hit,
     Row,
     json_metadata,
     quote,
+    row_id,
+    version_ids,
 )
 from jrag.store.search import DocumentRanker, Query, RankedRow
 from jrag.store.writes import DocumentVersion, Writer
@@ -164,9 +167,10 @@ class MilvusStore:
         """Committed state of each document that has one: O(len(doc_ids)), never a scan."""
         return self.writer.states(doc_ids)
 
-    def all_states(self, tenant: str = "") -> Iterator[DocumentState]:
-        """Every document of ``tenant`` (one row each)."""
-        return self.writer.all_states(tenant)
+    def all_states(self, tenant: str = "", *, pending: bool = False) -> Iterator[DocumentState]:
+        """Every committed document of ``tenant`` (one row each); with ``pending``, also those
+        whose first write was cut short (their rows are garbage to delete)."""
+        return self.writer.all_states(tenant, pending=pending)
 
     def write_document(
         self,
@@ -219,11 +223,7 @@ class MilvusStore:
 
     def rows(self, ids: Sequence[str]) -> list[Hit]:
         """Rows by id, with their text and metadata."""
-        found: list[Hit] = []
-        for i in range(0, len(ids), 512):
-            expr = one_of("id", ids[i : i + 512])
-            found.extend(_hit(r) for r in self.writer.iter_rows(expr, self._row_fields))
-        return found
+        return [_hit(r) for r in self.writer.fetch(ids, self._row_fields)]
 
     def get_rows(self, doc_ids: Sequence[str], kind: str, *, tenant: str = "") -> list[Hit]:
         """The committed rows of ``kind`` for ``doc_ids``, ordered by (doc_id, chunk_index)."""
@@ -232,14 +232,21 @@ class MilvusStore:
                 f"unknown row kind {kind!r}; expected one of {', '.join(VECTOR_KINDS)}"
             )
         ids = list(dict.fromkeys(doc_ids))
-        states = {} if self.read_only else self.states(ids)
-        hits: list[Hit] = []
-        for i in range(0, len(ids), 512):
-            expr = all_of(one_of("doc_id", ids[i : i + 512]), f"kind == {quote(kind)}")
-            for r in self.writer.iter_rows(expr, self._row_fields):
-                state = states.get(r["doc_id"])
-                if self.read_only or (state and state.content_hash == r["content_hash"]):
-                    hits.append(_hit(r))
+        if self.read_only:
+            hits = []
+            for i in range(0, len(ids), 512):
+                expr = all_of(one_of("doc_id", ids[i : i + 512]), f"kind == {quote(kind)}")
+                hits += [_hit(r) for r in self.writer.iter_rows(expr, self._row_fields)]
+        else:
+            wanted = [
+                row_id
+                for state in self.states(ids).values()
+                if state.committed and kind in state.kinds
+                for row_id in version_ids(
+                    state.doc_id, state.content_hash, {kind: state.row_counts[kind]}
+                )
+            ]
+            hits = self.rows(wanted)
         hits.sort(key=lambda h: (h.doc_id, h.chunk_index))
         return hits
 
@@ -248,20 +255,22 @@ class MilvusStore:
         if self.read_only:
             rows = self.get_rows([state.doc_id], "doc") or self.get_rows([state.doc_id], "chunk")
             return _stitch(rows)[start:end]
-        end = end if end is not None else 1 << 62
-        expr = all_of(
-            f"doc_id == {quote(state.doc_id)}",
-            f"content_hash == {quote(state.content_hash)}",
-            f"kind == {quote(TEXT_KIND)}",
-            f"end > {int(start)}",
-            f"start < {int(end)}",
-        )
-        pieces = sorted(self.writer.iter_rows(expr, ["start", "text"]), key=lambda r: r["start"])
-        if not pieces:
+        pieces = state.row_counts.get(TEXT_KIND, 0)
+        end = min(end if end is not None else 1 << 62, pieces * TEXT_PIECE_CHARS)
+        if end <= start:
             return ""
-        text = "".join(p["text"] for p in pieces)
-        first = int(pieces[0]["start"])
-        return text[max(0, start - first) : max(0, end - first)]
+        # Pieces are consecutive TEXT_PIECE_CHARS-character cuts, so their ids follow from the span.
+        first, last = start // TEXT_PIECE_CHARS, (end - 1) // TEXT_PIECE_CHARS
+        ids = [
+            row_id(state.doc_id, state.content_hash, TEXT_KIND, i)
+            for i in range(first, min(last, pieces - 1) + 1)
+        ]
+        found = sorted(self.writer.fetch(ids, ["start", "text"]), key=lambda r: r["start"])
+        if len(found) != len(ids):
+            return ""  # the version was replaced meanwhile: the caller ranks again
+        text = "".join(p["text"] for p in found)
+        offset = int(found[0]["start"])
+        return text[max(0, start - offset) : max(0, end - offset)]
 
     def count(self, expr: str = "") -> int:
         rows = self.conn.call(
@@ -273,7 +282,8 @@ class MilvusStore:
     def stats(self) -> dict[str, Any]:
         """What the collection holds, from its manifest and count queries (never the token)."""
         rows = {kind: self.count(f"kind == {quote(kind)}") for kind in VECTOR_KINDS}
-        documents = self.count(f"kind == {quote(STATE_KIND)}") if not self.read_only else None
+        committed = all_of(f"kind == {quote(STATE_KIND)}", 'content_hash != ""')
+        documents = self.count(committed) if not self.read_only else None
         return {
             "documents": documents,
             "rows": rows,

@@ -72,6 +72,13 @@ def row_id(doc_id: str, content_hash: str, kind: str, chunk_index: int) -> str:
     return f"{doc_id}:{content_hash[:16]}:{kind}:{chunk_index}"
 
 
+def version_ids(doc_id: str, content_hash: str, rows: dict[str, int]) -> list[str]:
+    """The ids of every row of one version, given its row count per kind."""
+    return [
+        row_id(doc_id, content_hash, kind, i) for kind, n in sorted(rows.items()) for i in range(n)
+    ]
+
+
 def state_id(doc_id: str) -> str:
     """The id of a document's one state row (not per version: its upsert is the commit)."""
     return f"{doc_id}:state"
@@ -114,6 +121,18 @@ class DocumentState:
     # kind -> {"rows": n, "options": {...}} for every kind the committed version holds.
     kinds: dict[str, dict[str, Any]] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Versions whose rows may still exist and must go: {"content_hash": h, "rows": {kind: n}}.
+    # Recorded before rows are written, so cleaning up never needs a scan of the collection.
+    garbage: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def committed(self) -> bool:
+        """False for the placeholder that records a first write in progress."""
+        return bool(self.content_hash)
+
+    @property
+    def row_counts(self) -> dict[str, int]:
+        return {kind: int(entry.get("rows", 0)) for kind, entry in self.kinds.items()}
 
     def holds(self, kind: str, options: dict[str, Any] | None = None) -> bool:
         """True if the committed version has ``kind`` rows (built with ``options``, if given)."""

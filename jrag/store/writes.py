@@ -1,34 +1,40 @@
 """The versioned write protocol: a document's new version becomes visible all at once, or not.
 
 Every row carries its document's ``content_hash`` and has a deterministic id, and each document
-has one ``state`` row naming its committed version and the kinds that version holds. Writing a
-version goes, in this order:
+has one ``state`` row naming its committed version, the kinds that version holds with their row
+counts, and the versions whose rows may still exist (``garbage``). Writing a version goes, in
+this order:
 
-1. upsert the version's rows (vector rows and the exact-text pieces);
-2. delete this version's leftovers of the same kinds (rows an interrupted earlier write left
-   beyond the new row counts);
-3. flush (Milvus Lite);
-4. upsert the state row: **the commit**. Readers only count rows whose version and kind the
-   state row names, so before this point they see the old version, after it the new one;
-5. delete the rows of every other version.
+1. **begin**: delete the rows of the versions the state row lists as garbage, then record the
+   new version as garbage in the state row (it is not committed yet);
+2. upsert the version's rows (vector rows and the exact-text pieces);
+3. delete this version's leftovers (rows of the committed version beyond the new row counts);
+4. flush (Milvus Lite);
+5. upsert the state row: **the commit**. Readers only count rows whose version and kind the
+   state row names, so before this point they see the old version, after it the new one. The
+   replaced version becomes the garbage;
+6. delete the rows of the replaced version.
 
-A crash anywhere leaves the last committed version intact and visible; re-running rewrites the
-same ids (upsert, so two writers never duplicate a row) and commits. Adding a kind to the
-committed version (another ``--mode``) keeps the kinds it already holds.
+Every delete is by primary key, with ids derived from recorded row counts: no write scans the
+collection, so its cost does not grow with the collection. A crash anywhere leaves the last
+committed version intact and visible, and the garbage recorded for the next write (or
+``--prune``) to delete. Re-running rewrites the same ids (upsert, so two writers never duplicate
+a row) and commits. Adding a kind to the committed version (another ``--mode``) keeps the kinds
+it already holds.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from jrag.errors import StoreError
 from jrag.store.connection import Connection
-from jrag.store.filters import all_of, one_of
+from jrag.store.filters import all_of, ids_in
 from jrag.store.manifest import placeholder_vector
 from jrag.store.rows import (
     MAX_SOURCE,
@@ -44,6 +50,7 @@ from jrag.store.rows import (
     state_id,
     text_pieces,
     truncate_utf8,
+    version_ids,
 )
 
 QUERY_PAGE = 4096  # rows per page when listing; Milvus caps offset+limit at 16384
@@ -100,21 +107,34 @@ class Writer:
         finally:
             iterator.close()
 
-    def states(self, doc_ids: Sequence[str]) -> dict[str, DocumentState]:
-        """The committed state of each of ``doc_ids`` that has one (one query per 512 ids)."""
-        ids = list(dict.fromkeys(doc_ids))
-        found: dict[str, DocumentState] = {}
+    def fetch(self, ids: Sequence[str], fields: list[str]) -> list[dict]:
+        """The rows with these ids that exist (by primary key: never a scan)."""
+        ids = list(dict.fromkeys(ids))
+        found: list[dict] = []
         for i in range(0, len(ids), 512):
-            expr = one_of("id", [state_id(d) for d in ids[i : i + 512]])
-            for r in self.iter_rows(expr, STATE_FIELDS):
-                found[r["doc_id"]] = _state(r)
+            found += self.conn.call(
+                f"query collection '{self.collection}'", self.conn.client.query,
+                self.collection, filter=ids_in(ids[i : i + 512]), output_fields=fields,
+                consistency_level="Strong",
+            )  # fmt: skip
         return found
 
-    def all_states(self, tenant: str) -> Iterator[DocumentState]:
-        """Every document of ``tenant`` (a scan of state rows: one per document, for prune)."""
+    def states(self, doc_ids: Sequence[str]) -> dict[str, DocumentState]:
+        """The state of each of ``doc_ids`` that has one, read by primary key.
+
+        A document whose first write is under way has a placeholder state (``committed`` False).
+        """
+        rows = self.fetch([state_id(d) for d in doc_ids], STATE_FIELDS)
+        return {r["doc_id"]: _state(r) for r in rows}
+
+    def all_states(self, tenant: str, *, pending: bool = False) -> Iterator[DocumentState]:
+        """Every committed document of ``tenant`` (a scan of state rows: one per document, for
+        prune); with ``pending``, also the placeholders of first writes cut short."""
         expr = all_of(f"kind == {quote(STATE_KIND)}", f"tenant == {quote(tenant)}")
         for r in self.iter_rows(expr, STATE_FIELDS):
-            yield _state(r)
+            state = _state(r)
+            if pending or state.committed:
+                yield state
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -131,8 +151,26 @@ class Writer:
         document's state before this write (from :meth:`states`), or None.
         """
         entities, counts = self.entities(version, rows, committed)
-        self._upsert(entities)  # 1
+        self.begin(version, counts, committed)  # 1
+        self._upsert(entities)  # 2
         return self.commit(version, [e["id"] for e in entities], counts, options, committed)
+
+    def begin(
+        self, version: DocumentVersion, counts: dict[str, int], committed: DocumentState | None
+    ) -> None:
+        """Step 1: clear the garbage ``committed`` lists, then record ``version`` as garbage
+        until it is committed, so that a crash in between leaves nothing unaccounted for."""
+        keep = set(_committed_ids(committed))
+        self._delete_ids([i for i in _garbage_ids(committed) if i not in keep])
+        intent = {"content_hash": version.content_hash, "rows": counts}
+        if committed is not None and committed.committed:
+            state = replace(committed, garbage=[intent])
+        else:
+            state = DocumentState(
+                doc_id=version.doc_id, source=version.source, title=version.title,
+                content_hash="", tenant=version.tenant, garbage=[intent],
+            )  # fmt: skip
+        self._upsert([self._state_entity(state)])
 
     def entities(
         self, version: DocumentVersion, rows: Sequence[Row], committed: DocumentState | None
@@ -171,24 +209,25 @@ class Writer:
         options: dict[str, dict[str, Any]],
         committed: DocumentState | None,
     ) -> DocumentState:
-        """Steps 2–5 once the entities ``ids`` of ``version`` are written; returns the state."""
+        """Steps 3–6 once the entities ``ids`` of ``version`` are written; returns the state."""
         same_version = committed is not None and committed.content_hash == version.content_hash
         kinds: dict[str, dict[str, Any]] = (
             dict(committed.kinds) if same_version and committed is not None else {}
         )
-        written = sorted(counts)
-        self._delete_where(  # 2
-            all_of(
-                f"doc_id == {quote(version.doc_id)}",
-                f"content_hash == {quote(version.content_hash)}",
-                one_of("kind", written),
-            ),
-            keep=set(ids),
-        )
-        if self.flush_each_write:  # 3
+        keep = set(ids)
+        if same_version and committed is not None:  # 3: rows beyond the new counts
+            old = {k: n for k, n in committed.row_counts.items() if k in counts}
+            self._delete_ids([i for i in version_ids(version.doc_id, version.content_hash, old)
+                              if i not in keep])  # fmt: skip
+        if self.flush_each_write:  # 4
             self.flush()
-        for kind in written:
+        for kind in sorted(counts):
             kinds[kind] = {"rows": counts[kind], "options": options.get(kind, {})}
+        replaced = (
+            [{"content_hash": committed.content_hash, "rows": committed.row_counts}]
+            if committed is not None and committed.committed and not same_version
+            else []
+        )
         state = DocumentState(
             doc_id=version.doc_id,
             source=version.source,
@@ -197,28 +236,22 @@ class Writer:
             tenant=version.tenant,
             kinds=kinds,
             metadata=dict(version.metadata),
+            garbage=replaced,
         )
-        self._upsert([self._state_entity(state)])  # 4: the commit
-        self._delete_where(  # 5
-            all_of(
-                f"doc_id == {quote(version.doc_id)}",
-                f"content_hash != {quote(version.content_hash)}",
-                f"kind != {quote(STATE_KIND)}",
-            )
-        )
+        self._upsert([self._state_entity(state)])  # 5: the commit
+        self._delete_ids(_garbage_ids(state))  # 6
         return state
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Delete documents: their state rows first (they vanish at once), then their rows."""
-        ids = list(dict.fromkeys(doc_ids))
-        deleted = 0
-        for i in range(0, len(ids), 256):
-            part = ids[i : i + 256]
-            deleted += self._delete_where(one_of("id", [state_id(d) for d in part]))
-            deleted += self._delete_where(one_of("doc_id", part))
+        states = self.states(doc_ids)
+        ids = [state_id(d) for d in states]
+        for state in states.values():
+            ids += _committed_ids(state) + _garbage_ids(state)
+        deleted = self._delete_ids(ids)
         if deleted and self.flush_each_write:
             self.flush()
-        return deleted
+        return len(states)
 
     def flush(self) -> None:
         """Seal written data (Lite searches ~20x faster after a flush)."""
@@ -299,7 +332,9 @@ class Writer:
             "text": "",
             "source": state.source,
             "title": truncate_utf8(state.title or "", MAX_TITLE),
-            "metadata": _plain_json({"kinds": state.kinds, **state.metadata}),
+            "metadata": _plain_json(
+                {"kinds": state.kinds, "garbage": state.garbage, **state.metadata}
+            ),
             "content_hash": state.content_hash,
             "vector": placeholder_vector(self.dim),
         }
@@ -328,26 +363,38 @@ class Writer:
         self.conn.call(what, client.delete, self.collection, ids=ids)
         self.conn.call(what, client.insert, self.collection, batch)
 
-    def _delete_where(self, expr: str, keep: set[str] | None = None) -> int:
-        """Delete every row matching ``expr`` except the ids in ``keep``; returns how many.
-
-        The ids are queried first (Strong), then deleted by key: this counts exactly and does
-        not depend on how a server version resolves delete expressions.
-        """
-        ids = [r["id"] for r in self.iter_rows(expr, ["id"]) if not keep or r["id"] not in keep]
+    def _delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete rows by primary key (ids that do not exist are fine); returns how many ids."""
         for i in range(0, len(ids), DELETE_BATCH):
             self.conn.call(
                 f"delete from collection '{self.collection}'",
                 self.conn.client.delete,
                 self.collection,
-                ids=ids[i : i + DELETE_BATCH],
+                ids=list(ids[i : i + DELETE_BATCH]),
             )
         return len(ids)
+
+
+def _committed_ids(state: DocumentState | None) -> list[str]:
+    if state is None or not state.committed:
+        return []
+    return version_ids(state.doc_id, state.content_hash, state.row_counts)
+
+
+def _garbage_ids(state: DocumentState | None) -> list[str]:
+    if state is None:
+        return []
+    ids: list[str] = []
+    for entry in state.garbage:
+        rows = {k: int(n) for k, n in entry.get("rows", {}).items()}
+        ids += version_ids(state.doc_id, entry["content_hash"], rows)
+    return ids
 
 
 def _state(r: dict) -> DocumentState:
     meta = json_metadata(r.get("metadata"))
     kinds = meta.pop("kinds", {}) or {}
+    garbage = meta.pop("garbage", []) or []
     return DocumentState(
         doc_id=r["doc_id"],
         source=r["source"],
@@ -356,6 +403,7 @@ def _state(r: dict) -> DocumentState:
         tenant=r.get("tenant", ""),
         kinds=kinds,
         metadata=meta,
+        garbage=garbage,
     )
 
 

@@ -58,13 +58,15 @@ def test_embedding_is_a_llama_index_embedding_named_after_its_model(embed_model)
 
 def test_sync_embeddings_equal_the_encoder_vectors_single_and_batched(embed_model):
     expected = load_encoder(MODEL).encode(TEXTS)
-    # embed_batch_size=3 splits these four texts into two batches.
+    # embed_batch_size=3 splits these four texts into two batches. In bfloat16 (the default on
+    # this CPU) a text packed with others rounds a little differently than alone: measured
+    # max |Δ| 5.4e-5, cosine 0.9999999. float32 stays within 1e-6 (tests/test_encoder.py).
     batched = embed_model.get_text_embedding_batch(TEXTS)
     assert np.asarray(batched).shape == (4, 384)
-    assert np.allclose(batched, expected, atol=1e-5)
+    assert np.allclose(batched, expected, atol=2e-4)
     singles = [embed_model.get_text_embedding(text) for text in TEXTS]
-    assert np.allclose(singles, expected, atol=1e-5)
-    assert np.allclose(embed_model.get_query_embedding(TEXTS[2]), expected[2], atol=1e-5)
+    assert np.allclose(singles, expected, atol=2e-4)
+    assert np.allclose(embed_model.get_query_embedding(TEXTS[2]), expected[2], atol=2e-4)
 
 
 @pytest.mark.asyncio
@@ -73,9 +75,9 @@ async def test_async_embeddings_match_sync_inside_a_running_loop(embed_model):
     query = await embed_model.aget_query_embedding(TEXTS[0])
     single = await embed_model.aget_text_embedding(TEXTS[1])
     batched = await embed_model.aget_text_embedding_batch(TEXTS)
-    assert np.allclose(query, expected[0], atol=1e-5)
-    assert np.allclose(single, expected[1], atol=1e-5)
-    assert np.allclose(batched, expected, atol=1e-5)
+    assert np.allclose(query, expected[0], atol=2e-4)
+    assert np.allclose(single, expected[1], atol=2e-4)
+    assert np.allclose(batched, expected, atol=2e-4)
 
 
 def test_max_length_is_clamped_to_the_model_limit(embed_model):
@@ -126,7 +128,8 @@ def test_retriever_returns_scored_nodes_with_the_document_metadata(samples):
     assert isinstance(top.node, TextNode)
     meta = top.node.metadata
     assert meta["source"] == samples.sources["linden-reach-operations-handbook.docx"]
-    assert {"source", "title", "score", "start", "end", "page", "doc_id", "kind"} == set(meta)
+    assert {"source", "title", "score", "start", "end", "passage_start", "passage_end", "page",
+            "doc_id", "kind"} == set(meta)  # fmt: skip
     assert meta["score"] == top.score and meta["kind"] == "doc"
     assert (top.node.start_char_idx, top.node.end_char_idx) == (meta["start"], meta["end"])
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
