@@ -119,6 +119,46 @@ def test_rows_of_an_uncommitted_version_are_never_ranked(store, rng):
     assert states[committed.doc_id].content_hash == committed.content_hash
 
 
+def interrupted_write(store: MilvusStore, v: DocumentVersion, rs: list[Row]) -> None:
+    """Steps 1-2 of the protocol (begin, rows land), then a crash before the commit."""
+    committed = store.states([v.doc_id]).get(v.doc_id)
+    entities, counts = store.writer.entities(v, rs, committed)
+    store.writer.begin(v, counts, committed)
+    store.writer._upsert(entities)
+
+
+def every_row_is_committed(store: MilvusStore) -> bool:
+    states = list(store.all_states())
+    committed = sum(sum(k["rows"] for k in s.kinds.values()) for s in states)
+    return store.count('kind in ["doc", "late", "chunk", "text"]') == committed
+
+
+def test_rows_of_interrupted_writes_are_deleted_by_the_next_write_without_a_scan(store, rng):
+    old = version("/a.txt", "Old. " * 30)
+    write(store, old, rows(old, rng, {"doc": 1, "late": 4}))
+    cut = version("/a.txt", "Cut short. " * 30)
+    interrupted_write(store, cut, rows(cut, rng, {"doc": 2, "late": 6}))
+    assert store.states([old.doc_id])[old.doc_id].content_hash == old.content_hash
+    assert not every_row_is_committed(store)  # the cut-short version's rows are there
+    # A first write cut short leaves a placeholder that hides nothing and counts as no document.
+    first = version("/b.txt", "First. " * 30)
+    interrupted_write(store, first, rows(first, rng, {"doc": 1}))
+    assert [s.source for s in store.all_states()] == ["/a.txt"]
+    assert {s.source for s in store.all_states(pending=True)} == {"/a.txt", "/b.txt"}
+    assert store.stats()["documents"] == 1
+
+    new = version("/a.txt", "New. " * 30)
+    write(store, new, rows(new, rng, {"doc": 1, "late": 3}))
+    write(store, first, rows(first, rng, {"doc": 1}))
+    assert every_row_is_committed(store)
+    assert store.count(f'content_hash in ["{old.content_hash}", "{cut.content_hash}"]') == 0
+    # The same version again with fewer rows of a kind: the extra rows go.
+    write(store, new, rows(new, rng, {"late": 2}))
+    assert store.count('kind == "late"') == 2 and every_row_is_committed(store)
+    store.delete_documents([new.doc_id, first.doc_id])
+    assert store.count('kind != "manifest"') == 0
+
+
 def test_k_distinct_documents_come_back_when_one_document_owns_hundreds_of_rows(store, rng):
     big = version("/big.txt", "word " * 5000)
     big_rows = rows(big, rng, {"late": 300})

@@ -198,7 +198,9 @@ def test_retriever_returns_the_best_span_of_each_document_with_its_metadata(samp
     assert set(top.metadata) == {"source", "title", "score", "start", "end", "passage_start",
                                  "passage_end", "page", "doc_id", "kind"}  # fmt: skip
     assert top.metadata["start"] <= top.metadata["passage_start"] < top.metadata["passage_end"]
-    assert top.metadata["kind"] == "doc" and 0 <= top.metadata["start"] < top.metadata["end"]
+    assert (
+        top.metadata["kind"] in ("doc", "late") and 0 <= top.metadata["start"] < top.metadata["end"]
+    )
     assert len(top.page_content) == top.metadata["end"] - top.metadata["start"]
     scores = [d.metadata["score"] for d in docs]
     assert scores == sorted(scores, reverse=True)

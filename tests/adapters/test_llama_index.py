@@ -130,7 +130,7 @@ def test_retriever_returns_scored_nodes_with_the_document_metadata(samples):
     assert meta["source"] == samples.sources["linden-reach-operations-handbook.docx"]
     assert {"source", "title", "score", "start", "end", "passage_start", "passage_end", "page",
             "doc_id", "kind"} == set(meta)  # fmt: skip
-    assert meta["score"] == top.score and meta["kind"] == "doc"
+    assert meta["score"] == top.score and meta["kind"] in ("doc", "late")  # auto: fused
     assert (top.node.start_char_idx, top.node.end_char_idx) == (meta["start"], meta["end"])
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
     # The LLM sees where the text came from, not the bookkeeping.
