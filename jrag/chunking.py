@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def late_chunk_spans(
 
 
 def pool_spans(
-    windows: Sequence[TokenStates], spans: Sequence[Span]
+    windows: Iterable[TokenStates], spans: Sequence[Span]
 ) -> tuple[np.ndarray, list[int]]:
     """Mean-pool the token states inside each span; returns (unit vectors, indices of spans kept).
 
@@ -97,22 +97,41 @@ def pool_spans(
     already covered are dropped first, so every token counts once, with the states of the window
     that saw the most context before it. Spans holding no token are skipped.
     """
-    hidden, starts = [], []
-    covered_until = 0
+    pooler = SpanPooler(spans)
     for window in windows:
-        keep = ~window.special & (window.offsets[:, 0] >= covered_until)
-        hidden.append(window.hidden[keep])
-        starts.append(window.offsets[keep, 0])
-        covered_until = max(covered_until, window.span[1])
-    states = np.concatenate(hidden).astype(np.float64)
-    token_starts = np.concatenate(starts)
-    cumulative = np.vstack([np.zeros((1, states.shape[1])), np.cumsum(states, axis=0)])
-    vectors, kept = [], []
-    for index, (start, end) in enumerate(spans):
-        first, last = np.searchsorted(token_starts, [start, end], side="left")
-        if last > first:
-            mean = (cumulative[last] - cumulative[first]) / (last - first)
-            vectors.append(mean / max(np.linalg.norm(mean), 1e-12))
-            kept.append(index)
-    dim = states.shape[1]
-    return (np.asarray(vectors, dtype=np.float32).reshape(-1, dim), kept)
+        pooler.add(window)
+    return pooler.result()
+
+
+class SpanPooler:
+    """:func:`pool_spans` a window at a time: memory holds one window and a sum per span, so a
+    document of any length can be late-chunked while its windows stream past."""
+
+    def __init__(self, spans: Sequence[Span]) -> None:
+        bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        self.starts, self.ends = bounds[:, 0], bounds[:, 1]
+        self.sums: np.ndarray | None = None
+        self.counts = np.zeros(len(bounds), dtype=np.int64)
+        self.covered_until = 0
+
+    def add(self, window: TokenStates) -> None:
+        keep = ~window.special & (window.offsets[:, 0] >= self.covered_until)
+        self.covered_until = max(self.covered_until, window.span[1])
+        states = window.hidden[keep].astype(np.float64)
+        token_starts = window.offsets[keep, 0]
+        if self.sums is None:
+            self.sums = np.zeros((len(self.starts), window.hidden.shape[1]))
+        cumulative = np.vstack([np.zeros((1, states.shape[1])), np.cumsum(states, axis=0)])
+        first = np.searchsorted(token_starts, self.starts, side="left")
+        last = np.searchsorted(token_starts, self.ends, side="left")
+        hit = last > first
+        self.sums[hit] += cumulative[last[hit]] - cumulative[first[hit]]
+        self.counts[hit] += (last - first)[hit]
+
+    def result(self) -> tuple[np.ndarray, list[int]]:
+        kept = [int(i) for i in np.flatnonzero(self.counts)]
+        if self.sums is None:
+            return np.zeros((0, 0), dtype=np.float32), []
+        means = self.sums[kept] / self.counts[kept, None]
+        norms = np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        return (means / norms).astype(np.float32), kept

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jrag.chunking import late_chunk_spans, pool_spans
+from jrag.chunking import Span, SpanPooler, late_chunk_spans, pool_spans
 from jrag.encoder import DEFAULT_BATCH_TOKENS, MAX_WINDOW_OVERLAP, Encoder, Tokens, TokenStates
 from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
@@ -38,6 +38,8 @@ NAIVE_CHUNK_TOKENS = 512
 LATE_STRATEGIES = ("sentence", "tokens")
 # Documents are embedded together until their tokens reach this, for batching across files.
 _EMBED_GROUP_TOKENS = 65536
+# A document past this many tokens is embedded alone, its windows streamed (bounded memory).
+STREAM_TOKENS = 32768
 
 
 @dataclass
@@ -132,17 +134,26 @@ def embed_documents(
     tenant: str = "",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     tokens: Sequence[Tokens] | None = None,
+    on_windows: Callable[[str, int, int], None] | None = None,
 ) -> list[list[Row]]:
     """Rows of ``kinds[i]`` (default: the mode's kinds) for each document, in shared batches.
 
     Never truncates: long documents get overlapping windows (``doc`` rows) or as many chunks as
     they need. Each document is tokenized once; its windows and late chunks share that pass.
-    ``batch_tokens`` bounds one forward batch (rows × longest row).
+    ``batch_tokens`` bounds one forward batch (rows × longest row). A document past
+    STREAM_TOKENS is embedded on its own, a batch of windows at a time, so memory stays bounded
+    however long it is; ``on_windows(source, done, total)`` reports its progress.
     """
     kinds = list(kinds) if kinds is not None else [options.kinds] * len(documents)
     encodings = tokens if tokens is not None else encoder.tokenize([d.text for d in documents])
     rows: list[list[Row]] = [[] for _ in documents]
-    windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks)]
+    huge = {i for i, encoding in enumerate(encodings) if len(encoding) > STREAM_TOKENS}
+    for i in sorted(huge):
+        rows[i] = _streamed_rows(
+            documents[i], encodings[i], encoder, options, kinds[i], tenant, batch_tokens,
+            on_windows,
+        )  # fmt: skip
+    windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks) and i not in huge]
     if windowed:
         windows_per_doc = encoder.encode_windows(
             encodings=[encodings[i] for i in windowed],
@@ -156,7 +167,7 @@ def embed_documents(
                 rows[i] += _rows(doc, "doc", [w.span for w in windows], vectors, tenant)
             if "late" in kinds[i]:
                 rows[i] += _late_chunk_rows(doc, encodings[i], windows, options, tenant)
-    chunked = [i for i, ks in enumerate(kinds) if "chunk" in ks]
+    chunked = [i for i, ks in enumerate(kinds) if "chunk" in ks and i not in huge]
     if chunked:
         # Non-overlapping windows of one tokenization, each run through the model on its own:
         # the naive chunks, cut exactly at the token budget.
@@ -173,6 +184,57 @@ def embed_documents(
     return rows
 
 
+def _streamed_rows(
+    doc: ParsedDocument,
+    encoding: Tokens,
+    encoder: Encoder,
+    options: IngestOptions,
+    kinds: tuple[str, ...],
+    tenant: str,
+    batch_tokens: int,
+    on_windows: Callable[[str, int, int], None] | None,
+) -> list[Row]:
+    """The rows of one huge document, pooled from its windows as they stream past."""
+
+    def progress(done: int, total: int) -> None:
+        if on_windows:
+            on_windows(doc.source, done, total)
+
+    rows: list[Row] = []
+    if {"doc", "late"} & set(kinds):
+        spans, vectors = [], []
+        late_spans = _late_spans(doc, encoding, options) if "late" in kinds else []
+        pooler = SpanPooler(late_spans) if "late" in kinds else None
+        for window in encoder.iter_windows(
+            encoding=encoding, overlap=options.overlap(encoder), batch_tokens=batch_tokens,
+            progress=progress,
+        ):  # fmt: skip
+            spans.append(window.span)
+            vectors.append(window.pooled())
+            if pooler is not None:
+                pooler.add(window)
+        if "doc" in kinds:
+            rows += _rows(doc, "doc", spans, vectors, tenant)
+        if pooler is not None:
+            late, kept = pooler.result()
+            rows += _rows(doc, "late", [late_spans[i] for i in kept], list(late), tenant)
+    if "chunk" in kinds:
+        windows = encoder.iter_windows(
+            encoding=encoding, max_length=min(options.naive_chunk_tokens, encoder.max_length),
+            overlap=0, batch_tokens=batch_tokens, progress=progress,
+        )  # fmt: skip
+        pairs = [(w.span, w.pooled()) for w in windows]
+        rows += _rows(doc, "chunk", [p[0] for p in pairs], [p[1] for p in pairs], tenant)
+    return rows
+
+
+def _late_spans(doc: ParsedDocument, encoding: Tokens, options: IngestOptions) -> list[Span]:
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    return late_chunk_spans(
+        doc.text, offsets, chunk_tokens=options.late_chunk_tokens, strategy=options.late_strategy
+    )
+
+
 def _late_chunk_rows(
     doc: ParsedDocument,
     encoding: Tokens,
@@ -180,10 +242,7 @@ def _late_chunk_rows(
     options: IngestOptions,
     tenant: str,
 ) -> list[Row]:
-    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-    spans = late_chunk_spans(
-        doc.text, offsets, chunk_tokens=options.late_chunk_tokens, strategy=options.late_strategy
-    )
+    spans = _late_spans(doc, encoding, options)
     vectors, kept = pool_spans(windows, spans)
     return _rows(doc, "late", [spans[i] for i in kept], list(vectors), tenant)
 
@@ -258,13 +317,14 @@ def ingest(
     tenant: str = "",
     files: Sequence[Path] | None = None,
     on_file: Callable[[str, str], None] | None = None,
+    on_windows: Callable[[str, int, int], None] | None = None,
 ) -> IngestReport:
     """Bring the store up to date with the files under ``paths``.
 
     ``files`` is the discovery result when the caller already has it (the CLI does, for its
     progress bar). A file that fails is reported and the rest goes on; each document is written
     crash-safely, so a killed run can simply be re-run. ``on_file(path, outcome)`` is called
-    once per file.
+    once per file, and ``on_windows(path, done, total)`` as a huge file's windows are embedded.
     """
     options = options or IngestOptions()
     report = IngestReport()
@@ -282,7 +342,7 @@ def ingest(
     def flush_pending() -> None:
         nonlocal pending, pending_tokens
         if pending:
-            _embed_and_store(pending, store, encoder, options, report, notify, tenant)
+            _embed_and_store(pending, store, encoder, options, report, notify, tenant, on_windows)
         pending, pending_tokens = [], 0
 
     wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
@@ -340,6 +400,7 @@ def _embed_and_store(
     report: IngestReport,
     notify: Callable[[str, str], None],
     tenant: str,
+    on_windows: Callable[[str, int, int], None] | None = None,
 ) -> None:
     documents = [p.document for p in pending]
     kinds = [p.kinds for p in pending]
@@ -347,7 +408,15 @@ def _embed_and_store(
     tokens = encoder.tokenize([doc.text for doc in documents])  # once: windows, chunks, counts
     try:
         rows_per_doc: list[list[Row] | None] = list(
-            embed_documents(documents, encoder, options, kinds, tenant=tenant, tokens=tokens)
+            embed_documents(
+                documents,
+                encoder,
+                options,
+                kinds,
+                tenant=tenant,
+                tokens=tokens,
+                on_windows=on_windows,
+            )
         )
     except JragError:
         # One bad document must not sink its batch: retry one by one to find it.

@@ -11,11 +11,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from jrag import Encoder
+from jrag import Encoder, pipeline
 from jrag.loading import MINILM_ID
-from jrag.pipeline import IngestOptions, document_id, ingest
+from jrag.parse import ParsedDocument
+from jrag.pipeline import IngestOptions, document_id, embed_documents, ingest
 from jrag.retrieval import search
 from jrag.store import MilvusStore
 from tests.docs_factory import make_pdf
@@ -313,3 +315,30 @@ def test_cli_names_a_missing_model_folder(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1 and "nope does not exist" in result.stderr
+
+
+def test_a_huge_document_streams_its_windows_with_progress_and_the_same_rows(monkeypatch):
+    """Past STREAM_TOKENS a document is embedded a batch of windows at a time (bounded memory);
+    its rows equal the batched path's (float32: batch-independent within 1e-5)."""
+    encoder = Encoder.from_pretrained(MINILM_ID, dtype="float32")
+    text = " ".join(f"Line {i}: the tide table for pier {i % 17} was posted." for i in range(300))
+    doc = ParsedDocument(source="/huge.txt", text=text, title="huge", doc_type="txt", size=0,
+                         mtime=0.0, content_hash="0" * 64, page_count=None,
+                         page_starts=())  # fmt: skip
+    options = IngestOptions(mode="late")
+    kinds = [("doc", "late", "chunk")]
+    batched = embed_documents([doc], encoder, options, kinds)[0]
+    seen: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(pipeline, "STREAM_TOKENS", 500)
+    streamed = embed_documents(
+        [doc], encoder, options, kinds, on_windows=lambda *args: seen.append(args)
+    )[0]
+    assert [(r.kind, r.start, r.end) for r in streamed] == [
+        (r.kind, r.start, r.end) for r in batched
+    ]
+    assert {r.kind for r in streamed} == {"doc", "late", "chunk"} and len(streamed) > 20
+    for a, b in zip(streamed, batched, strict=True):
+        np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+    windows = [s for s in seen if s[2] == len([r for r in batched if r.kind == "doc"])]
+    assert windows and windows[-1][1] == windows[-1][2]  # progress reached the last window
+    assert [done for _, done, _ in windows] == sorted(done for _, done, _ in windows)
