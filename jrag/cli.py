@@ -244,7 +244,9 @@ def ingest(
 
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        raise InputError(
+            f"--dtype (or JRAG_DTYPE) must be one of {', '.join(DTYPES)}, not {dtype!r}"
+        )
 
 
 def _check_engine(
