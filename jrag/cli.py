@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.logging import RichHandler
@@ -19,9 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from jrag.console import console, errors, fail, load_encoder, state, warn
-from jrag.errors import CollectionNotFound, JragError
+from jrag.errors import CollectionNotFound, InputError, JragError
 from jrag.loading import DEFAULT_MODEL
 from jrag.modes import DEFAULT_INGEST_MODE, DEFAULT_SEARCH_MODE
+
+if TYPE_CHECKING:
+    from jrag.distributed import Progress as RayProgress
+    from jrag.parse import Discovery
+    from jrag.pipeline import IngestOptions, IngestReport
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -106,7 +112,18 @@ FilterOpt = Annotated[
         '"pdf"\' or \'source like "%/manuals/%"\'.'
     ),
 ]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="JRAG_DTYPE",
+        help="Compute dtype: auto (bfloat16 on GPUs and on CPUs that compute it natively, else "
+        "float32), float32, bfloat16 or float16. A collection records the dtype it was built "
+        "with; searching it in another dtype works.",
+    ),
+]
 DEFAULT_URI = "./jrag.db"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("local", "ray")
 
 
 @app.callback()
@@ -145,84 +162,262 @@ def ingest(
             "those the glob matches)."
         ),
     ] = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="Follow symbolic links that point outside the folder; by default they are "
+            "skipped and reported.",
+        ),
+    ] = False,
     tenant: TenantOpt = "",
+    dtype: DtypeOpt = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local: parse and embed in this process; ray: on a Ray cluster (a local one "
+            "on this machine's cores unless --ray-address)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False,
+            help="With --engine ray: the cluster to join, e.g. 'auto' or ray://head:10001.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="With --engine ray: embedding actors (default: one per GPU with "
+            "--gpus-per-worker, else one per two CPUs).",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(min=0, help="With --engine ray: GPUs per embedding actor (0: CPU only)."),
+    ] = 0,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Tokens in one forward batch (rows × longest row); default 16384.",
+        ),
+    ] = None,
+    bulk: Annotated[
+        bool,
+        typer.Option(
+            "--bulk",
+            help="With --engine ray and a Milvus server: write rows through Milvus bulk import "
+            "(needs JRAG_BULK_DIR or the JRAG_BULK_S3_* settings; otherwise upserts).",
+        ),
+    ] = False,
 ) -> None:
     """Parse, embed and store documents. Unchanged files are skipped; changed ones replaced."""
-    from jrag.embedding import identity_of
-    from jrag.parse import discover
+    from jrag.encoder import DEFAULT_BATCH_TOKENS
+    from jrag.parse import discover_files
     from jrag.pipeline import IngestOptions
-    from jrag.pipeline import ingest as run_ingest
-    from jrag.store import MilvusStore
 
-    report = None
     try:
         options = IngestOptions(mode=mode)
-        files = discover(paths, glob)
-        # The store opens first: a locked or unreachable store is reported before any model
-        # loads, and an existing collection's own model is the default.
-        try:
-            store = _open_existing(uri, collection, token)
-        except CollectionNotFound:
-            store = None
-        try:
-            encoder = load_encoder(model or (store.model if store else DEFAULT_MODEL))
-            if store is None:
-                store = MilvusStore(uri, collection, token=token, identity=identity_of(encoder))
-            else:
-                store.check_model(identity_of(encoder))
-        except BaseException:
-            if store is not None:
-                store.close()
-            raise
+        _check_dtype(dtype)
+        _check_engine(engine, ray_address=ray_address, workers=workers,
+                      gpus_per_worker=gpus_per_worker, bulk=bulk)  # fmt: skip
+        run = _IngestRun(
+            paths=paths, uri=uri, collection=collection, token=token, model=model,
+            options=options, glob=glob, prune=prune, tenant=tenant, follow_links=follow_links,
+            dtype=dtype, batch_tokens=batch_tokens or DEFAULT_BATCH_TOKENS,
+        )  # fmt: skip
+        if engine == "ray":
+            report, where = run.ray(ray_address, workers, gpus_per_worker, bulk)
+        else:
+            report, where = run.local(discover_files(paths, glob, follow_links=follow_links))
+    except JragError as err:
+        raise fail(err) from None
+    _print_ingest_report(report, f"ingest → {collection} @ {where} ({mode})")
+    if report.failed:
+        raise typer.Exit(code=2)
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(
+            f"--dtype (or JRAG_DTYPE) must be one of {', '.join(DTYPES)}, not {dtype!r}"
+        )
+
+
+def _check_engine(
+    engine: str,
+    *,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    bulk: bool,
+) -> None:
+    """Refuse an unknown engine, and Ray-only flags without ``--engine ray``."""
+    if engine not in ENGINES:
+        raise InputError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "ray":
+        return
+    if bulk:
+        raise InputError("--bulk needs --engine ray: bulk import is written by the Ray engine")
+    given = {
+        "--ray-address": ray_address is not None,
+        "--workers": workers is not None,
+        "--gpus-per-worker": gpus_per_worker != 0,
+    }
+    for flag, used in given.items():
+        if used:
+            raise InputError(f"{flag} needs --engine ray")
+
+
+@dataclass
+class _IngestRun:
+    """One ``jrag ingest``: its settings, and the two engines that carry it out."""
+
+    paths: list[Path]
+    uri: str
+    collection: str
+    token: str | None
+    model: str | None
+    options: IngestOptions
+    glob: str | None
+    prune: bool
+    tenant: str
+    follow_links: bool
+    dtype: str
+    batch_tokens: int
+    stored: int = 0  # documents stored completely so far, for the interrupt message
+
+    def _progress(self) -> Progress:
         columns = (
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
-        done: list[str] = []
-        with store, Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("ingesting", total=len(files))
+        return Progress(*columns, console=console, transient=True)
+
+    def _count(self, outcome: str) -> None:
+        if outcome not in ("failed", "skipped"):
+            self.stored += 1
+
+    def _interrupted(self, progress: Progress) -> typer.Exit:
+        progress.stop()
+        warn(
+            "interrupted",
+            f"{self.stored} document(s) were stored completely in this run; every stored "
+            "document is intact. Run the same command again to resume.",
+        )
+        return typer.Exit(code=130)
+
+    def local(self, discovery: Discovery) -> tuple[IngestReport, str]:
+        """Ingest in this process; returns the report and the store as displayed."""
+        from jrag.embedding import identity_of
+        from jrag.pipeline import ingest as run_ingest
+        from jrag.store import MilvusStore
+
+        # The store opens first: a locked or unreachable store is reported before any model
+        # loads, and an existing collection's own model is the default.
+        try:
+            store = _open_existing(self.uri, self.collection, self.token)
+        except CollectionNotFound:
+            store = None
+        try:
+            encoder = load_encoder(
+                self.model or (store.model if store else DEFAULT_MODEL), dtype=self.dtype
+            )
+            if store is None:
+                store = MilvusStore(
+                    self.uri, self.collection, token=self.token, identity=identity_of(encoder)
+                )
+            else:
+                store.check_model(identity_of(encoder))
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+        with store, self._progress() as progress:
+            task = progress.add_task("ingesting", total=len(discovery.files))
 
             def on_file(path: str, outcome: str) -> None:
-                if outcome != "failed" and outcome != "skipped":
-                    done.append(path)
+                self._count(outcome)
                 progress.update(task, advance=1, description=f"{outcome}: {Path(path).name}")
+
+            def on_windows(path: str, done: int, total: int) -> None:
+                name = Path(path).name
+                progress.update(task, description=f"embedding {name}: window {done} of {total}")
 
             try:
                 report = run_ingest(
-                    paths, store, encoder, options=options, glob=glob, prune=prune,
-                    tenant=tenant, files=files, on_file=on_file,
+                    self.paths, store, encoder, options=self.options, glob=self.glob,
+                    prune=self.prune, tenant=self.tenant, batch_tokens=self.batch_tokens,
+                    discovery=discovery, on_file=on_file, on_windows=on_windows,
                 )  # fmt: skip
             except KeyboardInterrupt:
-                progress.stop()
-                warn(
-                    "interrupted",
-                    f"{len(done)} document(s) were stored completely in this run; every stored "
-                    "document is intact. Run the same command again to resume.",
-                )
-                raise typer.Exit(code=130) from None
-    except JragError as err:
-        raise fail(err) from None
+                raise self._interrupted(progress) from None
+            return report, store.uri_for_display
 
-    table = Table(
-        title=Text(f"ingest → {collection} @ {store.uri_for_display} ({mode})"), show_header=False
-    )
+    def ray(
+        self, address: str | None, workers: int | None, gpus: float, bulk: bool
+    ) -> tuple[IngestReport, str]:
+        """Ingest on a Ray cluster; returns the report and the store as displayed."""
+        from jrag.distributed import StoreConfig, ingest_ray
+        from jrag.store.connection import display_uri
+
+        # An existing collection names the model; a locked or unreachable store fails here,
+        # before Ray starts. It is closed again: the driver reopens it.
+        try:
+            with _open_existing(self.uri, self.collection, self.token) as store:
+                recorded = store.model
+        except CollectionNotFound:
+            recorded = None
+        with self._progress() as progress:
+            task = progress.add_task("starting Ray", total=None)
+
+            def on_progress(done: RayProgress) -> None:
+                self._count(done.outcome)
+                text = f"{done.outcome}: {Path(done.source).name}"
+                progress.update(task, total=done.total, completed=done.done, description=text)
+
+            try:
+                report = ingest_ray(
+                    self.paths, StoreConfig(self.uri, self.collection, self.token),
+                    self.model or recorded or DEFAULT_MODEL, options=self.options,
+                    glob=self.glob, prune=self.prune, tenant=self.tenant,
+                    follow_links=self.follow_links, ray_address=address, workers=workers,
+                    gpus_per_worker=gpus, batch_tokens=self.batch_tokens, dtype=self.dtype,
+                    bulk=bulk, on_progress=on_progress,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                raise self._interrupted(progress) from None
+        return report, display_uri(self.uri)
+
+
+def _print_ingest_report(report: IngestReport, title: str) -> None:
+    """The summary table, then one plain line per file left out or failed."""
+    from jrag.parse import display_path
+
+    table = Table(title=Text(title), show_header=False)
     stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in report.stage_seconds.items())
     extended = sorted({kind for _, kinds in report.extended for kind in kinds})
     for label, value in [
         ("added", len(report.added)), ("updated", len(report.updated)),
         ("kinds added", f"{len(report.extended)} ({', '.join(extended)})" if extended else "0"),
         ("skipped (unchanged)", len(report.skipped)), ("failed", len(report.failed)),
+        ("left out (links, special files)", len(report.refused)),
         ("pruned", len(report.pruned)), ("tokens embedded", f"{report.tokens:,}"),
         ("time", f"{report.seconds:.1f} s ({stages})"),
     ]:  # fmt: skip
         table.add_row(label, Text(str(value)))
     console.print(table)
+    for path, reason in report.refused:
+        errors.print(Text(f"skipped {display_path(path)}: {reason}"), soft_wrap=True)
     for _path, message in report.failed:
         warn("failed", message)
-    if report.failed:
-        raise typer.Exit(code=2)
 
 
 def _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant):
@@ -250,13 +445,15 @@ def search(
     token: TokenOpt = None,
     model: ModelOpt = None,
     tenant: TenantOpt = "",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Find the documents that best match a query, each with its best passage."""
     from jrag.retrieval import search as run_search
 
     try:
         options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant)
-        store, encoder = _store_and_encoder(uri, collection, token, model)
+        _check_dtype(dtype)
+        store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
         with store:
             results = run_search(query, store, encoder, options)
     except JragError as err:
@@ -275,12 +472,16 @@ def search(
     console.print(table if results else "no results")
 
 
-def _store_and_encoder(uri: str, collection: str, token: str | None, model: str | None):
-    """Open an existing collection and load the model it was built with (or ``model``)."""
+def _store_and_encoder(uri: str, collection: str, token: str | None, model: str | None, dtype: str):
+    """Open an existing collection and load the model it was built with (or ``model``).
+
+    The model may run in another dtype than the collection was built with: the vectors differ
+    too little to matter (measured), so that is allowed.
+    """
     from jrag.searcher import open_collection
 
     with console.status("opening the collection and its model"):
-        return open_collection(uri, collection, token=token, model=model)
+        return open_collection(uri, collection, token=token, model=model, dtype=dtype)
 
 
 @app.command()
@@ -305,6 +506,7 @@ def ask(
     token: TokenOpt = None,
     model: ModelOpt = None,
     tenant: TenantOpt = "",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Answer a question from the best documents, citing file and span (or page).
 
@@ -317,8 +519,9 @@ def ask(
 
     try:
         options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant)
+        _check_dtype(dtype)
         llm = None if no_llm else from_env()
-        store, encoder = _store_and_encoder(uri, collection, token, model)
+        store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
         with store, console.status("answering" if llm else "finding passages"):
             answer = run_ask(
                 question, store=store, encoder=encoder, passages=passages, llm=llm,
@@ -380,6 +583,34 @@ def drop(
     except JragError as err:
         raise fail(err) from None
     console.print(Text(f"dropped {collection}"))
+
+
+@app.command()
+def serve(
+    db: Annotated[
+        Path, typer.Option(help="The Milvus Lite .db file to serve; created if missing.")
+    ] = Path(DEFAULT_URI),
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            show_default=False,
+            help="Port on 127.0.0.1. Default: 19530 if free, else any free port; 0: any free port.",
+        ),
+    ] = None,
+) -> None:
+    """Share one Milvus Lite .db between processes, served on 127.0.0.1 only.
+
+    It binds 127.0.0.1 only (the server has no authentication). Other jrag commands then use
+    --uri http://127.0.0.1:PORT; the URI is printed at start. Stop with Ctrl-C.
+    """
+    from jrag.serve import serve as run_serve
+
+    try:
+        run_serve(db, port)
+    except JragError as err:
+        raise fail(err) from None
 
 
 def _add_subcommands() -> None:

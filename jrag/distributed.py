@@ -31,7 +31,7 @@ from typing import Any
 from jrag.embedding import identity_of, load_encoder
 from jrag.encoder import DEFAULT_BATCH_TOKENS
 from jrag.errors import InputError, JragError, ParseError
-from jrag.parse import ParsedDocument, discover, file_sha256, parse_file
+from jrag.parse import ParsedDocument, discover_files, file_sha256, parse_file
 from jrag.pipeline import (
     IngestOptions,
     IngestReport,
@@ -96,6 +96,7 @@ def ingest_ray(
     glob: str | None = None,
     prune: bool = False,
     tenant: str = "",
+    follow_links: bool = False,
     ray_address: str | None = None,
     workers: int | None = None,
     gpus_per_worker: float = 0,
@@ -106,6 +107,7 @@ def ingest_ray(
 ) -> IngestReport:
     """Bring the store up to date with the files under ``paths``, on a Ray cluster.
 
+    Symlinks that leave a folder are refused (``report.refused``) unless ``follow_links``.
     Without ``ray_address`` a local Ray starts on this machine's allowed cores (loopback only)
     and stops at the end. ``workers`` is the number of embedding actors (default: one per GPU
     with ``gpus_per_worker``, else one per two CPUs); ``batch_tokens`` bounds one forward batch
@@ -132,8 +134,9 @@ def ingest_ray(
         wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
         with store_config.open(identity=identity_of(encoder)) as store:
             tick = time.perf_counter()
-            files = discover(paths, glob)
-            sources = [str(path) for path in files]
+            discovery = discover_files(paths, glob, follow_links=follow_links)
+            report.refused = list(discovery.skipped)
+            sources = [str(path) for path in discovery.files]
             work, committed = _plan(sources, store, wanted, tenant, report)
             report.stage_seconds["plan"] = time.perf_counter() - tick
             done = len(report.skipped) + len(report.failed)
@@ -156,7 +159,7 @@ def ingest_ray(
                 writer.finish()
             if prune:
                 tick = time.perf_counter()
-                report.pruned = _prune(paths, sources, glob, store, tenant)
+                report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
                 report.stage_seconds["store"] += time.perf_counter() - tick
             store.flush()
     finally:

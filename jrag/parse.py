@@ -62,6 +62,7 @@ _TITLE_MAX_WORDS = 12
 _PDF_RUNTIME_MODULES = ("pikepdf", "pypdf")
 _REASON_MAX_CHARS = 200
 _LOOP = "a symlink loop"
+BROKEN_LINK = "a broken symlink"  # the reason discovery gives; prune treats it as gone
 # libxml2, under lxml and so under unstructured, stops at about 255 nested elements and drops
 # the rest of the page; deeper HTML is read flat instead (see _FlatHTMLText).
 _HTML_MAX_DEPTH = 240
@@ -308,7 +309,7 @@ def _link_target(link: Path, real_folder: Path) -> Path | str:
     try:
         target = link.resolve(strict=True)
     except FileNotFoundError:
-        return "a broken symlink"
+        return BROKEN_LINK
     except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
         if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
             return _LOOP

@@ -29,7 +29,15 @@ from jrag.chunking import Span, SpanPooler, late_chunk_spans, pool_spans
 from jrag.encoder import DEFAULT_BATCH_TOKENS, MAX_WINDOW_OVERLAP, Encoder, Tokens, TokenStates
 from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
-from jrag.parse import ParsedDocument, discover, parse_file, read_file
+from jrag.parse import (
+    BROKEN_LINK,
+    Discovery,
+    ParsedDocument,
+    discover_files,
+    parse_file,
+    read_file,
+    resolve_root,
+)
 from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
 
 logger = logging.getLogger(__name__)
@@ -101,6 +109,7 @@ class IngestReport:
     extended: list[tuple[str, list[str]]] = field(default_factory=list)  # (path, kinds added)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why discovery left it)
     pruned: list[str] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
@@ -315,22 +324,31 @@ def ingest(
     glob: str | None = None,
     prune: bool = False,
     tenant: str = "",
-    files: Sequence[Path] | None = None,
+    follow_links: bool = False,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    discovery: Discovery | None = None,
     on_file: Callable[[str, str], None] | None = None,
     on_windows: Callable[[str, int, int], None] | None = None,
 ) -> IngestReport:
     """Bring the store up to date with the files under ``paths``.
 
-    ``files`` is the discovery result when the caller already has it (the CLI does, for its
-    progress bar). A file that fails is reported and the rest goes on; each document is written
-    crash-safely, so a killed run can simply be re-run. ``on_file(path, outcome)`` is called
-    once per file, and ``on_windows(path, done, total)`` as a huge file's windows are embedded.
+    Symlinks that leave a folder are refused (listed in ``report.refused``) unless
+    ``follow_links``. ``discovery`` is :func:`jrag.parse.discover_files`'s result when the caller
+    already has it (the CLI does, for its progress bar). A file that fails is reported and the
+    rest goes on; each document is written crash-safely, so a killed run can simply be re-run.
+    ``on_file(path, outcome)`` is called once per file, and ``on_windows(path, done,
+    total)`` as a huge file's windows are embedded. ``batch_tokens`` bounds one forward
+    batch (rows × longest row).
     """
     options = options or IngestOptions()
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise InputError(f"batch_tokens must be a positive whole number, not {batch_tokens!r}")
     report = IngestReport()
     started = time.perf_counter()
-    files = list(files) if files is not None else discover(paths, glob)
-    sources = [str(path) for path in files]
+    if discovery is None:
+        discovery = discover_files(paths, glob, follow_links=follow_links)
+    report.refused = list(discovery.skipped)
+    sources = [str(path) for path in discovery.files]
     states = store.states([document_id(s, tenant) for s in sources])
     pending: list[_Pending] = []
     pending_tokens = 0
@@ -342,7 +360,9 @@ def ingest(
     def flush_pending() -> None:
         nonlocal pending, pending_tokens
         if pending:
-            _embed_and_store(pending, store, encoder, options, report, notify, tenant, on_windows)
+            _embed_and_store(
+                pending, store, encoder, options, report, notify, tenant, batch_tokens, on_windows
+            )
         pending, pending_tokens = [], 0
 
     wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
@@ -372,7 +392,7 @@ def ingest(
     flush_pending()
 
     if prune:
-        report.pruned = _prune(paths, sources, glob, store, tenant)
+        report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
     store.flush()
     report.seconds = time.perf_counter() - started
     return report
@@ -400,34 +420,28 @@ def _embed_and_store(
     report: IngestReport,
     notify: Callable[[str, str], None],
     tenant: str,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     on_windows: Callable[[str, int, int], None] | None = None,
 ) -> None:
     documents = [p.document for p in pending]
     kinds = [p.kinds for p in pending]
     tick = time.perf_counter()
     tokens = encoder.tokenize([doc.text for doc in documents])  # once: windows, chunks, counts
+
+    def embed(docs: list[ParsedDocument], doc_kinds: list, doc_tokens: list) -> list[list[Row]]:
+        return embed_documents(
+            docs, encoder, options, doc_kinds, tenant=tenant, tokens=doc_tokens,
+            batch_tokens=batch_tokens, on_windows=on_windows,
+        )  # fmt: skip
+
     try:
-        rows_per_doc: list[list[Row] | None] = list(
-            embed_documents(
-                documents,
-                encoder,
-                options,
-                kinds,
-                tenant=tenant,
-                tokens=tokens,
-                on_windows=on_windows,
-            )
-        )
+        rows_per_doc: list[list[Row] | None] = list(embed(documents, kinds, tokens))
     except JragError:
         # One bad document must not sink its batch: retry one by one to find it.
         rows_per_doc = []
         for doc, doc_kinds, doc_tokens in zip(documents, kinds, tokens, strict=True):
             try:
-                rows_per_doc.append(
-                    embed_documents(
-                        [doc], encoder, options, [doc_kinds], tenant=tenant, tokens=[doc_tokens]
-                    )[0]
-                )
+                rows_per_doc.append(embed([doc], [doc_kinds], [doc_tokens])[0])
             except JragError as err:
                 rows_per_doc.append(None)
                 report.failed.append((doc.source, _message(err, doc.source)))
@@ -459,14 +473,18 @@ def _prune(
     glob: str | None,
     store: MilvusStore,
     tenant: str,
+    refused: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """Delete stored documents that this run would have ingested but whose files are gone.
 
     Only sources under ``roots`` count, and with ``glob`` only names it matches: a file the
-    glob filtered out was never this run's to judge.
+    glob filtered out was never this run's to judge. Likewise a path discovery ``refused`` (a
+    link the policy leaves out, an unreadable file) and anything under it is kept; only a
+    broken link counts as gone.
     """
     here = set(present)
-    resolved_roots = [Path(r).expanduser().resolve() for r in roots]
+    resolved_roots = [resolve_root(r) for r in roots]
+    kept = [Path(path) for path, reason in refused if reason != BROKEN_LINK]
     gone = []
     for state in store.all_states(tenant, pending=True):
         source = Path(state.source)
@@ -475,6 +493,8 @@ def _prune(
         if not any(source == root or root in source.parents for root in resolved_roots):
             continue
         if glob is not None and not (fnmatch(source.name, glob) or source.match(glob)):
+            continue
+        if any(source == path or path in source.parents for path in kept):
             continue
         gone.append(state)
     if gone:
