@@ -93,3 +93,30 @@ def test_a_tenant_without_documents_finds_nothing(
     assert search(FACTS["a"], store, encoder, k=5) == []  # the default tenant "" holds nothing
     options = SearchOptions(k=5, tenant="nobody", filter="chunk_index >= 0")
     assert search(FACTS["a"], store, encoder, options) == []
+
+
+def test_ask_and_both_retrievers_keep_to_their_tenant(
+    two_tenants: tuple[MilvusStore, list[Path]], store_uri: str
+) -> None:
+    from langchain_jrag import JragRetriever as LangChainRetriever
+    from llama_index.retrievers.jrag import JragRetriever as LlamaRetriever
+
+    from jrag.qa import ask
+
+    store, _ = two_tenants
+    encoder = load_encoder(MINILM_ID, device="cpu")
+    question = "Who rebuilt the brass orrery?"  # tenant b's fact, asked by tenant a too
+    for tenant in ("a", "b"):
+        answer = ask(question, store=store, encoder=encoder, k=3, tenant=tenant)
+        assert answer.citations and all(f"tenant {tenant}" in c.quote for c in answer.citations)
+    lc = LangChainRetriever(uri=store_uri, collection=store.collection, k=5, tenant="a")
+    docs = lc.invoke(question)
+    assert len(docs) == 3 and all("Tenant a" in d.page_content for d in docs)
+    lc.close()
+    li = LlamaRetriever(uri=store_uri, collection=store.collection, k=5, tenant="b")
+    nodes = li.retrieve(question)
+    assert len(nodes) == 3 and all("Tenant b" in n.node.get_content() for n in nodes)
+    li.close()
+    nobody = LangChainRetriever(uri=store_uri, collection=store.collection, tenant="nobody")
+    assert nobody.invoke(question) == []
+    nobody.close()
