@@ -24,15 +24,18 @@ def results_table(result: EvalResult) -> Table:
     else:
         for metric in result.metrics:
             table.add_column(metric, justify="right")
-    table.add_column("time", justify="right", style="dim")
+    table.add_column("dense vectors", justify="right", style="dim")
+    table.add_column("ms/query", justify="right", style="dim")
     for mode in result.modes:
-        seconds = sum(sum(s.values()) for s in result.seconds[mode].values())
+        labels = list(result.seconds[mode])
+        per_query = sum(result.seconds[mode][lb]["per_query_ms"] for lb in labels) / len(labels)
+        vectors = sum(result.rows.get(mode, {}).get(lb, 0) for lb in labels)
         if per_length:
             cells = [f"{result.scores[mode][label]['Acc@1']:.3f}" for label in result.labels]
             cells.append(f"{result.mean(mode, 'Acc@1'):.3f}")
         else:
             cells = [f"{result.mean(mode, metric):.3f}" for metric in result.metrics]
-        table.add_row(mode, *cells, f"{seconds:.1f} s")
+        table.add_row(mode, *cells, f"{vectors:,}", f"{per_query:.1f}")
     return table
 
 
