@@ -35,6 +35,8 @@ class Variant:
 
     kinds: tuple[str, ...]
     full_text_kinds: tuple[str, ...] = ()
+    ranker: str = "rrf"
+    weights: tuple[float, float] = (0.5, 0.5)  # dense, BM25 (ranker="weighted")
 
     @property
     def needs(self) -> set[str]:
@@ -51,6 +53,14 @@ VARIANTS: dict[str, Variant] = {
     "hybrid-doc": Variant(("doc", "late"), ("doc",)),
     "hybrid-both": Variant(("doc", "late"), ("doc", "late")),
     "chunked-hybrid": Variant(("chunk",), ("chunk",)),
+    "hybrid-w55": Variant(("doc", "late"), ("late",), "weighted", (0.5, 0.5)),
+    "hybrid-w37": Variant(("doc", "late"), ("late",), "weighted", (0.3, 0.7)),
+    "hybrid-w28": Variant(("doc", "late"), ("late",), "weighted", (0.2, 0.8)),
+    "hybrid-both-w37": Variant(("doc", "late"), ("doc", "late"), "weighted", (0.3, 0.7)),
+    "hybrid-both-w28": Variant(("doc", "late"), ("doc", "late"), "weighted", (0.2, 0.8)),
+    "hybrid-both-w19": Variant(("doc", "late"), ("doc", "late"), "weighted", (0.1, 0.9)),
+    "bm25-doc": Variant((), ("doc",)),
+    "bm25-both": Variant((), ("doc", "late")),
 }
 DEFAULT_VARIANTS = ("whole", "late", "chunked", "bm25", "hybrid")
 MODES = tuple(VARIANTS)
@@ -212,7 +222,15 @@ def _evaluate_corpus(
                 run = {}
                 for query, vector in zip(corpus.queries, vectors, strict=True):
                     ranked, states = store.rank(
-                        Query(vector, query.text, DEPTH, variant.kinds, full_text)
+                        Query(
+                            vector,
+                            query.text,
+                            DEPTH,
+                            variant.kinds,
+                            full_text,
+                            ranker=variant.ranker,
+                            weights=variant.weights,
+                        )
                     )
                     # By rank, not score: BM25 scores from Milvus Lite are negative.
                     run[query.query_id] = {
