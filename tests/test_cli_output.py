@@ -53,23 +53,23 @@ def test_text_and_names_that_look_like_markup_are_printed_verbatim(tmp_path: Pat
 
 
 def test_ctrl_c_during_ingest_says_what_was_stored_and_a_rerun_resumes(tmp_path: Path) -> None:
+    """Fifteen documents of ~5,500 tokens embed in two groups (eleven, then four): the interrupt
+    comes once the first group is stored, while the second is being embedded."""
     docs = tmp_path / "docs"
     docs.mkdir()
-    for i in range(30):
-        sentences = " ".join(f"Entry {i}.{s}: the river pilot logged the tide." for s in range(60))
+    for i in range(15):
+        sentences = " ".join(f"Entry {i}.{s}: the river pilot logged the tide." for s in range(560))
         (docs / f"log-{i:02}.txt").write_text(sentences, encoding="utf-8")
     uri = str(tmp_path / "c.db")
     common = ["--uri", uri, "--collection", "c", "--model", MINILM_ID]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     process = subprocess.Popen(
         _jrag("--debug", "ingest", str(docs), *common), stderr=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert process.stderr is not None
-    lines = []
     for line in process.stderr:
-        lines.append(line)
-        if sum("stored" in seen for seen in lines) == 5:
+        if "stored" in line:
             process.send_signal(signal.SIGINT)
             break
     out, err = process.communicate(timeout=120)
@@ -77,13 +77,12 @@ def test_ctrl_c_during_ingest_says_what_was_stored_and_a_rerun_resumes(tmp_path:
     message = " ".join((out + err).split())
     assert "interrupted" in message and "Run the same command again to resume" in message
     assert "Traceback" not in message
+    assert re.search(r"\d+ document\(s\) were stored completely in this run", message)
 
     with MilvusStore(uri, "c", create=False) as store:
-        stored = len(list(store.all_states()))
-    assert 5 <= stored < 30
-    assert re.search(r"\d+ document\(s\) were stored completely in this run", message)
+        assert 1 <= len(list(store.all_states())) < 15
     rerun = subprocess.run(_jrag("ingest", str(docs), *common), capture_output=True, text=True,
                            env=env, timeout=300)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     with MilvusStore(uri, "c", create=False) as store:
-        assert len(list(store.all_states())) == 30
+        assert len(list(store.all_states())) == 15

@@ -185,8 +185,9 @@ def test_long_text_is_truncated_with_one_warning_saying_how_much(tiny_jina, capl
     assert f"dropping {dropped} tokens" in warnings[0].getMessage()
     assert "2 of 3 texts" in warnings[0].getMessage()
     assert vectors.shape == (3, 48)
-    truncated_ids = [*encoder.tokenizer.encode(texts[1]).ids[:8191], 102]
-    assert np.abs(vectors[1] - reference_embedding(tiny_jina, truncated_ids)).max() <= 1e-4
+    if tiny_jina.name.startswith("tiny-geglu"):  # one float64 reference at 8k is enough (~70 s)
+        truncated_ids = [*encoder.tokenizer.encode(texts[1]).ids[:8191], 102]
+        assert np.abs(vectors[1] - reference_embedding(tiny_jina, truncated_ids)).max() <= 1e-4
 
 
 def test_token_states_carry_character_offsets_and_pool_to_encode(tiny_jina):
