@@ -22,6 +22,14 @@ from jrag.store import MilvusStore
 MARKUP = "Slicing uses array[/] indexing, see [quote]the manual[/quote] and [url=http://x]here."
 
 
+def _default_sigint() -> None:
+    """A child inherits an ignored or blocked SIGINT from its parent (a background job, or a
+    library in the test process), and Python then raises no KeyboardInterrupt: give the child
+    the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _jrag(*args: str) -> list[str]:
     return [sys.executable, "-m", "jrag.cli", *args]
 
@@ -65,7 +73,7 @@ def test_ctrl_c_during_ingest_says_what_was_stored_and_a_rerun_resumes(tmp_path:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     process = subprocess.Popen(
         _jrag("--debug", "ingest", str(docs), *common), stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint,
     )  # fmt: skip
     assert process.stderr is not None
     for line in process.stderr:
