@@ -38,7 +38,7 @@ from typing import Any
 
 from jrag.errors import StoreError
 from jrag.store import DocumentState, MilvusStore, Row
-from jrag.store.filters import one_of
+from jrag.store.filters import ids_in
 from jrag.store.writes import DocumentVersion
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class BulkLoader:
         waiting = [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
         deadline = time.monotonic() + VISIBLE_TIMEOUT_S
         while waiting:
-            waiting = [c for c in waiting if self.store.count(one_of("id", c)) < len(c)]
+            waiting = [c for c in waiting if self.store.count(ids_in(c)) < len(c)]
             if not waiting:
                 return
             if time.monotonic() > deadline:
