@@ -22,7 +22,12 @@ from rich.text import Text
 from jrag.console import console, errors, fail, load_encoder, state, warn
 from jrag.errors import CollectionNotFound, InputError, JragError
 from jrag.loading import DEFAULT_MODEL
-from jrag.modes import DEFAULT_INGEST_MODE, DEFAULT_SEARCH_MODE
+from jrag.modes import (
+    DEFAULT_INGEST_MODE,
+    DEFAULT_RANKER,
+    DEFAULT_SEARCH_MODE,
+    DEFAULT_WEIGHTS,
+)
 
 if TYPE_CHECKING:
     from jrag.distributed import Progress as RayProgress
@@ -93,11 +98,15 @@ HybridOpt = Annotated[
     ),
 ]
 RankerOpt = Annotated[
-    str, typer.Option(help="How hybrid results are fused: rrf (rank fusion) or weighted.")
+    str,
+    typer.Option(
+        help="How hybrid results are fused: relative (scores scaled per leg, then weighted), "
+        "rrf (reciprocal rank fusion) or weighted (Milvus' WeightedRanker)."
+    ),
 ]
 WeightsOpt = Annotated[
     tuple[float, float],
-    typer.Option(help="With --ranker weighted: the dense and BM25 weights, e.g. 0.7 0.3."),
+    typer.Option(help="With --ranker relative or weighted: the dense and BM25 weights."),
 ]
 ContentOpt = Annotated[
     str,
@@ -436,8 +445,8 @@ def search(
     filter: FilterOpt = None,
     mode: SearchModeOpt = DEFAULT_SEARCH_MODE,
     hybrid: HybridOpt = True,
-    ranker: RankerOpt = "rrf",
-    weights: WeightsOpt = (0.5, 0.5),
+    ranker: RankerOpt = DEFAULT_RANKER,
+    weights: WeightsOpt = DEFAULT_WEIGHTS,
     content: ContentOpt = "passage",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     collection: CollectionOpt = "jrag",
@@ -494,8 +503,8 @@ def ask(
     filter: FilterOpt = None,
     mode: SearchModeOpt = DEFAULT_SEARCH_MODE,
     hybrid: HybridOpt = True,
-    ranker: RankerOpt = "rrf",
-    weights: WeightsOpt = (0.5, 0.5),
+    ranker: RankerOpt = DEFAULT_RANKER,
+    weights: WeightsOpt = DEFAULT_WEIGHTS,
     no_llm: Annotated[
         bool,
         typer.Option("--no-llm", help="Quote passages even when JRAG_LLM_BASE_URL is set."),

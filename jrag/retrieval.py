@@ -5,7 +5,7 @@ The same function serves ``jrag search``, ``jrag ask``, both retrievers and the 
 1. the query is embedded once (callers that already have its vector pass it in);
 2. :meth:`MilvusStore.rank` ranks documents exactly (grouped search, or an exact loop), over
    every kind the collection holds (``mode="auto"``) or one mode's kinds, dense or hybrid
-   (dense + BM25, fused with RRF) where the collection has full-text search;
+   (dense + BM25, fused by relative scores) where the collection has full-text search;
 3. each winner's best passage is its best late chunk (or naive chunk); a whole-document hit in
    a collection with late chunks looks for its best late chunk inside that document;
 4. only then is text read, for the winners alone: ``content="passage"`` gives the passage plus
@@ -27,7 +27,9 @@ from jrag.encoder import Encoder
 from jrag.errors import InputError
 from jrag.modes import (
     CONTENTS,
+    DEFAULT_RANKER,
     DEFAULT_SEARCH_MODE,
+    DEFAULT_WEIGHTS,
     SEARCH_MODES,
     full_text_kinds,
     search_kinds,
@@ -77,8 +79,8 @@ class SearchOptions:
     mode: str = DEFAULT_SEARCH_MODE
     filter: str | None = None
     hybrid: bool = True
-    ranker: str = "rrf"
-    weights: tuple[float, float] = (0.5, 0.5)
+    ranker: str = DEFAULT_RANKER
+    weights: tuple[float, float] = DEFAULT_WEIGHTS
     content: str = "passage"
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     tenant: str = ""

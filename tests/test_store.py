@@ -16,6 +16,7 @@ import pytest
 
 from jrag.errors import CollectionNotFound, InputError, StoreError
 from jrag.store import (
+    RANKERS,
     Identity,
     MilvusStore,
     Query,
@@ -170,6 +171,11 @@ def test_k_distinct_documents_come_back_when_one_document_owns_hundreds_of_rows(
     ranked, _ = store.rank(Query(query, "word", 5, ("late",)))
     assert len(ranked) == 5 and len({r.doc_id for r in ranked}) == 5
     assert ranked[0].doc_id == big.doc_id
+    if store.full_text:  # hybrid, whatever the fusion: BM25 "word" matches the big one's rows
+        for ranker in RANKERS:
+            ranked, _ = store.rank(Query(query, "word", 5, ("late",), ("late",), ranker=ranker))
+            assert len({r.doc_id for r in ranked}) == 5, ranker
+            assert ranked[0].doc_id == big.doc_id, ranker
 
 
 def test_a_filter_can_only_narrow_a_search(store, rng):

@@ -24,6 +24,7 @@ from jrag.encoder import Encoder
 from jrag.errors import InputError, StoreError
 from jrag.evaluation.corpus import Corpus, EvalDocument
 from jrag.evaluation.metrics import evaluate
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.parse import ParsedDocument
 from jrag.pipeline import IngestOptions, document_version, embed_documents
 from jrag.store import MilvusStore, Query
@@ -31,36 +32,41 @@ from jrag.store import MilvusStore, Query
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to search: the dense leg's row kinds and the BM25 leg's (empty: none)."""
+    """One way to search: the dense leg's row kinds, the BM25 leg's (empty: none), and how the
+    two are fused (the product's defaults unless named)."""
 
     kinds: tuple[str, ...]
     full_text_kinds: tuple[str, ...] = ()
-    ranker: str = "rrf"
-    weights: tuple[float, float] = (0.5, 0.5)  # dense, BM25 (ranker="weighted")
+    ranker: str = DEFAULT_RANKER
+    weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25
 
     @property
     def needs(self) -> set[str]:
         return set(self.kinds) | set(self.full_text_kinds)
 
 
+_ALL = ("doc", "late")  # what a default (late) collection holds: auto mode reads both
 VARIANTS: dict[str, Variant] = {
+    # dense only
     "whole": Variant(("doc",)),
     "late": Variant(("late",)),
     "chunked": Variant(("chunk",)),
-    "auto-dense": Variant(("doc", "late")),
-    "bm25": Variant((), ("late",)),
-    "hybrid": Variant(("doc", "late"), ("late",)),
-    "hybrid-doc": Variant(("doc", "late"), ("doc",)),
-    "hybrid-both": Variant(("doc", "late"), ("doc", "late")),
+    "auto-dense": Variant(_ALL),
+    # BM25 only, over document windows, late passages, or both
+    "bm25": Variant((), ("doc",)),
+    "bm25-late": Variant((), ("late",)),
+    "bm25-both": Variant((), _ALL),
+    # hybrid: "hybrid" is what `jrag search` does by default on a default collection
+    "hybrid": Variant(_ALL, ("doc",)),
+    "hybrid-late": Variant(_ALL, ("late",)),
+    "hybrid-both": Variant(_ALL, _ALL),
+    "hybrid-w19": Variant(_ALL, ("doc",), weights=(0.1, 0.9)),
+    "hybrid-w37": Variant(_ALL, ("doc",), weights=(0.3, 0.7)),
+    "hybrid-w55": Variant(_ALL, ("doc",), weights=(0.5, 0.5)),
+    "hybrid-rrf": Variant(_ALL, ("doc",), "rrf"),
+    "hybrid-rrf-late": Variant(_ALL, ("late",), "rrf"),
+    "hybrid-weighted": Variant(_ALL, ("doc",), "weighted"),
     "chunked-hybrid": Variant(("chunk",), ("chunk",)),
-    "hybrid-w55": Variant(("doc", "late"), ("late",), "weighted", (0.5, 0.5)),
-    "hybrid-w37": Variant(("doc", "late"), ("late",), "weighted", (0.3, 0.7)),
-    "hybrid-w28": Variant(("doc", "late"), ("late",), "weighted", (0.2, 0.8)),
-    "hybrid-both-w37": Variant(("doc", "late"), ("doc", "late"), "weighted", (0.3, 0.7)),
-    "hybrid-both-w28": Variant(("doc", "late"), ("doc", "late"), "weighted", (0.2, 0.8)),
-    "hybrid-both-w19": Variant(("doc", "late"), ("doc", "late"), "weighted", (0.1, 0.9)),
-    "bm25-doc": Variant((), ("doc",)),
-    "bm25-both": Variant((), ("doc", "late")),
 }
 DEFAULT_VARIANTS = ("whole", "late", "chunked", "bm25", "hybrid")
 MODES = tuple(VARIANTS)

@@ -13,15 +13,25 @@ Either way, a row counts only if its document's state row names its version and 
 version, never a mix; rows that don't count are excluded and the search repeats. Every row is
 also checked against jrag's own restriction (kinds and tenant) before it counts.
 
-With full-text search, each search is a ``hybrid_search`` of a dense leg and a BM25 leg, fused
-by RRF (or weights). Text is not fetched here: callers fetch it for the winners only.
+With full-text search, a search has a dense leg and a BM25 leg, fused by one of :data:`RANKERS`:
+
+- ``relative`` (the default, by measurement): each leg is searched on its own, its scores are
+  scaled to [0, 1] over its candidates (best 1, worst 0), and the weighted sums rank. A BM25
+  score that stands far above the rest keeps that lead, which is what finds a rare word deep
+  inside a long document;
+- ``rrf`` and ``weighted``: one ``hybrid_search`` fused by Milvus (``RRFRanker``, or
+  ``WeightedRanker``, which squashes BM25 scores through arctan). Both keep only ranks or
+  near-equal scores of BM25 and lose that lead.
+
+Text is not fetched here: callers fetch it for the winners only.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +39,7 @@ from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
 from jrag.errors import InputError, StoreError
 from jrag.logs import quiet_milvus_logs
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.store.connection import MILVUS_ERRORS, Connection, exc_message
 from jrag.store.filters import all_of, check_user_filter, none_of, restriction
 from jrag.store.manifest import BM25_FIELD
@@ -36,8 +47,11 @@ from jrag.store.rows import DocumentState, quote
 
 logger = logging.getLogger(__name__)
 
-RANKERS = ("rrf", "weighted")
+RANKERS = ("relative", "rrf", "weighted")
 RRF_K = 60
+# Candidates per leg of a ``relative`` search: enough that the scaled scores mean the same from
+# query to query, few enough to stay cheap.
+RELATIVE_DEPTH = 20
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
 MAX_LIMIT = 16384  # Milvus caps a search's limit (and offset + limit) here
 MAX_ROUNDS = 16
@@ -52,8 +66,8 @@ class Query:
     k: int
     kinds: tuple[str, ...]  # dense leg: these vector row kinds
     full_text_kinds: tuple[str, ...] = ()  # BM25 leg: these kinds; empty = dense only
-    ranker: str = "rrf"
-    weights: tuple[float, float] = (0.5, 0.5)  # dense, BM25 (ranker="weighted")
+    ranker: str = DEFAULT_RANKER
+    weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25 (relative or weighted)
     filter: str | None = None
     tenant: str = ""
 
@@ -182,55 +196,78 @@ class DocumentRanker:
         self, query: Query, user: str | None, exclusions: str | None, limit: int, *, group: bool
     ) -> list[RankedRow]:
         tenant = query.tenant if self.check_versions else None  # older schemas had no tenant
-        fields = HIT_FIELDS if self.check_versions else [f for f in HIT_FIELDS if f != "tenant"]
         dense_expr = all_of(restriction(query.kinds, tenant), user, exclusions)
-        grouping: dict[str, Any] = {"group_by_field": "doc_id"} if group else {}
-        # Hybrid legs fetch candidates beyond ``limit``, so that fusing, then grouping, still
-        # finds ``limit`` documents when some own many rows.
-        leg_limit = min(MAX_LIMIT, max(limit, 10 * limit if group else limit, 50))
-        vector = np.asarray(query.vector, dtype=np.float32).reshape(-1).tolist()
-        dense_params: dict[str, Any] = {"metric_type": "COSINE", "params": {}}
-        if not self.conn.is_lite:
-            dense_params["params"]["ef"] = max(64, limit * (10 if group else 1))
-        client = self.conn.client
+        text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
         try:
             with quiet_milvus_logs():
+                if not query.full_text_kinds:
+                    return self._leg(query, "vector", dense_expr, limit, group)
                 if not query.kinds:  # full-text search alone
-                    text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
-                    result = client.search(
-                        self.collection, data=[query.text], filter=text_expr, limit=limit,
-                        output_fields=fields, search_params={"metric_type": "BM25"},
-                        anns_field=BM25_FIELD, consistency_level="Strong", **grouping,
-                    )  # fmt: skip
-                elif query.full_text_kinds:
-                    text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
-                    legs = [
-                        AnnSearchRequest(
-                            [vector], "vector", dense_params, leg_limit, expr=dense_expr
-                        ),
-                        AnnSearchRequest(
-                            [query.text], BM25_FIELD, {"metric_type": "BM25"}, leg_limit,
-                            expr=text_expr,
-                        ),
-                    ]  # fmt: skip
-                    ranker = (
-                        RRFRanker(RRF_K)
-                        if query.ranker == "rrf"
-                        else WeightedRanker(*query.weights, norm_score=True)
-                    )
-                    result = client.hybrid_search(
-                        self.collection, legs, ranker, limit=limit, output_fields=fields,
-                        consistency_level="Strong", **grouping,
-                    )  # fmt: skip
-                else:
-                    result = client.search(
-                        self.collection, data=[vector], filter=dense_expr, limit=limit,
-                        output_fields=fields, search_params=dense_params,
-                        anns_field="vector", consistency_level="Strong", **grouping,
-                    )  # fmt: skip
+                    return self._leg(query, BM25_FIELD, text_expr, limit, group)
+                if query.ranker == "relative":
+                    depth = max(limit, RELATIVE_DEPTH)
+                    # The two legs run at once: Milvus serves them in parallel.
+                    with ThreadPoolExecutor(max_workers=1) as pool:
+                        leg = pool.submit(self._leg, query, "vector", dense_expr, depth, group)
+                        text = self._leg(query, BM25_FIELD, text_expr, depth, group)
+                        dense = leg.result()
+                    return _relative_fusion(dense, text, query.weights, limit, group)
+                return self._hybrid(query, dense_expr, text_expr, limit, group)
         except MILVUS_ERRORS as e:
             raise self._search_error(e, user) from None
+
+    def _leg(
+        self, query: Query, field: str, expr: str | None, limit: int, group: bool
+    ) -> list[RankedRow]:
+        """One plain search: dense (``field="vector"``) or BM25 over the query's words."""
+        data = [self._vector(query)] if field == "vector" else [query.text]
+        params = self._dense_params(limit, group) if field == "vector" else {"metric_type": "BM25"}
+        result = self.conn.client.search(
+            self.collection, data=data, filter=expr, limit=limit, output_fields=self._fields(),
+            search_params=params, anns_field=field, consistency_level="Strong",
+            **_grouping(group),
+        )  # fmt: skip
         return [_ranked_row(h) for h in (result[0] if result else [])]
+
+    def _hybrid(
+        self, query: Query, dense_expr: str | None, text_expr: str | None, limit: int, group: bool
+    ) -> list[RankedRow]:
+        """One ``hybrid_search`` fused by Milvus (``rrf`` or ``weighted``)."""
+        # The legs fetch candidates beyond ``limit``, so that fusing, then grouping, still
+        # finds ``limit`` documents when some own many rows.
+        leg_limit = min(MAX_LIMIT, max(limit, 10 * limit if group else limit, 50))
+        legs = [
+            AnnSearchRequest(
+                [self._vector(query)], "vector", self._dense_params(limit, group), leg_limit,
+                expr=dense_expr,
+            ),
+            AnnSearchRequest(
+                [query.text], BM25_FIELD, {"metric_type": "BM25"}, leg_limit, expr=text_expr
+            ),
+        ]  # fmt: skip
+        ranker = (
+            RRFRanker(RRF_K)
+            if query.ranker == "rrf"
+            else WeightedRanker(*query.weights, norm_score=True)
+        )
+        result = self.conn.client.hybrid_search(
+            self.collection, legs, ranker, limit=limit, output_fields=self._fields(),
+            consistency_level="Strong", **_grouping(group),
+        )  # fmt: skip
+        return [_ranked_row(h) for h in (result[0] if result else [])]
+
+    def _fields(self) -> list[str]:
+        return HIT_FIELDS if self.check_versions else [f for f in HIT_FIELDS if f != "tenant"]
+
+    def _dense_params(self, limit: int, group: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {"metric_type": "COSINE", "params": {}}
+        if not self.conn.is_lite:
+            params["params"]["ef"] = max(64, limit * (10 if group else 1))
+        return params
+
+    @staticmethod
+    def _vector(query: Query) -> list[float]:
+        return np.asarray(query.vector, dtype=np.float32).reshape(-1).tolist()
 
     def _search_error(self, exc: BaseException, user: str | None) -> StoreError:
         message = exc_message(exc)
@@ -284,6 +321,47 @@ def _ranked_row(hit: dict) -> RankedRow:
 @dataclass
 class _Row(RankedRow):
     tenant: str | None = None  # None: the older schema has no tenant field
+
+
+def _grouping(group: bool) -> dict[str, Any]:
+    return {"group_by_field": "doc_id"} if group else {}
+
+
+def _relative_fusion(
+    dense: Sequence[RankedRow],
+    text: Sequence[RankedRow],
+    weights: tuple[float, float],
+    limit: int,
+    group: bool,
+) -> list[RankedRow]:
+    """Relative score fusion: each leg's scores scaled to [0, 1] over its own candidates (its
+    best 1, its last 0; a leg that misses a candidate gives it 0), summed with ``weights``.
+
+    Candidates are documents for a grouped search and rows otherwise. A candidate keeps the
+    row of the leg that gave it more; the fused score replaces the row's score.
+    """
+    fused: dict[str, float] = {}
+    best: dict[str, tuple[float, RankedRow]] = {}
+    for rows, weight in ((dense, weights[0]), (text, weights[1])):
+        for row, scaled in zip(rows, _scaled(rows), strict=True):
+            key = row.doc_id if group else row.id
+            share = weight * scaled
+            fused[key] = fused.get(key, 0.0) + share
+            if key not in best or share > best[key][0]:
+                best[key] = (share, row)
+    order = sorted(fused, key=fused.__getitem__, reverse=True)[:limit]
+    return [replace(best[key][1], score=fused[key]) for key in order]
+
+
+def _scaled(rows: Sequence[RankedRow]) -> list[float]:
+    """Scores scaled to [0, 1] in the search's own order (best first), whatever their sign:
+    Milvus Lite reports BM25 scores negated."""
+    if not rows:
+        return []
+    first, last = rows[0].score, rows[-1].score
+    if first == last:
+        return [1.0] * len(rows)
+    return [(row.score - last) / (first - last) for row in rows]
 
 
 def _exclusion(excluded: Sequence[tuple[str, str, str]]) -> str | None:
