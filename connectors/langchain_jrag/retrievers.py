@@ -13,6 +13,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import SearchOptions, SearchResult
 from jrag.searcher import Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
@@ -36,7 +37,7 @@ class JragRetriever(BaseRetriever):
     ``start``, ``end`` (the content's span), ``passage_start``, ``passage_end``, ``page`` (None
     when unknown), ``doc_id`` and ``kind``. By default every kind of row the collection holds is
     searched (``mode="auto"``), fused with full-text BM25 where the collection has it
-    (``hybrid=False`` turns that off).
+    (``hybrid=False`` turns that off; ``ranker`` and ``weights`` set the fusion).
 
     ``model=None`` loads the model the collection was built with; a named model must match it.
     Nothing connects or loads at construction: the store and the model open on the first query
@@ -57,6 +58,12 @@ class JragRetriever(BaseRetriever):
         default="auto", description="Which rows to search: auto = all the collection holds."
     )
     hybrid: bool = Field(default=True, description="Fuse dense and BM25 full-text search.")
+    ranker: Literal["relative", "rrf", "weighted"] = Field(
+        default=DEFAULT_RANKER, description="How the dense and BM25 results are fused."
+    )
+    weights: tuple[float, float] = Field(
+        default=DEFAULT_WEIGHTS, description="Dense and BM25 weights (relative, weighted)."
+    )
     content: Literal["passage", "document"] = Field(
         default="passage", description="Best passage with context, or its whole window."
     )
@@ -104,6 +111,8 @@ class JragRetriever(BaseRetriever):
             mode=self.mode,
             filter=self.filter if filter is None else filter,
             hybrid=self.hybrid,
+            ranker=self.ranker,
+            weights=self.weights,
             content=self.content,
             tenant=self.tenant,
         )

@@ -18,6 +18,7 @@ from langchain_tests.integration_tests import (
     RetrieversIntegrationTests,
 )
 from langchain_tests.unit_tests import EmbeddingsUnitTests
+from pydantic import ValidationError
 
 from jrag.embedding import load_encoder
 from jrag.errors import InputError, ModelLoadError, StoreError
@@ -222,6 +223,24 @@ def test_retriever_reports_pdf_pages_and_honours_k_filter_and_mode(samples):
     assert [d.metadata["source"] for d in docs] == [pdf]  # the filter leaves one document
     assert docs[0].metadata["kind"] == "late" and isinstance(docs[0].metadata["page"], int)
     assert len(retriever.invoke("bread", k=1, filter="")) == 1  # per-call overrides
+
+
+def test_retriever_passes_its_ranker_and_weights_on(samples):
+    question = "What code phrase does the shift supervisor say?"
+    handbook = samples.sources["linden-reach-operations-handbook.docx"]
+    scores = {}
+    for ranker in ("relative", "rrf", "weighted"):
+        retriever = JragRetriever(
+            uri=samples.uri, collection=samples.collection, k=2, ranker=ranker, weights=(0.3, 0.7)
+        )
+        docs = retriever.invoke(question)
+        assert docs[0].metadata["source"] == handbook, ranker
+        scores[ranker] = docs[0].metadata["score"]
+        retriever.close()
+    # RRF scores are sums of 1/(60 + rank) over two legs (at most 2/60); relative ones reach 1.
+    assert scores["rrf"] <= 2 / 60 < scores["relative"] <= 1.0
+    with pytest.raises(ValidationError):
+        JragRetriever(uri=samples.uri, ranker="borda")
 
 
 def test_retriever_with_the_wrong_model_names_the_collection_model(samples, tmp_path):

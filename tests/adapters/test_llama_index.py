@@ -157,6 +157,10 @@ def test_bad_settings_fail_at_construction_with_input_errors():
         JragRetriever(uri="./x.db", mode="sparse")
     with pytest.raises(InputError, match="k must be"):
         JragRetriever(uri="./x.db", k=0)
+    with pytest.raises(InputError, match="unknown ranker"):
+        JragRetriever(uri="./x.db", ranker="borda")
+    with pytest.raises(InputError, match="weights"):
+        JragRetriever(uri="./x.db", weights=(0.0, 0.0))
 
 
 def test_retriever_connects_on_first_query_only():

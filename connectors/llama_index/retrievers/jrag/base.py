@@ -8,6 +8,7 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import SearchOptions, SearchResult
 from jrag.searcher import Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
@@ -34,7 +35,8 @@ class JragRetriever(BaseRetriever):
     and the metadata holds ``source``, ``title``, ``score``, ``start``, ``end``,
     ``passage_start``, ``passage_end``, ``page`` (None when unknown), ``doc_id`` and ``kind``.
     ``mode="auto"`` searches every kind of row the collection holds, fused with BM25 full-text
-    search where the collection has it (``hybrid=False`` turns that off). ``model=None`` loads
+    search where the collection has it (``hybrid=False`` turns that off; ``ranker`` and
+    ``weights`` set the fusion). ``model=None`` loads
     the model the collection was built with.
     Nothing connects or loads at construction: the store and model open on the first query
     (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
@@ -50,6 +52,8 @@ class JragRetriever(BaseRetriever):
         mode: str = "auto",
         *,
         hybrid: bool = True,
+        ranker: str = DEFAULT_RANKER,
+        weights: tuple[float, float] = DEFAULT_WEIGHTS,
         content: str = "passage",
         tenant: str = "",
         token: str | None = None,
@@ -59,8 +63,9 @@ class JragRetriever(BaseRetriever):
     ) -> None:
         # Checked here, so a bad argument fails at construction rather than at the first query.
         self.options = SearchOptions(
-            k=k, mode=mode, filter=filter, hybrid=hybrid, content=content, tenant=tenant
-        )
+            k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
+            content=content, tenant=tenant,
+        )  # fmt: skip
         self._searcher = Searcher(
             uri,
             collection,
