@@ -33,11 +33,11 @@ from jrag.retrieval import (
     SearchResult,
     build_query,
     embed_query,
+    late_chunks_of,
     page_at,
     search,
 )
 from jrag.store import DocumentState, MilvusStore
-from jrag.store.filters import all_of, one_of
 
 SYSTEM_PROMPT = (
     "You answer questions about a collection of documents. Use only the numbered context "
@@ -219,11 +219,7 @@ def _stored_late_passages(
     if not results:
         return []
     by_doc = {r.doc_id: r for r in results}
-    inner = SearchOptions(
-        k=limit, mode="late", hybrid=options.hybrid, ranker=options.ranker,
-        weights=options.weights, tenant=options.tenant, full_text_kinds=("late",),
-        filter=all_of(one_of("doc_id", list(by_doc)), options.filter),
-    )  # fmt: skip
+    inner = late_chunks_of(list(by_doc), options, limit)
     rows = store.top_rows(build_query(store, question, vector, inner), limit)
     return [
         _citation(by_doc[row.doc_id], states[row.doc_id], store, row.start, row.end, row.score)

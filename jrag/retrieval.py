@@ -200,15 +200,20 @@ def _best_passages(
         if r.kind == "doc" and (states.get(r.doc_id) and "late" in states[r.doc_id].kinds)
     ]
     if need:
-        inner = SearchOptions(
-            k=len(need), mode="late", hybrid=options.hybrid, ranker=options.ranker,
-            weights=options.weights, tenant=options.tenant, full_text_kinds=("late",),
-            filter=all_of(one_of("doc_id", need), options.filter),
-        )  # fmt: skip
-        late_query = build_query(store, query, vector, inner)
+        late_query = build_query(store, query, vector, late_chunks_of(need, options, len(need)))
         rows, _ = store.rank(late_query)
         passages.update({r.doc_id: r for r in rows})
     return passages
+
+
+def late_chunks_of(doc_ids: Sequence[str], options: SearchOptions, k: int) -> SearchOptions:
+    """``options`` narrowed to the late chunks of ``doc_ids``, in both legs: where a document's
+    best passage is looked for."""
+    return SearchOptions(
+        k=k, mode="late", hybrid=options.hybrid, ranker=options.ranker, weights=options.weights,
+        tenant=options.tenant, full_text_kinds=("late",),
+        filter=all_of(one_of("doc_id", list(doc_ids)), options.filter),
+    )  # fmt: skip
 
 
 def _result(
