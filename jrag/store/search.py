@@ -227,7 +227,7 @@ class DocumentRanker:
             search_params=params, anns_field=field, consistency_level="Strong",
             **_grouping(group),
         )  # fmt: skip
-        return [_ranked_row(h) for h in (result[0] if result else [])]
+        return _ranked_rows(result)
 
     def _hybrid(
         self, query: Query, dense_expr: str | None, text_expr: str | None, limit: int, group: bool
@@ -254,7 +254,7 @@ class DocumentRanker:
             self.collection, legs, ranker, limit=limit, output_fields=self._fields(),
             consistency_level="Strong", **_grouping(group),
         )  # fmt: skip
-        return [_ranked_row(h) for h in (result[0] if result else [])]
+        return _ranked_rows(result)
 
     def _fields(self) -> list[str]:
         return HIT_FIELDS if self.check_versions else [f for f in HIT_FIELDS if f != "tenant"]
@@ -301,6 +301,11 @@ class DocumentRanker:
                 f"the filter {query.filter!r} widened the search beyond jrag's restriction "
                 "(kinds and tenant); a filter can only narrow a search"
             )
+
+
+def _ranked_rows(result: Any) -> list[RankedRow]:
+    """The hits of a one-query search result, as rows."""
+    return [_ranked_row(h) for h in (result[0] if result else [])]
 
 
 def _ranked_row(hit: dict) -> RankedRow:
