@@ -27,10 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def measure(model_dir: str, length: int, variant: str, repeats: int, save: str) -> dict:
+def measure(
+    model_dir: str, length: int, variant: str, repeats: int, save: str, device: str
+) -> dict:
     """In the subprocess: load, warm up, then time one forward pass of ``length`` tokens.
 
-    The float32 hidden states are written to ``save`` (.npy) for the parent to compare.
+    The float32 hidden states are written to ``save`` (.npy) for the parent to compare. On CUDA
+    the memory figure is the peak of the allocator over what was allocated before the pass.
     """
     import numpy as np
     import torch
@@ -43,22 +46,31 @@ def measure(model_dir: str, length: int, variant: str, repeats: int, save: str) 
 
     dtype = torch.bfloat16 if variant.endswith("-bf16") else torch.float32
     base = variant.removesuffix("-bf16")
-    encoder = Encoder.from_pretrained(model_dir, device="cpu", dtype=dtype)
+    encoder = Encoder.from_pretrained(model_dir, device=device, dtype=dtype)
+    cuda = encoder.device.type == "cuda"
     jrag.attention.SKIP_FAR_KEYS = base != "jrag-no-skip"
     if VARIANTS[base] is not None:
         encoder.model.attention_fn = VARIANTS[base]
     ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(encoder.device)
     with torch.inference_mode():
         encoder.model(ids[:, :64], [64])  # warm-up: kernels, thread pool
-        before = _memory_kb("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        if cuda:
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated() / 1024
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            before = _memory_kb("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the RSS
         timings = []
         for _ in range(repeats):
             start = time.perf_counter()
             hidden = encoder.model(ids, [length])
+            if cuda:
+                torch.cuda.synchronize()
             timings.append(time.perf_counter() - start)
-        peak = _memory_kb("VmHWM")
-    np.save(save, hidden[0].float().numpy())
+        peak = torch.cuda.max_memory_allocated() / 1024 if cuda else _memory_kb("VmHWM")
+    np.save(save, hidden[0].float().cpu().numpy())
     return {"seconds": min(timings), "extra_rss_mb": (peak - before) / 1024}
 
 
@@ -96,11 +108,16 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small layout, 512 and 2048 only")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--_child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tokenizer-from", help="tokenizer folder for the random checkpoints (default MiniLM)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (memory: allocator peak)")
+    parser.add_argument("--repeats", type=int, help="timed passes per run (default 3, 1 past 2k)")
+    parser.add_argument("--_child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        model_dir, length, variant, repeats, save = args._child
-        print(json.dumps(measure(model_dir, int(length), variant, int(repeats), save)))
+        model_dir, length, variant, repeats, save, device = args._child
+        print(json.dumps(measure(model_dir, int(length), variant, int(repeats), save, device)))
         return
     if args.quick:
         args.layouts, args.lengths = ["small"], [512, 2048]
@@ -114,19 +131,23 @@ def main() -> None:
     from jrag.checkpoints import jina_v2_config, write_random_checkpoint
 
     console = Console(width=240)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for layout in args.layouts:
-            model_dir = write_random_checkpoint(Path(tmp) / layout, jina_v2_config(layout))
+            tokenizer = {"tokenizer_from": args.tokenizer_from} if args.tokenizer_from else {}
+            model_dir = write_random_checkpoint(
+                Path(tmp) / layout, jina_v2_config(layout), **tokenizer
+            )
             for length in args.lengths:
                 row = {"layout": layout, "tokens": length}
                 for variant in args.variants:
-                    repeats = 1 if args.quick or length > 2048 else 3
+                    repeats = args.repeats or (1 if args.quick or length > 2048 else 3)
                     save = Path(tmp) / f"{variant}.npy"
                     out = subprocess.run(
                         [sys.executable, __file__, "--_child", str(model_dir), str(length), variant,
-                         str(repeats), str(save)],
+                         str(repeats), str(save), args.device],
                         capture_output=True, text=True, check=True, cwd=REPO,
                     )  # fmt: skip
                     row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -134,10 +155,11 @@ def main() -> None:
                     console.print(f"  {layout} {length:>5} {variant:<18} {row[variant]}")
                 results.append(row)
 
-    table = Table(title="JinaBERT forward pass, one document, CPU (random weights)")
+    memory = "+GPU MB" if args.device == "cuda" else "+RSS MB"
+    table = Table(title=f"JinaBERT forward pass, one document, {where} (random weights)")
     for column in ("layout", "tokens"):
         table.add_column(column, justify="right")
-    for column in ("variant", "s", "× jrag fp32", "+RSS MB", "max |Δ|", "min cos", "pooled cos"):
+    for column in ("variant", "s", "× jrag fp32", memory, "max |Δ|", "min cos", "pooled cos"):
         table.add_column(column, justify="right")
     for row in results:
         for variant in args.variants:
