@@ -24,10 +24,11 @@ from jrag.encoder import Encoder
 from jrag.errors import InputError, StoreError
 from jrag.evaluation.corpus import Corpus, EvalDocument
 from jrag.evaluation.metrics import evaluate
-from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS, full_text_kinds
 from jrag.parse import ParsedDocument
 from jrag.pipeline import IngestOptions, document_version, embed_documents
 from jrag.store import MilvusStore, Query
+from jrag.store.search import RRF_K
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Variant:
     full_text_kinds: tuple[str, ...] = ()
     ranker: str = DEFAULT_RANKER
     weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25
+    rrf_k: int = RRF_K
 
     @property
     def needs(self) -> set[str]:
@@ -46,6 +48,7 @@ class Variant:
 
 
 _ALL = ("doc", "late")  # what a default (late) collection holds: auto mode reads both
+_TEXT = full_text_kinds(_ALL)  # the BM25 leg `jrag search` picks there
 VARIANTS: dict[str, Variant] = {
     # dense only
     "whole": Variant(("doc",)),
@@ -56,18 +59,32 @@ VARIANTS: dict[str, Variant] = {
     "bm25": Variant((), ("doc",)),
     "bm25-late": Variant((), ("late",)),
     "bm25-both": Variant((), _ALL),
-    # hybrid: "hybrid" is what `jrag search` does by default on a default collection
-    "hybrid": Variant(_ALL, ("doc",)),
+    # hybrid: "hybrid" is what `jrag search` does by default on a default collection (its
+    # ranker and weights are jrag.modes' defaults); the others name theirs
+    "hybrid": Variant(_ALL, _TEXT),
     "hybrid-late": Variant(_ALL, ("late",)),
     "hybrid-both": Variant(_ALL, _ALL),
-    "hybrid-w19": Variant(_ALL, ("doc",), weights=(0.1, 0.9)),
-    "hybrid-w37": Variant(_ALL, ("doc",), weights=(0.3, 0.7)),
-    "hybrid-w55": Variant(_ALL, ("doc",), weights=(0.5, 0.5)),
-    "hybrid-rrf": Variant(_ALL, ("doc",), "rrf"),
+    "hybrid-adaptive": Variant(_ALL, _TEXT, "adaptive", (0.1, 0.9)),
+    "hybrid-adaptive-w28": Variant(_ALL, _TEXT, "adaptive", (0.2, 0.8)),
+    "hybrid-dbsf": Variant(_ALL, _TEXT, "dbsf"),
+    "hybrid-w19": Variant(_ALL, _TEXT, "relative", (0.1, 0.9)),
+    "hybrid-w28": Variant(_ALL, _TEXT, "relative", (0.2, 0.8)),
+    "hybrid-w37": Variant(_ALL, _TEXT, "relative", (0.3, 0.7)),
+    "hybrid-w55": Variant(_ALL, _TEXT, "relative", (0.5, 0.5)),
+    "hybrid-w73": Variant(_ALL, _TEXT, "relative", (0.7, 0.3)),
+    "hybrid-rrf": Variant(_ALL, _TEXT, "rrf"),
+    "hybrid-rrf-k10": Variant(_ALL, _TEXT, "rrf", rrf_k=10),
+    "hybrid-rrf-k2": Variant(_ALL, _TEXT, "rrf", rrf_k=2),
     "hybrid-rrf-late": Variant(_ALL, ("late",), "rrf"),
-    "hybrid-weighted": Variant(_ALL, ("doc",), "weighted"),
+    "hybrid-weighted": Variant(_ALL, _TEXT, "weighted", (0.2, 0.8)),
     "chunked-hybrid": Variant(("chunk",), ("chunk",)),
 }
+# The fusion comparison: dense and BM25 alone, and every way to fuse them.
+FUSION_VARIANTS = (
+    "whole", "late", "auto-dense", "bm25", "hybrid", "hybrid-adaptive", "hybrid-adaptive-w28",
+    "hybrid-dbsf", "hybrid-w19", "hybrid-w28", "hybrid-w37", "hybrid-w55", "hybrid-w73",
+    "hybrid-rrf", "hybrid-rrf-k10", "hybrid-rrf-k2", "hybrid-weighted",
+)  # fmt: skip
 DEFAULT_VARIANTS = ("whole", "late", "chunked", "bm25", "hybrid")
 MODES = tuple(VARIANTS)
 
@@ -236,6 +253,7 @@ def _evaluate_corpus(
                             full_text,
                             ranker=variant.ranker,
                             weights=variant.weights,
+                            rrf_k=variant.rrf_k,
                         )
                     )
                     # By rank, not score: BM25 scores from Milvus Lite are negative.
