@@ -30,7 +30,8 @@ see docs/retrieval-variants.md):
   ``WeightedRanker``, which squashes BM25 scores through arctan).
 
 The score fusions (``adaptive``, ``relative``, ``dbsf``) search both legs at once, each for
-its :data:`FUSION_DEPTH` best candidates, and fuse them here. Each call keeps its state
+its best rows (:data:`FUSION_ROWS` per candidate), keep each document's best row as a
+candidate (:data:`FUSION_DEPTH` at most), and fuse them here. Each call keeps its state
 local, so one ranker serves any number of threads.
 
 Text is not fetched here: callers fetch it for the winners only.
@@ -63,6 +64,7 @@ RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
 FUSION_DEPTH = 20
+FUSION_ROWS = 3  # rows searched per candidate document: a document's rows often rank together
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
 MAX_LIMIT = 16384  # Milvus caps a search's limit (and offset + limit) here
 MAX_ROUNDS = 16
@@ -212,10 +214,18 @@ class DocumentRanker:
                     return self._leg(query, BM25_FIELD, text_expr, limit, group)
                 if query.ranker in SCORE_FUSIONS:
                     depth = max(limit, FUSION_DEPTH)
-                    # The two legs run at once: Milvus serves them in parallel.
-                    leg = _LEGS.submit(self._leg, query, "vector", dense_expr, depth, group)
-                    text = self._leg(query, BM25_FIELD, text_expr, depth, group)
+                    # Each leg is a plain search for its best rows, grouped by document here:
+                    # Milvus Lite's grouped search costs 1.5-2x a plain one (benchmarks/
+                    # bench_search_latency.py). The two legs run at once.
+                    rows = min(MAX_LIMIT, FUSION_ROWS * depth) if group else depth
+                    leg = _LEGS.submit(self._leg, query, "vector", dense_expr, rows, False)
+                    text = self._leg(query, BM25_FIELD, text_expr, rows, False)
                     dense = leg.result()
+                    if group:
+                        dense, text = (
+                            _best_per_document(dense, depth),
+                            _best_per_document(text, depth),
+                        )
                     return _score_fusion(query, dense, text, limit, group)
                 return self._hybrid(query, dense_expr, text_expr, limit, group)
         except MILVUS_ERRORS as e:
@@ -364,6 +374,17 @@ def _score_fusion(
                 best[key] = (share, row)
     order = sorted(fused, key=fused.__getitem__, reverse=True)[:limit]
     return [replace(best[key][1], score=fused[key]) for key in order]
+
+
+def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]:
+    """Each document's first (best) row, in order, for the first ``depth`` documents."""
+    best: dict[str, RankedRow] = {}
+    for row in rows:
+        if row.doc_id not in best:
+            best[row.doc_id] = row
+            if len(best) == depth:
+                break
+    return list(best.values())
 
 
 def adaptive_weights(ceiling: tuple[float, float], text_scaled: Sequence[float]):
