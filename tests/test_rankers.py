@@ -15,9 +15,10 @@ import pytest
 
 from jrag.embedding import identity_of, load_encoder
 from jrag.errors import InputError
+from jrag.evaluation.runner import VARIANTS
 from jrag.loading import MINILM_ID
 from jrag.pipeline import ingest
-from jrag.retrieval import embed_query, search
+from jrag.retrieval import SearchOptions, build_query, embed_query, search
 from jrag.store import RANKERS, MilvusStore, Query
 from jrag.store.search import adaptive_weights
 
@@ -163,3 +164,13 @@ def test_a_query_is_frozen_and_eight_threads_searching_one_store_get_what_one_ge
             assert together == alone
             if time.monotonic() - started > 30:
                 break
+
+
+def test_the_evals_hybrid_variant_is_what_search_does_by_default(harbour) -> None:
+    store, encoder = harbour
+    query = build_query(store, QUESTION, embed_query(encoder, QUESTION), SearchOptions())
+    variant = VARIANTS["hybrid"]
+    assert set(query.kinds) == set(variant.kinds)
+    assert (query.full_text_kinds, query.ranker, query.weights, query.rrf_k) == (
+        variant.full_text_kinds, variant.ranker, variant.weights, variant.rrf_k,
+    )  # fmt: skip
