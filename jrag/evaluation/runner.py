@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from jrag.embedding import identity_of
 from jrag.encoder import Encoder
 from jrag.errors import InputError, StoreError
@@ -87,6 +89,8 @@ FUSION_VARIANTS = (
 )  # fmt: skip
 DEFAULT_VARIANTS = ("whole", "late", "chunked", "bm25", "hybrid")
 MODES = tuple(VARIANTS)
+
+Inspect = Callable[[MilvusStore, Corpus, np.ndarray], None]
 
 DEPTH = 10  # documents ranked per query: enough for every @10 metric
 # Documents embedded together, in tokens (estimated): bounds the token states held in memory.
@@ -196,9 +200,12 @@ def run_evaluation(
     uri: str | None = None,
     token: str | None = None,
     on_step: Callable[[str], None] | None = None,
+    inspect: Inspect | None = None,
 ) -> EvalResult:
     """Score every corpus in every variant (``modes``). Each corpus is indexed once, in a fresh
-    collection dropped afterwards; without ``uri`` it lives in a temporary Milvus Lite file."""
+    collection dropped afterwards; without ``uri`` it lives in a temporary Milvus Lite file.
+    ``inspect`` is called with each indexed collection, its corpus and query vectors, after the
+    variants ran and before the collection is dropped (benchmarks read more from it there)."""
     modes = check_modes(modes)
     result = EvalResult(task, encoder.name, modes, [c.label for c in corpora], metrics)
     workdir = None
@@ -210,7 +217,9 @@ def run_evaluation(
         for corpus in corpora:
             if on_step:
                 on_step(f"{task} {corpus.label}: indexing")
-            _evaluate_corpus(task, corpus, encoder, modes, kinds, metrics, uri, token, result)
+            _evaluate_corpus(
+                task, corpus, encoder, modes, kinds, metrics, uri, token, result, inspect
+            )
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -227,6 +236,7 @@ def _evaluate_corpus(
     uri: str,
     token: str | None,
     result: EvalResult,
+    inspect: Inspect | None = None,
 ) -> None:
     name = _collection_name(task, "all", corpus.label)
     # A leftover of an earlier run at a user-given --uri.
@@ -273,5 +283,7 @@ def _evaluate_corpus(
                 result.rows.setdefault(mode, {})[label] = sum(
                     written.get(k, 0) for k in variant.kinds
                 )
+            if inspect is not None:
+                inspect(store, corpus, vectors)
         finally:
             store.drop()

@@ -64,6 +64,7 @@ RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
 FUSION_DEPTH = 20
+ADAPTIVE_FLOOR = 0.5  # BM25's weight in an adaptive fusion when its candidates are level
 FUSION_ROWS = 3  # rows searched per candidate document: a document's rows often rank together
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
 MAX_LIMIT = 16384  # Milvus caps a search's limit (and offset + limit) here
@@ -213,23 +214,36 @@ class DocumentRanker:
                 if not query.kinds:  # full-text search alone
                     return self._leg(query, BM25_FIELD, text_expr, limit, group)
                 if query.ranker in SCORE_FUSIONS:
-                    depth = max(limit, FUSION_DEPTH)
-                    # Each leg is a plain search for its best rows, grouped by document here:
-                    # Milvus Lite's grouped search costs 1.5-2x a plain one (benchmarks/
-                    # bench_search_latency.py). The two legs run at once.
-                    rows = min(MAX_LIMIT, FUSION_ROWS * depth) if group else depth
-                    leg = _LEGS.submit(self._leg, query, "vector", dense_expr, rows, False)
-                    text = self._leg(query, BM25_FIELD, text_expr, rows, False)
-                    dense = leg.result()
-                    if group:
-                        dense, text = (
-                            _best_per_document(dense, depth),
-                            _best_per_document(text, depth),
-                        )
+                    dense, text = self._legs(query, dense_expr, text_expr, limit, group)
                     return _score_fusion(query, dense, text, limit, group)
                 return self._hybrid(query, dense_expr, text_expr, limit, group)
         except MILVUS_ERRORS as e:
             raise self._search_error(e, user) from None
+
+    def candidates(self, query: Query) -> tuple[list[RankedRow], list[RankedRow]]:
+        """The dense and BM25 legs' candidate documents that a score fusion of ``query`` fuses
+        (before any visibility check): for benchmarks that try fusions on the same legs."""
+        tenant = query.tenant if self.check_versions else None
+        user = check_user_filter(query.filter)
+        dense_expr = all_of(restriction(query.kinds, tenant), user)
+        text_expr = all_of(restriction(query.full_text_kinds, tenant), user)
+        with quiet_milvus_logs():
+            return self._legs(query, dense_expr, text_expr, query.k, group=True)
+
+    def _legs(
+        self, query: Query, dense_expr: str | None, text_expr: str | None, limit: int, group: bool
+    ) -> tuple[list[RankedRow], list[RankedRow]]:
+        """Both legs of a score fusion, searched at once. Each is a plain search for its best
+        rows, grouped by document here: Milvus Lite's grouped search costs 1.5-2x a plain one
+        (benchmarks/bench_search_latency.py)."""
+        depth = max(limit, FUSION_DEPTH)
+        rows = min(MAX_LIMIT, FUSION_ROWS * depth) if group else depth
+        leg = _LEGS.submit(self._leg, query, "vector", dense_expr, rows, False)
+        text = self._leg(query, BM25_FIELD, text_expr, rows, False)
+        dense = leg.result()
+        if group:
+            return _best_per_document(dense, depth), _best_per_document(text, depth)
+        return dense, text
 
     def _leg(
         self, query: Query, field: str, expr: str | None, limit: int, group: bool
@@ -387,13 +401,15 @@ def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]
     return list(best.values())
 
 
-def adaptive_weights(ceiling: tuple[float, float], text_scaled: Sequence[float]):
-    """The legs' weights for one query: equal when the BM25 candidates are level, up to
-    ``ceiling`` (dense, BM25; normalized to sum 1) as far as BM25's first leads its second."""
+def adaptive_weights(
+    ceiling: tuple[float, float], text_scaled: Sequence[float], floor: float = ADAPTIVE_FLOOR
+) -> tuple[float, float]:
+    """The legs' weights for one query: BM25 weighs ``floor`` when its candidates are level, up
+    to ``ceiling`` (dense, BM25; normalized to sum 1) as far as its first leads its second."""
     total = sum(ceiling) or 1.0
     top = ceiling[1] / total
     lead = text_scaled[0] - text_scaled[1] if len(text_scaled) > 1 else 0.0
-    text_weight = 0.5 + lead * (top - 0.5)
+    text_weight = floor + lead * (top - floor)
     return (1.0 - text_weight, text_weight)
 
 
