@@ -32,8 +32,9 @@ from jrag.evaluation.report import results_table, write_outputs
 from jrag.evaluation.runner import DEPTH, FUSION_VARIANTS, VARIANTS, run_evaluation
 from jrag.evaluation.tasks import needle_corpora
 from jrag.loading import MINILM_ID
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.store import Query
-from jrag.store.search import _scaled, _score_fusion, adaptive_weights
+from jrag.store.search import _oriented, _score_fusion, adaptive_weights
 
 
 def corpora(task: str, encoder: Encoder, args):
@@ -86,11 +87,10 @@ def fused_score(saved: dict, label: str, query: Query) -> float:
     run_ = {}
     for query_id, dense, text in data["queries"]:
         q = query
-        if query.ranker == "adaptive-floor":  # a sweep over the floor: weights[2] is it
-            ceiling, floor = query.weights[:2], query.weights[2]
-            q = replace(
-                query, ranker="relative", weights=adaptive_weights(ceiling, _scaled(text), floor)
-            )
+        if query.ranker == "adaptive-sweep":  # weights: dense, BM25 ceiling, floor, full gap
+            ceiling, floor, full = query.weights[:2], query.weights[2], query.weights[3]
+            weights = adaptive_weights(ceiling, _oriented(text).tolist(), floor, full)
+            q = replace(query, ranker="relative", weights=weights)
         fused = _score_fusion(q, dense, text, DEPTH, True)
         run_[query_id] = {
             data["sources"][r.doc_id]: float(len(fused) - i) for i, r in enumerate(fused)
@@ -103,11 +103,13 @@ def sweep(args) -> None:
     saved = [pickle.loads(Path(p).read_bytes()) for p in args.files]
     grid: dict[str, Query] = {}
     template = Query(None, "", DEPTH, (), ())
-    for floor in (0.2, 0.3, 0.4, 0.5):
+    grid["default"] = replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS)
+    for floor in (0.2, 0.3, 0.5):
         for top in (0.8, 0.9, 1.0):
-            grid[f"adaptive {floor:.1f}-{top:.1f}"] = replace(
-                template, ranker="adaptive-floor", weights=(1 - top, top, floor)
-            )
+            for full in (0.1, 0.2, 0.3):
+                grid[f"adaptive {floor:.1f}-{top:.1f} full@{full:.1f}"] = replace(
+                    template, ranker="adaptive-sweep", weights=(1 - top, top, floor, full)
+                )
     for w in (0.3, 0.5, 0.7, 0.8):
         grid[f"relative {1 - w:.1f}/{w:.1f}"] = replace(
             template, ranker="relative", weights=(1 - w, w)

@@ -131,13 +131,15 @@ def test_dbsf_maps_each_leg_by_its_mean_and_three_deviations(harbour) -> None:
     assert names(store, fused)[0] == "north.txt"  # BM25's outlier keeps its lead
 
 
-def test_adaptive_weights_follow_how_far_bm25s_first_candidate_leads() -> None:
-    ceiling = (0.1, 0.9)
-    assert adaptive_weights(ceiling, [1.0, 1.0, 0.0]) == pytest.approx((0.5, 0.5))  # level
-    assert adaptive_weights(ceiling, [1.0, 0.0, 0.0]) == pytest.approx((0.1, 0.9))  # alone
-    assert adaptive_weights(ceiling, [1.0, 0.5, 0.0]) == pytest.approx((0.3, 0.7))
-    assert adaptive_weights((1.0, 9.0), [1.0, 0.0]) == pytest.approx((0.1, 0.9))  # normalized
-    assert adaptive_weights(ceiling, [1.0]) == pytest.approx((0.5, 0.5))  # one candidate: no lead
+def test_adaptive_weights_trust_bm25_as_far_as_its_first_score_leads_its_second() -> None:
+    ceiling = (0.1, 0.9)  # BM25's floor is 0.2, reached ceiling at a 20% lead
+    assert adaptive_weights(ceiling, [10.0, 10.0, 1.0]) == pytest.approx((0.8, 0.2))  # level
+    assert adaptive_weights(ceiling, [10.0, 8.0, 1.0]) == pytest.approx((0.1, 0.9))  # 20% ahead
+    assert adaptive_weights(ceiling, [10.0, 9.0, 1.0]) == pytest.approx((0.45, 0.55))  # halfway
+    assert adaptive_weights(ceiling, [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # capped
+    assert adaptive_weights((1.0, 9.0), [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # normalized
+    assert adaptive_weights(ceiling, [10.0]) == pytest.approx((0.8, 0.2))  # one: no lead
+    assert adaptive_weights(ceiling, [0.0, 0.0]) == pytest.approx((0.8, 0.2))  # no scores
 
 
 def test_a_query_is_frozen_and_eight_threads_searching_one_store_get_what_one_gets(

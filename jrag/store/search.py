@@ -18,10 +18,9 @@ With full-text search, a search has a dense leg and a BM25 leg, fused by one of 
 see docs/retrieval-variants.md):
 
 - ``adaptive``: each leg scaled to [0, 1] over its candidates (as ``relative``), weighted by
-  how clear BM25's own winner is. With ``t`` the share of the BM25 leg's score range by which
-  its first candidate leads its second, the legs weigh ``(1 - w, w)`` with
-  ``w = 0.5 + t * (weights[1] - 0.5)``: equal when BM25's candidates are level (a question in
-  other words than the text), up to ``weights`` when one stands out (a rare name);
+  how clear BM25's own winner is (:func:`adaptive_weights`): BM25 weighs 0.2 when its first two
+  candidates score alike (a question in other words than the text), rising to ``weights[1]``
+  once its first scores 20% above its second (a rare name, a heading's own words);
 - ``relative``: each leg's scores scaled to [0, 1] over its candidates (best 1, worst 0), and
   the ``weights``-weighted sums rank;
 - ``dbsf``: distribution-based score fusion, as Qdrant does it: each leg's scores mapped by
@@ -64,7 +63,12 @@ RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
 FUSION_DEPTH = 20
-ADAPTIVE_FLOOR = 0.5  # BM25's weight in an adaptive fusion when its candidates are level
+# An adaptive fusion's BM25 weight: ADAPTIVE_FLOOR when its first two candidates score alike,
+# the ceiling (the query's weights) once the first scores ADAPTIVE_FULL_GAP above the second
+# (as a share of its score). Chosen by the worst case over the paraphrase, git-doc and needle
+# benchmarks (benchmarks/fusion_sweep.py, docs/retrieval-variants.md).
+ADAPTIVE_FLOOR = 0.2
+ADAPTIVE_FULL_GAP = 0.2
 FUSION_ROWS = 3  # rows searched per candidate document: a document's rows often rank together
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
 MAX_LIMIT = 16384  # Milvus caps a search's limit (and offset + limit) here
@@ -375,7 +379,7 @@ def _score_fusion(
     else:
         weights = query.weights
         if query.ranker == "adaptive":
-            weights = adaptive_weights(query.weights, _scaled(text))
+            weights = adaptive_weights(query.weights, _oriented(text).tolist())
         legs = [(dense, _scaled(dense), weights[0]), (text, _scaled(text), weights[1])]
     fused: dict[str, float] = {}
     best: dict[str, tuple[float, RankedRow]] = {}
@@ -402,14 +406,20 @@ def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]
 
 
 def adaptive_weights(
-    ceiling: tuple[float, float], text_scaled: Sequence[float], floor: float = ADAPTIVE_FLOOR
+    ceiling: tuple[float, float],
+    text_scores: Sequence[float],
+    floor: float = ADAPTIVE_FLOOR,
+    full_gap: float = ADAPTIVE_FULL_GAP,
 ) -> tuple[float, float]:
-    """The legs' weights for one query: BM25 weighs ``floor`` when its candidates are level, up
-    to ``ceiling`` (dense, BM25; normalized to sum 1) as far as its first leads its second."""
+    """The legs' weights for one query from the BM25 leg's own scores (best first, higher
+    better): BM25 weighs ``floor`` when its first two candidates score alike, rising to
+    ``ceiling`` (dense, BM25; normalized to sum 1) as its first leads the second by up to
+    ``full_gap`` of its score."""
     total = sum(ceiling) or 1.0
     top = ceiling[1] / total
-    lead = text_scaled[0] - text_scaled[1] if len(text_scaled) > 1 else 0.0
-    text_weight = floor + lead * (top - floor)
+    first, second = (text_scores[0], text_scores[1]) if len(text_scores) > 1 else (0.0, 0.0)
+    gap = (first - second) / first if first > 0 else 0.0
+    text_weight = floor + min(1.0, max(0.0, gap) / full_gap) * (top - floor)
     return (1.0 - text_weight, text_weight)
 
 
