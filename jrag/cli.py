@@ -100,13 +100,18 @@ HybridOpt = Annotated[
 RankerOpt = Annotated[
     str,
     typer.Option(
-        help="How hybrid results are fused: relative (scores scaled per leg, then weighted), "
-        "rrf (reciprocal rank fusion) or weighted (Milvus' WeightedRanker)."
+        help="How hybrid results are fused: adaptive (scores scaled per leg, BM25 weighted by "
+        "how clear its winner is), relative (scores scaled per leg, then weighted), dbsf "
+        "(each leg by mean +- 3 std), rrf (reciprocal rank fusion) or weighted (Milvus' "
+        "WeightedRanker)."
     ),
 ]
 WeightsOpt = Annotated[
     tuple[float, float],
-    typer.Option(help="With --ranker relative or weighted: the dense and BM25 weights."),
+    typer.Option(
+        help="The dense and BM25 weights: with --ranker relative or weighted, fixed; with "
+        "adaptive, those reached when BM25 has a clear winner (equal weights when it has none)."
+    ),
 ]
 ContentOpt = Annotated[
     str,

@@ -1,20 +1,26 @@
 """How a hybrid search fuses its dense and BM25 legs, on Milvus Lite (which has BM25), with real
-parsing, MiniLM and real Milvus: each ranker ranks, a filter narrows every leg, and the default
-``relative`` fusion is a weighted sum of each leg's scores scaled to [0, 1]."""
+parsing, MiniLM and real Milvus: each ranker ranks, a filter narrows every leg, the score
+fusions are what they say, and one store serves many threads."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jrag.embedding import identity_of, load_encoder
 from jrag.errors import InputError
+from jrag.evaluation.runner import VARIANTS
 from jrag.loading import MINILM_ID
 from jrag.pipeline import ingest
-from jrag.retrieval import embed_query, search
+from jrag.retrieval import SearchOptions, build_query, embed_query, search
 from jrag.store import RANKERS, MilvusStore, Query
+from jrag.store.search import adaptive_weights
 
 # Routine notes about harbours; one holds a rare name deep inside. Dense vectors see harbour
 # talk everywhere, BM25 sees the name in one document only.
@@ -86,8 +92,9 @@ def test_relative_fusion_scores_are_scaled_leg_scores_weighted(harbour) -> None:
     # (0, 1) as the BM25 leg does (the leg's last candidate scales to 0, so compare the rest).
     dense = rank(store, vector)
     text = rank(store, vector, kinds=(), full_text_kinds=("doc",))
-    only_dense = rank(store, vector, full_text_kinds=("doc",), weights=(1.0, 0.0))
-    only_text = rank(store, vector, full_text_kinds=("doc",), weights=(0.0, 1.0))
+    ends = {"full_text_kinds": ("doc",), "ranker": "relative"}
+    only_dense = rank(store, vector, **ends, weights=(1.0, 0.0))
+    only_text = rank(store, vector, **ends, weights=(0.0, 1.0))
     assert names(store, only_dense)[:-1] == names(store, dense)[:-1]
     assert names(store, only_text)[:-1] == names(store, text)[:-1]
     assert only_dense[0].score == only_text[0].score == 1.0  # each leg's best scales to 1
@@ -102,3 +109,70 @@ def test_weights_are_checked(harbour) -> None:
             search(QUESTION, store, encoder, weights=bad)
     with pytest.raises(InputError, match="unknown ranker"):
         search(QUESTION, store, encoder, ranker="borda")
+
+
+def test_dbsf_maps_each_leg_by_its_mean_and_three_deviations(harbour) -> None:
+    store, encoder = harbour
+    vector = embed_query(encoder, QUESTION)
+    fused = rank(store, vector, full_text_kinds=("doc",), ranker="dbsf")
+    # Every document is a candidate of both legs here (6 documents, 20 candidates per leg), so
+    # the fused score is the sum of each leg's score mapped by its own mean +- 3 deviations.
+    expected: dict[str, float] = {}
+    for leg in (rank(store, vector), rank(store, vector, kinds=(), full_text_kinds=("doc",))):
+        scores = np.array([r.score for r in leg])
+        if scores[0] < scores[-1]:  # Milvus Lite reports BM25 scores negated
+            scores = -scores
+        low, std = scores.mean() - 3 * scores.std(ddof=1), scores.std(ddof=1)
+        for row, score in zip(leg, scores, strict=True):
+            expected[row.doc_id] = expected.get(row.doc_id, 0.0) + (score - low) / (6 * std)
+    assert len(fused) == len(NOTES)
+    for row in fused:
+        assert row.score == pytest.approx(expected[row.doc_id], abs=1e-6)
+    assert names(store, fused)[0] == "north.txt"  # BM25's outlier keeps its lead
+
+
+def test_adaptive_weights_trust_bm25_as_far_as_its_first_score_leads_its_second() -> None:
+    ceiling = (0.1, 0.9)  # BM25's floor is 0.2, reached ceiling at a 20% lead
+    assert adaptive_weights(ceiling, [10.0, 10.0, 1.0]) == pytest.approx((0.8, 0.2))  # level
+    assert adaptive_weights(ceiling, [10.0, 8.0, 1.0]) == pytest.approx((0.1, 0.9))  # 20% ahead
+    assert adaptive_weights(ceiling, [10.0, 9.0, 1.0]) == pytest.approx((0.45, 0.55))  # halfway
+    assert adaptive_weights(ceiling, [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # capped
+    assert adaptive_weights((1.0, 9.0), [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # normalized
+    assert adaptive_weights(ceiling, [10.0]) == pytest.approx((0.8, 0.2))  # one: no lead
+    assert adaptive_weights(ceiling, [0.0, 0.0]) == pytest.approx((0.8, 0.2))  # no scores
+
+
+def test_a_query_is_frozen_and_eight_threads_searching_one_store_get_what_one_gets(
+    harbour,
+) -> None:
+    store, encoder = harbour
+    questions = [QUESTION, "granite setts on the quay", "sourdough and rye", "rack railway"]
+    vectors = {q: embed_query(encoder, q) for q in questions}
+    jobs = [(q, ranker) for q in questions for ranker in RANKERS]
+    query = Query(vectors[QUESTION], QUESTION, 3, ("doc", "late"), ("doc",))
+    with pytest.raises(FrozenInstanceError):
+        query.k = 5  # type: ignore[misc]
+
+    def ranked(job: tuple[str, str]) -> list[tuple[str, float]]:
+        text, ranker = job
+        q = Query(vectors[text], text, 4, ("doc", "late"), ("doc",), ranker=ranker)
+        return [(r.doc_id, round(r.score, 6)) for r in store.rank(q)[0]]
+
+    alone = {job: ranked(job) for job in jobs}
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):  # bounded by count and time
+            together = dict(zip(jobs, pool.map(ranked, jobs), strict=True))
+            assert together == alone
+            if time.monotonic() - started > 30:
+                break
+
+
+def test_the_evals_hybrid_variant_is_what_search_does_by_default(harbour) -> None:
+    store, encoder = harbour
+    query = build_query(store, QUESTION, embed_query(encoder, QUESTION), SearchOptions())
+    variant = VARIANTS["hybrid"]
+    assert set(query.kinds) == set(variant.kinds)
+    assert (query.full_text_kinds, query.ranker, query.weights, query.rrf_k) == (
+        variant.full_text_kinds, variant.ranker, variant.weights, variant.rrf_k,
+    )  # fmt: skip

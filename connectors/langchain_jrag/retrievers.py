@@ -58,11 +58,11 @@ class JragRetriever(BaseRetriever):
         default="auto", description="Which rows to search: auto = all the collection holds."
     )
     hybrid: bool = Field(default=True, description="Fuse dense and BM25 full-text search.")
-    ranker: Literal["relative", "rrf", "weighted"] = Field(
+    ranker: Literal["adaptive", "relative", "dbsf", "rrf", "weighted"] = Field(
         default=DEFAULT_RANKER, description="How the dense and BM25 results are fused."
     )
     weights: tuple[float, float] = Field(
-        default=DEFAULT_WEIGHTS, description="Dense and BM25 weights (relative, weighted)."
+        default=DEFAULT_WEIGHTS, description="Dense and BM25 weights (see --weights)."
     )
     content: Literal["passage", "document"] = Field(
         default="passage", description="Best passage with context, or its whole window."

@@ -4,6 +4,7 @@
     jrag eval needle --model M
     jrag eval beir path/to/dataset --model M
     jrag eval docs samples/ --queries questions.jsonl --model M
+    jrag eval paraphrase --model M      # built from Debian's debian-faq and postgresql-doc-15
 
 Each run prints a table and writes ``<task>.json`` and ``<task>.png`` into ``--out``.
 """
@@ -20,6 +21,7 @@ import typer
 from typer.core import TyperCommand
 
 from jrag.errors import JragError
+from jrag.evaluation.debian_docs import DEFAULT_CACHE
 from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES
 from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS
 from jrag.loading import DEFAULT_MODEL
@@ -204,4 +206,29 @@ def docs(
     _run(
         "docs", lambda _encoder: [load_documents(folder, queries)], DATASET_METRICS,
         model, modes, out, uri, token, {"folder": str(folder), "queries": str(queries)},
+    )  # fmt: skip
+
+
+@app.command(cls=_MultiValueCommand)
+def paraphrase(
+    model: ModelOpt = DEFAULT_MODEL,
+    modes: ModesOpt = _DEFAULT_MODES,
+    cache: Annotated[
+        Path, typer.Option(help="Where the Debian packages are downloaded and unpacked.")
+    ] = DEFAULT_CACHE,
+    distractors: Annotated[int, typer.Option(help="Extra manual pages as distractors.")] = 40,
+    seed: SeedOpt = 0,
+    out: OutOpt = _DEFAULT_OUT,
+    uri: UriOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Questions in other words than their answers: the Debian FAQ's questions (removed from
+    its chapters) and PostgreSQL glossary definitions, over long manual pages."""
+    from jrag.evaluation.debian_docs import paraphrase_corpus
+    from jrag.evaluation.metrics import DATASET_METRICS
+
+    _run(
+        "paraphrase",
+        lambda encoder: [paraphrase_corpus(encoder, cache, max_distractors=distractors, seed=seed)],
+        DATASET_METRICS, model, modes, out, uri, token, {"distractors": distractors, "seed": seed},
     )  # fmt: skip

@@ -19,15 +19,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from jrag.embedding import identity_of
 from jrag.encoder import Encoder
 from jrag.errors import InputError, StoreError
 from jrag.evaluation.corpus import Corpus, EvalDocument
 from jrag.evaluation.metrics import evaluate
-from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS, full_text_kinds
 from jrag.parse import ParsedDocument
 from jrag.pipeline import IngestOptions, document_version, embed_documents
 from jrag.store import MilvusStore, Query
+from jrag.store.search import RRF_K
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Variant:
     full_text_kinds: tuple[str, ...] = ()
     ranker: str = DEFAULT_RANKER
     weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25
+    rrf_k: int = RRF_K
 
     @property
     def needs(self) -> set[str]:
@@ -46,6 +50,7 @@ class Variant:
 
 
 _ALL = ("doc", "late")  # what a default (late) collection holds: auto mode reads both
+_TEXT = full_text_kinds(_ALL)  # the BM25 leg `jrag search` picks there
 VARIANTS: dict[str, Variant] = {
     # dense only
     "whole": Variant(("doc",)),
@@ -56,20 +61,36 @@ VARIANTS: dict[str, Variant] = {
     "bm25": Variant((), ("doc",)),
     "bm25-late": Variant((), ("late",)),
     "bm25-both": Variant((), _ALL),
-    # hybrid: "hybrid" is what `jrag search` does by default on a default collection
-    "hybrid": Variant(_ALL, ("doc",)),
+    # hybrid: "hybrid" is what `jrag search` does by default on a default collection (its
+    # ranker and weights are jrag.modes' defaults); the others name theirs
+    "hybrid": Variant(_ALL, _TEXT),
     "hybrid-late": Variant(_ALL, ("late",)),
     "hybrid-both": Variant(_ALL, _ALL),
-    "hybrid-w19": Variant(_ALL, ("doc",), weights=(0.1, 0.9)),
-    "hybrid-w37": Variant(_ALL, ("doc",), weights=(0.3, 0.7)),
-    "hybrid-w55": Variant(_ALL, ("doc",), weights=(0.5, 0.5)),
-    "hybrid-rrf": Variant(_ALL, ("doc",), "rrf"),
+    "hybrid-adaptive": Variant(_ALL, _TEXT, "adaptive", (0.1, 0.9)),
+    "hybrid-adaptive-w28": Variant(_ALL, _TEXT, "adaptive", (0.2, 0.8)),
+    "hybrid-dbsf": Variant(_ALL, _TEXT, "dbsf"),
+    "hybrid-w19": Variant(_ALL, _TEXT, "relative", (0.1, 0.9)),
+    "hybrid-w28": Variant(_ALL, _TEXT, "relative", (0.2, 0.8)),
+    "hybrid-w37": Variant(_ALL, _TEXT, "relative", (0.3, 0.7)),
+    "hybrid-w55": Variant(_ALL, _TEXT, "relative", (0.5, 0.5)),
+    "hybrid-w73": Variant(_ALL, _TEXT, "relative", (0.7, 0.3)),
+    "hybrid-rrf": Variant(_ALL, _TEXT, "rrf"),
+    "hybrid-rrf-k10": Variant(_ALL, _TEXT, "rrf", rrf_k=10),
+    "hybrid-rrf-k2": Variant(_ALL, _TEXT, "rrf", rrf_k=2),
     "hybrid-rrf-late": Variant(_ALL, ("late",), "rrf"),
-    "hybrid-weighted": Variant(_ALL, ("doc",), "weighted"),
+    "hybrid-weighted": Variant(_ALL, _TEXT, "weighted", (0.2, 0.8)),
     "chunked-hybrid": Variant(("chunk",), ("chunk",)),
 }
+# The fusion comparison: dense and BM25 alone, and every way to fuse them.
+FUSION_VARIANTS = (
+    "whole", "late", "auto-dense", "bm25", "hybrid", "hybrid-adaptive", "hybrid-adaptive-w28",
+    "hybrid-dbsf", "hybrid-w19", "hybrid-w28", "hybrid-w37", "hybrid-w55", "hybrid-w73",
+    "hybrid-rrf", "hybrid-rrf-k10", "hybrid-rrf-k2", "hybrid-weighted",
+)  # fmt: skip
 DEFAULT_VARIANTS = ("whole", "late", "chunked", "bm25", "hybrid")
 MODES = tuple(VARIANTS)
+
+Inspect = Callable[[MilvusStore, Corpus, np.ndarray], None]
 
 DEPTH = 10  # documents ranked per query: enough for every @10 metric
 # Documents embedded together, in tokens (estimated): bounds the token states held in memory.
@@ -179,9 +200,12 @@ def run_evaluation(
     uri: str | None = None,
     token: str | None = None,
     on_step: Callable[[str], None] | None = None,
+    inspect: Inspect | None = None,
 ) -> EvalResult:
     """Score every corpus in every variant (``modes``). Each corpus is indexed once, in a fresh
-    collection dropped afterwards; without ``uri`` it lives in a temporary Milvus Lite file."""
+    collection dropped afterwards; without ``uri`` it lives in a temporary Milvus Lite file.
+    ``inspect`` is called with each indexed collection, its corpus and query vectors, after the
+    variants ran and before the collection is dropped (benchmarks read more from it there)."""
     modes = check_modes(modes)
     result = EvalResult(task, encoder.name, modes, [c.label for c in corpora], metrics)
     workdir = None
@@ -193,7 +217,9 @@ def run_evaluation(
         for corpus in corpora:
             if on_step:
                 on_step(f"{task} {corpus.label}: indexing")
-            _evaluate_corpus(task, corpus, encoder, modes, kinds, metrics, uri, token, result)
+            _evaluate_corpus(
+                task, corpus, encoder, modes, kinds, metrics, uri, token, result, inspect
+            )
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -210,6 +236,7 @@ def _evaluate_corpus(
     uri: str,
     token: str | None,
     result: EvalResult,
+    inspect: Inspect | None = None,
 ) -> None:
     name = _collection_name(task, "all", corpus.label)
     # A leftover of an earlier run at a user-given --uri.
@@ -236,6 +263,7 @@ def _evaluate_corpus(
                             full_text,
                             ranker=variant.ranker,
                             weights=variant.weights,
+                            rrf_k=variant.rrf_k,
                         )
                     )
                     # By rank, not score: BM25 scores from Milvus Lite are negative.
@@ -255,5 +283,7 @@ def _evaluate_corpus(
                 result.rows.setdefault(mode, {})[label] = sum(
                     written.get(k, 0) for k in variant.kinds
                 )
+            if inspect is not None:
+                inspect(store, corpus, vectors)
         finally:
             store.drop()

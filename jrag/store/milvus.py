@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from jrag.errors import CollectionNotFound, StoreError
@@ -212,13 +213,13 @@ class MilvusStore:
     def rank(self, query: Query) -> tuple[list[RankedRow], dict[str, DocumentState]]:
         """The best documents for ``query`` (see :mod:`jrag.store.search`)."""
         if self.read_only:
-            query.full_text_kinds = ()
+            query = replace(query, full_text_kinds=())
         return self.ranker.rank(query)
 
     def top_rows(self, query: Query, limit: int) -> list[RankedRow]:
         """The ``limit`` best rows for ``query``, several per document allowed."""
         if self.read_only:
-            query.full_text_kinds = ()
+            query = replace(query, full_text_kinds=())
         return self.ranker.top_rows(query, limit)
 
     def rows(self, ids: Sequence[str]) -> list[Hit]:

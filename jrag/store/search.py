@@ -13,15 +13,25 @@ Either way, a row counts only if its document's state row names its version and 
 version, never a mix; rows that don't count are excluded and the search repeats. Every row is
 also checked against jrag's own restriction (kinds and tenant) before it counts.
 
-With full-text search, a search has a dense leg and a BM25 leg, fused by one of :data:`RANKERS`:
+With full-text search, a search has a dense leg and a BM25 leg, fused by one of :data:`RANKERS`
+(the default is :data:`jrag.modes.DEFAULT_RANKER`, chosen by its worst case across benchmarks,
+see docs/retrieval-variants.md):
 
-- ``relative`` (the default, by measurement): each leg is searched on its own, its scores are
-  scaled to [0, 1] over its candidates (best 1, worst 0), and the weighted sums rank. A BM25
-  score that stands far above the rest keeps that lead, which is what finds a rare word deep
-  inside a long document;
-- ``rrf`` and ``weighted``: one ``hybrid_search`` fused by Milvus (``RRFRanker``, or
-  ``WeightedRanker``, which squashes BM25 scores through arctan). Both keep only ranks or
-  near-equal scores of BM25 and lose that lead.
+- ``adaptive``: each leg scaled to [0, 1] over its candidates (as ``relative``), weighted by
+  how clear BM25's own winner is (:func:`adaptive_weights`): BM25 weighs 0.2 when its first two
+  candidates score alike (a question in other words than the text), rising to ``weights[1]``
+  once its first scores 20% above its second (a rare name, a heading's own words);
+- ``relative``: each leg's scores scaled to [0, 1] over its candidates (best 1, worst 0), and
+  the ``weights``-weighted sums rank;
+- ``dbsf``: distribution-based score fusion, as Qdrant does it: each leg's scores mapped by
+  the mean +- 3 (sample) standard deviations of its candidates onto [0, 1], then summed;
+- ``rrf`` and ``weighted``: one ``hybrid_search`` fused by Milvus (``RRFRanker(rrf_k)``, or
+  ``WeightedRanker``, which squashes BM25 scores through arctan).
+
+The score fusions (``adaptive``, ``relative``, ``dbsf``) search both legs at once, each for
+its best rows (:data:`FUSION_ROWS` per candidate), keep each document's best row as a
+candidate (:data:`FUSION_DEPTH` at most), and fuse them here. Each call keeps its state
+local, so one ranker serves any number of threads.
 
 Text is not fetched here: callers fetch it for the winners only.
 """
@@ -31,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,17 +57,25 @@ from jrag.store.rows import DocumentState, quote
 
 logger = logging.getLogger(__name__)
 
-RANKERS = ("relative", "rrf", "weighted")
+RANKERS = ("adaptive", "relative", "dbsf", "rrf", "weighted")
+SCORE_FUSIONS = ("adaptive", "relative", "dbsf")  # fused here from two plain searches
 RRF_K = 60
-# Candidates per leg of a ``relative`` search (documents when grouped). Measured on git-doc:
-# 50 gave nDCG@10 0.814 at 51 ms/query, 20 gives 0.820 at 40 ms (docs/retrieval-variants.md).
-RELATIVE_DEPTH = 20
+# Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
+# relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
+FUSION_DEPTH = 20
+# An adaptive fusion's BM25 weight: ADAPTIVE_FLOOR when its first two candidates score alike,
+# the ceiling (the query's weights) once the first scores ADAPTIVE_FULL_GAP above the second
+# (as a share of its score). Chosen by the worst case over the paraphrase, git-doc and needle
+# benchmarks (benchmarks/fusion_sweep.py, docs/retrieval-variants.md).
+ADAPTIVE_FLOOR = 0.2
+ADAPTIVE_FULL_GAP = 0.2
+FUSION_ROWS = 3  # rows searched per candidate document: a document's rows often rank together
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
 MAX_LIMIT = 16384  # Milvus caps a search's limit (and offset + limit) here
 MAX_ROUNDS = 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class Query:
     """What to rank: a query's vector (and words, for BM25), and where to look."""
 
@@ -67,9 +85,19 @@ class Query:
     kinds: tuple[str, ...]  # dense leg: these vector row kinds
     full_text_kinds: tuple[str, ...] = ()  # BM25 leg: these kinds; empty = dense only
     ranker: str = DEFAULT_RANKER
-    weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25 (relative or weighted)
+    weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25 (see the module docstring)
     filter: str | None = None
     tenant: str = ""
+    rrf_k: int = RRF_K  # the ``rrf`` ranker's constant
+
+
+@dataclass
+class _Call:
+    """One rank/top_rows call's own state: the rows found not visible, the states read."""
+
+    user: str | None
+    excluded: list[tuple[str, str, str]] = field(default_factory=list)  # (doc_id, hash, kind)
+    states: dict[str, DocumentState] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,63 +136,49 @@ class DocumentRanker:
             return [], {}
         if query.ranker not in RANKERS:
             raise InputError(f"unknown ranker {query.ranker!r}; use one of {', '.join(RANKERS)}")
-        user = check_user_filter(query.filter)
-        self._excluded: list[tuple[str, str, str]] = []  # (doc_id, hash, kind) not visible
-        states: dict[str, DocumentState] = {}
+        call = _Call(check_user_filter(query.filter))
         ranked: dict[str, RankedRow] = {}
         if self.conn.capabilities.group_by:
-            ranked = self._grouped(query, user, states)
+            ranked = self._grouped(query, call)
         if len(ranked) < query.k:
             # No grouping here, or the grouped candidates ran short: the exact loop fills up.
-            self._loop(query, user, states, ranked)
+            self._loop(query, call, ranked)
         best = list(ranked.values())[: query.k]  # in search order (Lite's BM25 scores are negative)
-        return best, {r.doc_id: states[r.doc_id] for r in best if r.doc_id in states}
+        return best, {r.doc_id: call.states[r.doc_id] for r in best if r.doc_id in call.states}
 
-    def _grouped(
-        self, query: Query, user: str | None, states: dict[str, DocumentState]
-    ) -> dict[str, RankedRow]:
+    def _grouped(self, query: Query, call: _Call) -> dict[str, RankedRow]:
         """One grouped search; repeated only while it returns rows that are not visible."""
         ranked: dict[str, RankedRow] = {}
         for _ in range(MAX_ROUNDS):
             ranked = {}
-            rows = self._search(query, user, _exclusion(self._excluded), query.k, group=True)
-            if not self._take(rows, query, states, ranked):
+            rows = self._search(query, call.user, _exclusion(call.excluded), query.k, group=True)
+            if not self._take(rows, query, call, ranked):
                 break
         return ranked
 
-    def _loop(
-        self,
-        query: Query,
-        user: str | None,
-        states: dict[str, DocumentState],
-        ranked: dict[str, RankedRow],
-    ) -> None:
+    def _loop(self, query: Query, call: _Call, ranked: dict[str, RankedRow]) -> None:
         """Search, keep each new document's first visible row, exclude the documents found,
         and search again until ``k`` documents or no more rows."""
         limit = min(MAX_LIMIT, max(4 * query.k, 50))
         for _ in range(MAX_ROUNDS * 4):
-            exclusions = all_of(_exclusion(self._excluded), none_of("doc_id", ranked))
-            rows = self._search(query, user, exclusions, limit, group=False)
-            invisible = self._take(rows, query, states, ranked)
+            exclusions = all_of(_exclusion(call.excluded), none_of("doc_id", ranked))
+            rows = self._search(query, call.user, exclusions, limit, group=False)
+            invisible = self._take(rows, query, call, ranked)
             if len(ranked) >= query.k or (len(rows) < limit and not invisible):
                 return
 
     def _take(
-        self,
-        rows: Sequence[RankedRow],
-        query: Query,
-        states: dict[str, DocumentState],
-        ranked: dict[str, RankedRow],
+        self, rows: Sequence[RankedRow], query: Query, call: _Call, ranked: dict[str, RankedRow]
     ) -> bool:
         """Add each new document's first visible row; True if some rows were not visible."""
-        states.update(self._states_of(rows, states))
+        call.states.update(self._states_of(rows, call.states))
         invisible = False
         for row in rows:
             self._check_restriction(row, query)
             if row.doc_id in ranked:
                 continue
-            if not self._visible(row, states.get(row.doc_id)):
-                self._excluded.append((row.doc_id, row.content_hash, row.kind))
+            if not self._visible(row, call.states.get(row.doc_id)):
+                call.excluded.append((row.doc_id, row.content_hash, row.kind))
                 invisible = True
                 continue
             if len(ranked) < query.k:
@@ -173,19 +187,18 @@ class DocumentRanker:
 
     def top_rows(self, query: Query, limit: int) -> list[RankedRow]:
         """The ``limit`` best visible rows, best first, several per document allowed."""
-        user = check_user_filter(query.filter)
-        self._excluded = []
-        states: dict[str, DocumentState] = {}
+        call = _Call(check_user_filter(query.filter))
+        kept: list[RankedRow] = []
         for _ in range(MAX_ROUNDS):
-            rows = self._search(query, user, _exclusion(self._excluded), limit, group=False)
-            states.update(self._states_of(rows, states))
+            rows = self._search(query, call.user, _exclusion(call.excluded), limit, group=False)
+            call.states.update(self._states_of(rows, call.states))
             kept = []
             for row in rows:
                 self._check_restriction(row, query)
-                if self._visible(row, states.get(row.doc_id)):
+                if self._visible(row, call.states.get(row.doc_id)):
                     kept.append(row)
                 else:
-                    self._excluded.append((row.doc_id, row.content_hash, row.kind))
+                    call.excluded.append((row.doc_id, row.content_hash, row.kind))
             if len(kept) == len(rows):
                 return kept
         return kept
@@ -204,17 +217,37 @@ class DocumentRanker:
                     return self._leg(query, "vector", dense_expr, limit, group)
                 if not query.kinds:  # full-text search alone
                     return self._leg(query, BM25_FIELD, text_expr, limit, group)
-                if query.ranker == "relative":
-                    depth = max(limit, RELATIVE_DEPTH)
-                    # The two legs run at once: Milvus serves them in parallel.
-                    with ThreadPoolExecutor(max_workers=1) as pool:
-                        leg = pool.submit(self._leg, query, "vector", dense_expr, depth, group)
-                        text = self._leg(query, BM25_FIELD, text_expr, depth, group)
-                        dense = leg.result()
-                    return _relative_fusion(dense, text, query.weights, limit, group)
+                if query.ranker in SCORE_FUSIONS:
+                    dense, text = self._legs(query, dense_expr, text_expr, limit, group)
+                    return _score_fusion(query, dense, text, limit, group)
                 return self._hybrid(query, dense_expr, text_expr, limit, group)
         except MILVUS_ERRORS as e:
             raise self._search_error(e, user) from None
+
+    def candidates(self, query: Query) -> tuple[list[RankedRow], list[RankedRow]]:
+        """The dense and BM25 legs' candidate documents that a score fusion of ``query`` fuses
+        (before any visibility check): for benchmarks that try fusions on the same legs."""
+        tenant = query.tenant if self.check_versions else None
+        user = check_user_filter(query.filter)
+        dense_expr = all_of(restriction(query.kinds, tenant), user)
+        text_expr = all_of(restriction(query.full_text_kinds, tenant), user)
+        with quiet_milvus_logs():
+            return self._legs(query, dense_expr, text_expr, query.k, group=True)
+
+    def _legs(
+        self, query: Query, dense_expr: str | None, text_expr: str | None, limit: int, group: bool
+    ) -> tuple[list[RankedRow], list[RankedRow]]:
+        """Both legs of a score fusion, searched at once. Each is a plain search for its best
+        rows, grouped by document here: Milvus Lite's grouped search costs 1.5-2x a plain one
+        (benchmarks/bench_search_latency.py)."""
+        depth = max(limit, FUSION_DEPTH)
+        rows = min(MAX_LIMIT, FUSION_ROWS * depth) if group else depth
+        leg = _LEGS.submit(self._leg, query, "vector", dense_expr, rows, False)
+        text = self._leg(query, BM25_FIELD, text_expr, rows, False)
+        dense = leg.result()
+        if group:
+            return _best_per_document(dense, depth), _best_per_document(text, depth)
+        return dense, text
 
     def _leg(
         self, query: Query, field: str, expr: str | None, limit: int, group: bool
@@ -246,7 +279,7 @@ class DocumentRanker:
             ),
         ]  # fmt: skip
         ranker = (
-            RRFRanker(RRF_K)
+            RRFRanker(query.rrf_k)
             if query.ranker == "rrf"
             else WeightedRanker(*query.weights, norm_score=True)
         )
@@ -332,25 +365,28 @@ def _grouping(group: bool) -> dict[str, Any]:
     return {"group_by_field": "doc_id"} if group else {}
 
 
-def _relative_fusion(
-    dense: Sequence[RankedRow],
-    text: Sequence[RankedRow],
-    weights: tuple[float, float],
-    limit: int,
-    group: bool,
+def _score_fusion(
+    query: Query, dense: Sequence[RankedRow], text: Sequence[RankedRow], limit: int, group: bool
 ) -> list[RankedRow]:
-    """Relative score fusion: each leg's scores scaled to [0, 1] over its own candidates (its
-    best 1, its last 0; a leg that misses a candidate gives it 0), summed with ``weights``.
+    """Fuse the legs' candidates by ``query.ranker`` (see the module docstring); a candidate
+    that a leg did not return gets nothing from that leg.
 
     Candidates are documents for a grouped search and rows otherwise. A candidate keeps the
     row of the leg that gave it more; the fused score replaces the row's score.
     """
+    if query.ranker == "dbsf":
+        legs = [(dense, _dbsf(dense), 1.0), (text, _dbsf(text), 1.0)]
+    else:
+        weights = query.weights
+        if query.ranker == "adaptive":
+            weights = adaptive_weights(query.weights, _oriented(text).tolist())
+        legs = [(dense, _scaled(dense), weights[0]), (text, _scaled(text), weights[1])]
     fused: dict[str, float] = {}
     best: dict[str, tuple[float, RankedRow]] = {}
-    for rows, weight in ((dense, weights[0]), (text, weights[1])):
-        for row, scaled in zip(rows, _scaled(rows), strict=True):
+    for rows, normalized, weight in legs:
+        for row, value in zip(rows, normalized, strict=True):
             key = row.doc_id if group else row.id
-            share = weight * scaled
+            share = weight * value
             fused[key] = fused.get(key, 0.0) + share
             if key not in best or share > best[key][0]:
                 best[key] = (share, row)
@@ -358,15 +394,69 @@ def _relative_fusion(
     return [replace(best[key][1], score=fused[key]) for key in order]
 
 
+def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]:
+    """Each document's first (best) row, in order, for the first ``depth`` documents."""
+    best: dict[str, RankedRow] = {}
+    for row in rows:
+        if row.doc_id not in best:
+            best[row.doc_id] = row
+            if len(best) == depth:
+                break
+    return list(best.values())
+
+
+def adaptive_weights(
+    ceiling: tuple[float, float],
+    text_scores: Sequence[float],
+    floor: float = ADAPTIVE_FLOOR,
+    full_gap: float = ADAPTIVE_FULL_GAP,
+) -> tuple[float, float]:
+    """The legs' weights for one query from the BM25 leg's own scores (best first, higher
+    better): BM25 weighs ``floor`` when its first two candidates score alike, rising to
+    ``ceiling`` (dense, BM25; normalized to sum 1) as its first leads the second by up to
+    ``full_gap`` of its score."""
+    total = sum(ceiling) or 1.0
+    top = ceiling[1] / total
+    first, second = (text_scores[0], text_scores[1]) if len(text_scores) > 1 else (0.0, 0.0)
+    gap = (first - second) / first if first > 0 else 0.0
+    text_weight = floor + min(1.0, max(0.0, gap) / full_gap) * (top - floor)
+    return (1.0 - text_weight, text_weight)
+
+
+def _oriented(rows: Sequence[RankedRow]) -> np.ndarray:
+    """The rows' scores, higher meaning better: Milvus Lite reports BM25 scores negated, so a
+    leg whose first (best) score is below its last is flipped."""
+    scores = np.array([row.score for row in rows], dtype=np.float64)
+    return -scores if len(scores) > 1 and scores[0] < scores[-1] else scores
+
+
 def _scaled(rows: Sequence[RankedRow]) -> list[float]:
-    """Scores scaled to [0, 1] in the search's own order (best first), whatever their sign:
-    Milvus Lite reports BM25 scores negated."""
+    """Scores scaled to [0, 1] in the search's own order (its best 1, its last 0)."""
     if not rows:
         return []
-    first, last = rows[0].score, rows[-1].score
-    if first == last:
+    scores = _oriented(rows)
+    low, high = scores.min(), scores.max()
+    if high == low:
         return [1.0] * len(rows)
-    return [(row.score - last) / (first - last) for row in rows]
+    return ((scores - low) / (high - low)).tolist()
+
+
+def _dbsf(rows: Sequence[RankedRow]) -> list[float]:
+    """Scores mapped by mean +- 3 sample standard deviations onto [0, 1], as Qdrant's DBSF
+    (unclipped: a score beyond 3 deviations keeps its lead)."""
+    if not rows:
+        return []
+    scores = _oriented(rows)
+    std = scores.std(ddof=1) if len(scores) > 1 else 0.0
+    if std == 0.0:
+        return [0.5] * len(rows)
+    low = scores.mean() - 3 * std
+    return ((scores - low) / (6 * std)).tolist()
+
+
+# The dense leg runs here while the calling thread runs BM25; shared by every ranker, so a
+# search does not pay to start a thread.
+_LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jrag-leg")
 
 
 def _exclusion(excluded: Sequence[tuple[str, str, str]]) -> str | None:

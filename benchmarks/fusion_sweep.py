@@ -1,0 +1,151 @@
+"""Every fusion variant on one benchmark, plus the legs of each query saved for fusion sweeps.
+
+``run`` indexes the benchmark once, runs every variant of ``FUSION_VARIANTS`` through
+``store.rank`` (as ``jrag eval`` does; writes ``<task>.json``), then saves each query's two leg
+candidate lists (``DocumentRanker.candidates``, what a score fusion fuses) to ``<task>.legs``.
+``sweep`` re-fuses saved legs with jrag's own fusion (``_score_fusion``) under other settings,
+in milliseconds, so that a fusion's parameters are chosen on every benchmark at once.
+
+    python benchmarks/fusion_sweep.py run paraphrase --out /tmp/fusion
+    python benchmarks/fusion_sweep.py run gitdoc --out /tmp/fusion
+    python benchmarks/fusion_sweep.py run needle --docs 25 --out /tmp/fusion  # 2k, 4k, 8k
+    python benchmarks/fusion_sweep.py sweep /tmp/fusion/*.legs
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import bench_realtext
+from rich.console import Console
+
+from jrag import Encoder
+from jrag.evaluation.datasets import load_documents
+from jrag.evaluation.debian_docs import fetch_package, paraphrase_corpus
+from jrag.evaluation.metrics import DATASET_METRICS, SYNTHETIC_METRICS, evaluate
+from jrag.evaluation.report import results_table, write_outputs
+from jrag.evaluation.runner import DEPTH, FUSION_VARIANTS, VARIANTS, run_evaluation
+from jrag.evaluation.tasks import needle_corpora
+from jrag.loading import MINILM_ID
+from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
+from jrag.store import Query
+from jrag.store.search import _oriented, _score_fusion, adaptive_weights
+
+
+def corpora(task: str, encoder: Encoder, args):
+    if task == "paraphrase":
+        return [paraphrase_corpus(encoder)], DATASET_METRICS
+    if task == "gitdoc":
+        root = fetch_package("git-doc", installed=str(bench_realtext.INSTALLED)[1:])
+        folder = root / str(bench_realtext.INSTALLED)[1:]
+        return [bench_realtext.build_corpus(folder, encoder, 60, 100, 0)], DATASET_METRICS
+    if task == "samples":
+        root = Path(__file__).parents[1]
+        corpus = load_documents(root / "samples", root / "samples-src" / "questions.jsonl")
+        return [corpus], DATASET_METRICS
+    return needle_corpora(encoder.tokenizer, args.lengths, args.docs, 0), SYNTHETIC_METRICS
+
+
+def run(args) -> None:
+    console = Console()
+    encoder = Encoder.from_pretrained(MINILM_ID)
+    made, metrics = corpora(args.task, encoder, args)
+    legs: dict[str, dict] = {}
+    base = VARIANTS["hybrid"]
+
+    def keep_legs(store, corpus, vectors) -> None:
+        per_query = []
+        for query, vector in zip(corpus.queries, vectors, strict=True):
+            q = Query(vector, query.text, DEPTH, base.kinds, base.full_text_kinds)
+            dense, text = store.ranker.candidates(q)
+            per_query.append((query.query_id, dense, text))
+        ids = {r.doc_id for _, dense, text in per_query for r in (*dense, *text)}
+        sources = {d: s.source for d, s in store.states(sorted(ids)).items()}
+        legs[corpus.label] = {"queries": per_query, "sources": sources, "qrels": corpus.qrels()}
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="jrag-sweep-") as tmp:
+        result = run_evaluation(
+            args.task, made, encoder, args.modes, metrics, uri=str(Path(tmp) / "sweep.db"),
+            on_step=lambda step: console.print(f"[dim]{step}[/]"), inspect=keep_legs,
+        )  # fmt: skip
+    result.info.update(seconds=round(time.perf_counter() - started, 1), docs=len(made[0].documents))
+    console.print(results_table(result))
+    write_outputs(result, args.out)
+    with open(args.out / f"{args.task}.legs", "wb") as f:
+        pickle.dump({"task": args.task, "metrics": metrics, "legs": legs}, f)
+
+
+def fused_score(saved: dict, label: str, query: Query) -> float:
+    """The benchmark's first metric when ``query``'s ranker and weights fuse the saved legs."""
+    data = saved["legs"][label]
+    run_ = {}
+    for query_id, dense, text in data["queries"]:
+        q = query
+        if query.ranker == "adaptive-sweep":  # weights: dense, BM25 ceiling, floor, full gap
+            ceiling, floor, full = query.weights[:2], query.weights[2], query.weights[3]
+            weights = adaptive_weights(ceiling, _oriented(text).tolist(), floor, full)
+            q = replace(query, ranker="relative", weights=weights)
+        fused = _score_fusion(q, dense, text, DEPTH, True)
+        run_[query_id] = {
+            data["sources"][r.doc_id]: float(len(fused) - i) for i, r in enumerate(fused)
+        }
+    metric = saved["metrics"][0]
+    return evaluate(data["qrels"], run_, (metric,))[metric]
+
+
+def sweep(args) -> None:
+    saved = [pickle.loads(Path(p).read_bytes()) for p in args.files]
+    grid: dict[str, Query] = {}
+    template = Query(None, "", DEPTH, (), ())
+    grid["default"] = replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS)
+    for floor in (0.2, 0.3, 0.5):
+        for top in (0.8, 0.9, 1.0):
+            for full in (0.1, 0.2, 0.3):
+                grid[f"adaptive {floor:.1f}-{top:.1f} full@{full:.1f}"] = replace(
+                    template, ranker="adaptive-sweep", weights=(1 - top, top, floor, full)
+                )
+    for w in (0.3, 0.5, 0.7, 0.8):
+        grid[f"relative {1 - w:.1f}/{w:.1f}"] = replace(
+            template, ranker="relative", weights=(1 - w, w)
+        )
+    grid["dbsf"] = replace(template, ranker="dbsf")
+    table: dict[str, dict[str, float]] = {name: {} for name in grid}
+    columns = []
+    for data in saved:
+        for label in data["legs"]:
+            column = data["task"] if len(data["legs"]) == 1 else f"{data['task']} {label}"
+            columns.append(column)
+            for name, query in grid.items():
+                table[name][column] = fused_score(data, label, query)
+    best = {c: max(table[n][c] for n in grid) for c in columns}
+    print("| fusion | " + " | ".join(columns) + " | worst gap |")
+    print("|---" * (len(columns) + 2) + "|")
+    for name in sorted(grid, key=lambda n: -min(table[n][c] - best[c] for c in columns)):
+        worst = min(table[name][c] - best[c] for c in columns)
+        cells = " | ".join(f"{table[name][c]:.3f}" for c in columns)
+        print(f"| {name} | {cells} | {worst:+.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run")
+    one.add_argument("task", choices=["paraphrase", "gitdoc", "needle", "samples"])
+    one.add_argument("--modes", nargs="+", default=list(FUSION_VARIANTS), choices=list(VARIANTS))
+    one.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192])
+    one.add_argument("--docs", type=int, default=25)
+    one.add_argument("--out", type=Path, default=Path("jrag-eval"))
+    many = sub.add_parser("sweep")
+    many.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args()
+    run(args) if args.command == "run" else sweep(args)
+
+
+if __name__ == "__main__":
+    main()
