@@ -30,6 +30,8 @@ from tests.test_serve import MINILM, REPO_ROOT, audit, child_env
 
 FOLDERS = 3
 EDIT_BURSTS = 4
+LEASE_S = 5
+READER_PAUSE_S = 0.02  # between searches: the writers and the server need the CPU too
 LINES = 20  # ~400 tokens a file: embedding a folder takes long enough for writers to overlap
 WORDS = ("harbour", "granite", "lantern", "orchard", "ferry", "comet", "rye", "switchback")
 
@@ -103,9 +105,11 @@ class WriterProcess:
             "from tests.concurrent_writers import writer_main; "
             f"writer_main({uri!r}, {collection!r})"
         )
+        # A killed writer's lease frees itself after LEASE_S; a short one keeps the rounds short.
+        env = {**child_env(), "JRAG_LEASE_S": str(LEASE_S)}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", call], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, env=child_env(), cwd=REPO_ROOT,
+            stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO_ROOT,
         )  # fmt: skip
 
     def wait_ready(self) -> None:
@@ -144,7 +148,7 @@ class Reader(threading.Thread):
 
     def __init__(self, uri: str, collection: str, paths: list[Path], figures: Figures) -> None:
         super().__init__(daemon=True)
-        self.encoder = load_encoder(MINILM)
+        self.encoder = _Remembering(load_encoder(MINILM))
         self.store = MilvusStore(uri, collection, identity=identity_of(self.encoder))
         self.paths = paths
         self.figures = figures
@@ -162,12 +166,35 @@ class Reader(threading.Thread):
                                             filter=f"source == {quote(str(path))}")  # fmt: skip
                     found = search(token(n), self.store, self.encoder, options)
                     self.figures.searches += 1
+                    time.sleep(READER_PAUSE_S)
                     if not found or found[0].source != str(path):
                         self.figures.misses.append(f"round {self.figures.rounds}: {path.name}")
         except BaseException as err:  # reported by the driver
             self.error = err
         finally:
             self.store.close()
+
+
+def _log(started: float, what: str) -> None:
+    print(f"[{time.monotonic() - started:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+
+class _Remembering:
+    """An encoder that embeds each query once: the reader asks the same ones over and over, and
+    the writers need the CPU."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+        self._vectors: dict[tuple[str, ...], object] = {}
+
+    def encode(self, texts, *args, **kwargs):
+        key = tuple(texts)
+        if key not in self._vectors:
+            self._vectors[key] = self._encoder.encode(texts, *args, **kwargs)
+        return self._vectors[key]
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -195,8 +222,10 @@ def run_stress(
     writers = [WriterProcess(uri, collection) for _ in range(FOLDERS)]
     for w in writers:
         w.wait_ready()
+    _log(started, "writers ready")
     writers[0].start(folders)  # the first ingest, alone
     first = writers[0].result()
+    _log(started, "first ingest done")
     assert first.startswith("done"), first
     reader = Reader(uri, collection, paths, figures)
     reader.expected = set(paths)
@@ -215,8 +244,9 @@ def run_stress(
                 break
             figures.rounds = round_no + 1
             edit(max(1, files // 4))
-            for i, w in enumerate(writers):
+            for i, w in enumerate(writers):  # staggered: they read files before and after edits
                 w.start([folders[i], folders[(i + 1) % FOLDERS]])
+                time.sleep(rng.uniform(0.0, 0.5))
             victim = rng.randrange(FOLDERS) if round_no % kill_every == kill_every - 1 else None
             kill_at = rng.uniform(0.3, 3.0)
             waited = 0.0
@@ -241,12 +271,14 @@ def run_stress(
                 figures.writer_runs += 1
                 if not line.startswith("done"):
                     figures.writer_errors.append(line)
+            _log(started, f"round {round_no + 1} done")
             if victim is not None:
                 writers[victim] = WriterProcess(uri, collection)
                 writers[victim].wait_ready()
         # The quiet run: one writer, nothing else changing.
         writers[0].start(folders)
         quiet = writers[0].result()
+        _log(started, "quiet run done")
         assert quiet.startswith("done"), quiet
     finally:
         reader.stop.set()

@@ -262,3 +262,19 @@ def test_a_store_whose_lite_folder_was_deleted_stops_answering(tmp_path: Path) -
         shutil.rmtree(db)
         with pytest.raises(StoreError, match="was deleted or moved"):
             store.count()
+
+
+def test_a_store_fails_within_seconds_when_the_served_db_dies(tmp_path: Path) -> None:
+    from jrag.serve import start_server
+
+    served = start_server(tmp_path / "s.db")
+    try:
+        with MilvusStore(served.uri, "c", model="m", dim=8) as store:
+            store.count()
+            served.kill()
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="cannot count rows"):
+                store.count()
+            assert time.monotonic() - started < 40  # pymilvus alone retries for 213 s
+    finally:
+        served.kill()

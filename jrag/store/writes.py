@@ -157,10 +157,12 @@ class Writer:
     def all_states(self, tenant: str, *, pending: bool = False) -> Iterator[DocumentState]:
         """Every committed document of ``tenant`` (a scan of state rows: one per document, for
         prune); with ``pending``, also the placeholders of first writes cut short."""
-        expr = all_of(f"kind == {quote(STATE_KIND)}", f"tenant == {quote(tenant)}")
+        by_key = self.conn.capabilities.upsert_by_partition_key
+        of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
+        expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant)
         for r in self.iter_rows(expr, STATE_FIELDS):
             state = _state(r)
-            if pending or state.committed:
+            if (pending or state.committed) and state.tenant == tenant:
                 yield state
 
     # -- writing ---------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ class Writer:
                 doc_id=version.doc_id, source=version.source, title=version.title,
                 content_hash="", tenant=version.tenant, garbage=[intent],
             )  # fmt: skip
-        self._upsert([self._state_entity(state)])
+        self._put_state(state)
 
     def entities(
         self, version: DocumentVersion, rows: Sequence[Row], committed: DocumentState | None
@@ -281,7 +283,7 @@ class Writer:
             metadata=dict(version.metadata),
             garbage=replaced,
         )
-        self._upsert([self._state_entity(state)])  # 5: the commit
+        self._put_state(state)  # 5: the commit
         self._delete_ids(_garbage_ids(state))  # 6
         return state
 
@@ -307,7 +309,7 @@ class Writer:
             keep = set(_committed_ids(state))
             self._delete_ids([i for i in _garbage_ids(state) if i not in keep])
             if state.committed:
-                self._upsert([self._state_entity(replace(state, garbage=[]))])
+                self._put_state(replace(state, garbage=[]))
         return len(states)
 
     def repair(self, *, dry_run: bool = False) -> dict[str, int]:
@@ -431,6 +433,16 @@ class Writer:
             size += estimate
         if batch:
             self._upsert_batch(batch)
+
+    def _put_state(self, state: DocumentState) -> None:
+        """Replace a state row in one step, on every backend: a delete then an insert would
+        leave a moment (or, killed in between, for good) with no state, the document unseen.
+        Where upsert misroutes partition keys, state rows are therefore never read through a
+        tenant filter (see :meth:`all_states`)."""
+        self.conn.call(
+            f"write to collection '{self.collection}'", self.conn.client.upsert,
+            self.collection, [self._state_entity(state)],
+        )  # fmt: skip
 
     def _upsert_batch(self, batch: list[dict[str, Any]]) -> None:
         what = f"write to collection '{self.collection}'"
