@@ -229,8 +229,9 @@ def discover_files(
 ) -> Discovery:
     """Expand files and folders (recursively) into supported files, sorted, deduplicated.
 
-    A path that doesn't exist (or cannot be looked at) is skipped with its reason, and raises
-    ParseError naming it when no other path was given. `glob` (e.g. "*.md") filters names.
+    A path that doesn't exist raises ParseError naming it; one that cannot be looked at is
+    skipped with its reason (and raises when it is the only path). `glob` (e.g. "*.md")
+    filters names.
     Inside folders, unsupported files and hidden files or folders (".name") are ignored; a file
     named directly with an unsupported suffix is an error.
 
@@ -242,22 +243,19 @@ def discover_files(
     """
     found: set[Path] = set()
     skipped: dict[str, str] = {}
-    missing: list[ParseError] = []
+    unreadable: list[ParseError] = []
     for raw in paths:
         path = Path(raw).expanduser()
         try:
             exists = path.exists()
         except OSError as exc:
-            exists = False
-            missing.append(ParseError(f"{display_path(raw)} cannot be read: {_reason(exc)}"))
-        else:
-            if not exists:
-                broken = " (a broken symlink)" if path.is_symlink() else ""
-                missing.append(ParseError(f"{display_path(raw)} does not exist{broken}"))
-        if not exists:
-            # One bad path among several fails alone; alone, it is the command's error.
-            skipped[str(path)] = str(missing[-1]).removeprefix(f"{display_path(raw)} ")
+            # An unreadable path among several fails alone; alone, it is the command's error.
+            unreadable.append(ParseError(f"{display_path(raw)} cannot be read: {_reason(exc)}"))
+            skipped[str(path)] = f"cannot be read: {_reason(exc)}"
             continue
+        if not exists:
+            broken = " (a broken symlink)" if path.is_symlink() else ""
+            raise ParseError(f"{display_path(raw)} does not exist{broken}")
         if path.is_dir():
             _walk(resolve_root(path), glob, follow_links, found, skipped)
         else:
@@ -268,8 +266,8 @@ def discover_files(
                     _add_file(named, named.stat(), found, skipped)
                 except OSError as exc:
                     skipped[str(named)] = f"cannot be read: {_reason(exc)}"
-    if missing and len(missing) == len(paths):
-        raise missing[0]
+    if unreadable and len(unreadable) == len(paths):
+        raise unreadable[0]
     return Discovery(
         files=sorted(found),
         skipped=sorted((p, r) for p, r in skipped.items() if Path(p) not in found),

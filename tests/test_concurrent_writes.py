@@ -26,7 +26,7 @@ from tests.concurrent_writers import run_stress
 from tests.test_serve import MINILM, audit
 
 STRESS_ROUNDS = 3
-STRESS_FILES = 12
+STRESS_FILES = 9
 STRESS_SECONDS = 40.0  # no round starts after this; each adds ~10-20 s on a loaded 2-core box
 
 

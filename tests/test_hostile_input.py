@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from jrag.store import MilvusStore
 from jrag.store.filters import check_user_filter
 from jrag.store.rows import quote
 from jrag.terminal import printable
+from tests.test_serve import REPO_ROOT, child_env
 
 ESC_TITLE = "\x1b]0;pwned\x07"  # sets the terminal window's title
 CLEAR = "\x1b[2J"  # clears the screen
@@ -239,17 +241,18 @@ def test_cli_refuses_nan_weights_and_names_a_bad_filter(tmp_path: Path) -> None:
     assert len(shown.output) < 5_000 and "(140,000 characters)" in shown.output
 
 
-def test_a_missing_path_among_several_fails_alone(tmp_path: Path) -> None:
+def test_an_unreadable_path_among_several_fails_alone(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text("The ferry lantern log.")
+    unreadable = tmp_path / ("x" * 300 + ".txt")  # stat fails: the name is too long
     result = CliRunner().invoke(
         app,
-        ["ingest", str(docs / "a.txt"), str(tmp_path / "gone.txt"), "--uri",
-         str(tmp_path / "m.db"), "-c", "m", "--model", MINILM_ID],
+        ["ingest", str(docs / "a.txt"), str(unreadable), "--uri", str(tmp_path / "m.db"),
+         "-c", "m", "--model", MINILM_ID],
     )  # fmt: skip
     output = " ".join(result.output.split())
-    assert "gone.txt: does not exist" in output, result.output
+    assert "xxx.txt: cannot be read: File name too long" in output, result.output
     assert "added │ 1" in output
 
 
@@ -278,3 +281,30 @@ def test_a_store_fails_within_seconds_when_the_served_db_dies(tmp_path: Path) ->
             assert time.monotonic() - started < 40  # pymilvus alone retries for 213 s
     finally:
         served.kill()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (needs root)")
+def test_a_full_disk_is_one_line_without_debug(tmp_path: Path) -> None:
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True)
+    try:
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        for n in range(8):
+            (docs / f"d{n}.txt").write_text(f"Note {n} " + " ".join(f"w{j}" for j in range(400)))
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 16 * 1024))  # 16 KB left
+        # A real process: its logging goes to its own stderr, as in a terminal.
+        result = subprocess.run(
+            [sys.executable, "-m", "jrag.cli", "ingest", str(docs), "--uri", str(disk / "x.db"),
+             "-c", "c", "--model", MINILM_ID],
+            capture_output=True, text=True, env=child_env(), cwd=REPO_ROOT, timeout=300,
+        )  # fmt: skip
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1, result.stderr
+        assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
