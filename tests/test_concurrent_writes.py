@@ -9,7 +9,10 @@ backends; ``benchmarks/bench_concurrent_writes.py`` runs as many as asked.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,19 @@ def test_a_second_writer_waits_for_the_lease_and_takes_over_an_expired_one(
             second.hold()  # its claim expired and another took it over
         waiting.release()
         assert second.hold() is False  # taken anew: a write in progress starts over
+        second.release()
+        # A holder on this host whose process is gone (kill -9) is not waited out.
+        gone = WriteLease(a.conn, "c", 8, seconds=600.0)
+        gone.owner = f"{socket.gethostname()}:{_reaped_pid()}:x"
+        gone._claim()
+        started = time.monotonic()
+        assert second.hold() is False and time.monotonic() - started < 5
+
+
+def _reaped_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_repair_deletes_rows_no_state_accounts_for(tmp_path: Path) -> None:

@@ -293,10 +293,10 @@ def test_a_full_disk_is_one_line_without_debug(tmp_path: Path) -> None:
     try:
         docs = tmp_path / "docs"
         docs.mkdir()
-        for n in range(8):
+        for n in range(3):
             (docs / f"d{n}.txt").write_text(f"Note {n} " + " ".join(f"w{j}" for j in range(400)))
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        (disk / "filler").write_bytes(b"\0" * (free - 16 * 1024))  # 16 KB left
+        (disk / "filler").write_bytes(b"\0" * (free - 8 * 1024))  # 8 KB left
         # A real process: its logging goes to its own stderr, as in a terminal.
         result = subprocess.run(
             [sys.executable, "-m", "jrag.cli", "ingest", str(docs), "--uri", str(disk / "x.db"),

@@ -15,7 +15,8 @@ process stalls longer than ``SETTLE_S`` between its read and its write.
 
 A holder renews its claim before each step of a write (a plain write while it is unexpired, so
 no wait) and gives the lease back when its batch is written; a killed holder's lease expires
-after ``seconds``, and the next writer takes it over and cleans up what the killed one left
+after ``seconds`` (at once if it ran on this host and its process is gone), and the next writer
+takes it over and cleans up what the killed one left
 (its garbage is recorded in the state rows, see :mod:`jrag.store.writes`). A local Milvus Lite
 ``.db`` needs none of this: its file lock already admits one process.
 """
@@ -76,7 +77,8 @@ class WriteLease:
             if (
                 not current
                 or current.get("owner") == self.owner
-                or (float(current.get("expires", 0)) < time.time())
+                or float(current.get("expires", 0)) < time.time()
+                or _holder_is_gone(str(current.get("owner", "")))
             ):
                 self._claim()
                 time.sleep(SETTLE_S)
@@ -124,3 +126,19 @@ class WriteLease:
             self.conn.client.upsert, self.collection, [row],
         )  # fmt: skip
         self._expires = expires
+
+
+def _holder_is_gone(owner: str) -> bool:
+    """True if ``owner`` was a process on this host that no longer runs (killed): its lease
+    need not be waited out."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
