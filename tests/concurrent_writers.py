@@ -290,6 +290,9 @@ def run_stress(
     encoder = load_encoder(MINILM)
     with MilvusStore(uri, collection, identity=identity_of(encoder)) as store:
         problems = audit(store, [str(p) for p in paths])
+        state_rows = store.count('kind == "state"')
+        if state_rows != len(paths):  # audit keys states by document: count the rows too
+            problems.append(f"{state_rows} state rows for {len(paths)} files")
         states = store.states([document_id(str(p)) for p in paths])
         for path in paths:
             state = states.get(document_id(str(path)))
