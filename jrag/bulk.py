@@ -98,7 +98,13 @@ class BulkLoader:
         options: dict[str, dict[str, Any]],
         committed: DocumentState | None,
     ) -> None:
-        """Queue one document; imports (and commits) when the batch is full."""
+        """Queue one document; imports (and commits) when the batch is full. The write lease is
+        held from the first document's first step to the batch's commits."""
+        writer = self.store.writer
+        if not writer.hold() and self.pending:
+            raise _lost(self.store)
+        if writer.lease is not None:
+            committed = writer.states([version.doc_id]).get(version.doc_id)
         entities, counts = self.store.writer.entities(version, rows, committed)
         self.store.writer.begin(version, counts, committed)
         self.store.record_kinds(rows, options)
@@ -135,11 +141,14 @@ class BulkLoader:
             if local is not None:
                 shutil.rmtree(local, ignore_errors=True)
         self._wait_visible(ids)
+        if not self.store.writer.hold():
+            raise _lost(self.store)
         for item in pending:
             self.store.writer.commit(
                 item.version, item.ids, item.counts, item.options, item.committed
             )
         self.imports += 1
+        self.store.release_writes()
 
     def _open_writer(self) -> Any:
         from pymilvus import CollectionSchema
@@ -204,6 +213,14 @@ class BulkLoader:
                 f"delete from collection '{collection}'",
                 conn.client.delete, collection, ids=ids[i : i + 4096],
             )  # fmt: skip
+
+
+def _lost(store: MilvusStore) -> StoreError:
+    """The lease ran out during a bulk batch: another writer may have cleaned its rows up."""
+    return StoreError(
+        f"lost the write lease of {store.where} during a bulk import (it outlived the lease); "
+        "nothing of this batch was committed, re-run to retry"
+    )
 
 
 class UpsertLoader:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from jrag.console import console, errors, fail, load_encoder, state, warn
+from jrag.console import console, errors, fail, load_encoder, safe, state, warn
 from jrag.errors import CollectionNotFound, InputError, JragError
 from jrag.loading import DEFAULT_MODEL
 from jrag.modes import (
@@ -28,6 +29,7 @@ from jrag.modes import (
     DEFAULT_SEARCH_MODE,
     DEFAULT_WEIGHTS,
 )
+from jrag.terminal import printable
 
 if TYPE_CHECKING:
     from jrag.distributed import Progress as RayProgress
@@ -221,6 +223,14 @@ def ingest(
             help="Tokens in one forward batch (rows × longest row); default 16384.",
         ),
     ] = None,
+    max_file_size: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Fail (alone) any file larger than this many MB; 0: no limit. A large text "
+            "file takes minutes (about 5 windows of 8k tokens a second on 2 CPU cores).",
+        ),
+    ] = 100,
     bulk: Annotated[
         bool,
         typer.Option(
@@ -232,11 +242,12 @@ def ingest(
 ) -> None:
     """Parse, embed and store documents. Unchanged files are skipped; changed ones replaced."""
     from jrag.encoder import DEFAULT_BATCH_TOKENS
-    from jrag.parse import discover_files
+    from jrag.parse import DEFAULT_LIMITS, discover_files
     from jrag.pipeline import IngestOptions
 
     try:
-        options = IngestOptions(mode=mode)
+        limits = replace(DEFAULT_LIMITS, max_file_bytes=int(max_file_size * 2**20))
+        options = IngestOptions(mode=mode, limits=limits)
         _check_dtype(dtype)
         _check_engine(engine, ray_address=ray_address, workers=workers,
                       gpus_per_worker=gpus_per_worker, bulk=bulk)  # fmt: skip
@@ -359,11 +370,19 @@ class _IngestRun:
 
             def on_file(path: str, outcome: str) -> None:
                 self._count(outcome)
-                progress.update(task, advance=1, description=f"{outcome}: {Path(path).name}")
+                name = printable(Path(path).name)
+                progress.update(task, advance=1, description=f"{outcome}: {name}")
+
+            started: dict[str, float] = {}
 
             def on_windows(path: str, done: int, total: int) -> None:
-                name = Path(path).name
-                progress.update(task, description=f"embedding {name}: window {done} of {total}")
+                name = printable(Path(path).name)
+                first = started.setdefault(path, time.monotonic())
+                text = f"embedding {name}: window {done} of {total}"
+                if done:  # an estimate from this file's own pace so far
+                    left = (time.monotonic() - first) / done * (total - done)
+                    text += f", about {_duration(left)} left"
+                progress.update(task, description=text)
 
             try:
                 report = run_ingest(
@@ -394,7 +413,7 @@ class _IngestRun:
 
             def on_progress(done: RayProgress) -> None:
                 self._count(done.outcome)
-                text = f"{done.outcome}: {Path(done.source).name}"
+                text = f"{done.outcome}: {printable(Path(done.source).name)}"
                 progress.update(task, total=done.total, completed=done.done, description=text)
 
             try:
@@ -409,6 +428,14 @@ class _IngestRun:
             except KeyboardInterrupt:
                 raise self._interrupted(progress) from None
         return report, display_uri(self.uri)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _print_ingest_report(report: IngestReport, title: str) -> None:
@@ -473,17 +500,27 @@ def search(
     except JragError as err:
         raise fail(err) from None
     if as_json:
-        print(json.dumps([r.__dict__ | {"page": r.page} for r in results], indent=2))
+        rows = [r.__dict__ | {"page": r.page} for r in results]
+        print(json.dumps(rows, indent=2, allow_nan=False))  # ASCII: exact, and terminal-safe
         return
-    table = Table(title=Text(f"{query!r} in {collection}"))
+    table = Table(title=safe(f"{_shortened(query)!r} in {collection}"))
     for column in ("#", "score", "document", "page", "best passage"):
         table.add_column(column, overflow="fold")
     for rank, r in enumerate(results, 1):
         passage = r.text[r.passage_start - r.start : r.passage_end - r.start]
         snippet = " ".join(passage.split())[:160]
-        document = Text.assemble(r.title, "\n", (r.source, "dim"))
-        table.add_row(str(rank), f"{r.score:.3f}", document, str(r.page or ""), Text(snippet))
+        document = Text.assemble(safe(r.title), "\n", safe(r.source, style="dim"))
+        table.add_row(str(rank), f"{r.score:.3f}", document, str(r.page or ""), safe(snippet))
     console.print(table if results else "no results")
+
+
+QUERY_ECHO_CHARS = 200  # a query longer than this is shortened in a table's title
+
+
+def _shortened(query: str) -> str:
+    if len(query) <= QUERY_ECHO_CHARS:
+        return query
+    return f"{query[:QUERY_ECHO_CHARS]}… ({len(query):,} characters)"
 
 
 def _store_and_encoder(uri: str, collection: str, token: str | None, model: str | None, dtype: str):
@@ -544,17 +581,17 @@ def ask(
     except JragError as err:
         raise fail(err) from None
     if as_json:
-        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(answer.to_dict(), indent=2, allow_nan=False))
         return
-    console.print(answer.text, markup=False, highlight=False, soft_wrap=True)
+    console.print(safe(answer.text, newlines=True), highlight=False, soft_wrap=True)
     if not answer.citations:
         return
     table = Table(title=Text(f"sources ({answer.backend})"))
     for column in ("#", "score", "document", "where"):
         table.add_column(column, overflow="fold")
     for c in answer.citations:
-        document = Text.assemble(c.title, "\n", (c.source, "dim"))
-        table.add_row(Text(f"[{c.number}]"), f"{c.score:.3f}", document, Text(c.location))
+        document = Text.assemble(safe(c.title), "\n", safe(c.source, style="dim"))
+        table.add_row(Text(f"[{c.number}]"), f"{c.score:.3f}", document, safe(c.location))
     console.print(table)
 
 
@@ -571,8 +608,32 @@ def stats(
     table = Table(title=Text(f"collection {collection}"), show_header=False)
     for key, value in info.items():
         shown = json.dumps(value) if isinstance(value, dict) else str(value)
-        table.add_row(key, Text(shown))
+        table.add_row(key, safe(shown))
     console.print(table)
+
+
+@app.command()
+def repair(
+    collection: CollectionOpt = "jrag",
+    uri: UriOpt = DEFAULT_URI,
+    token: TokenOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what is left over; delete nothing.")
+    ] = False,
+) -> None:
+    """Delete rows that no stored document accounts for (left by a killed or older writer)."""
+    try:
+        with _open_existing(uri, collection, token) as store:
+            found = store.repair(dry_run=dry_run)
+    except JragError as err:
+        raise fail(err) from None
+    verb = "found" if dry_run else "deleted"
+    console.print(
+        Text(
+            f"{found['documents']} documents; {verb} {found['orphan_rows']} orphan rows and "
+            f"{found['unfinished_documents']} unfinished first writes"
+        )
+    )
 
 
 @app.command()

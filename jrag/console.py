@@ -1,7 +1,8 @@
 """What every ``jrag`` command prints through: the consoles, one-line errors, model loading.
 
 Document text and file paths are always printed as plain text, never as rich markup, so a
-passage holding ``[/]`` or ``[url=…]`` prints as it is.
+passage holding ``[/]`` or ``[url=…]`` prints as it is, and always through :func:`safe`, so
+that no escape sequence or bidi control from a file reaches the terminal.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.text import Text
+
+from jrag.terminal import printable
 
 console = Console()
 errors = Console(stderr=True)
@@ -19,13 +22,18 @@ def fail(err: BaseException, code: int = 1) -> typer.Exit:
     """Print ``err`` as one line (the traceback too with --debug); the exit to raise."""
     if state["debug"]:
         errors.print_exception()
-    errors.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
+    errors.print(Text.assemble(("error: ", "bold red"), printable(str(err))), soft_wrap=True)
     return typer.Exit(code=code)
 
 
 def warn(label: str, message: str) -> None:
     """One plain-text line on stderr, e.g. ``failed: /path/to/file: why``."""
-    errors.print(Text.assemble((f"{label}: ", "red"), message), soft_wrap=True)
+    errors.print(Text.assemble((f"{label}: ", "red"), printable(message)), soft_wrap=True)
+
+
+def safe(text: str, *, newlines: bool = False, style: str = "") -> Text:
+    """Text from a file (a name, title, passage) as plain, terminal-safe rich Text."""
+    return Text(printable(text, newlines=newlines), style=style)
 
 
 def load_encoder(model: str, dtype: str | None = None):

@@ -52,12 +52,21 @@ class DropLiteOpenTraceback(logging.Filter):
         return not record.getMessage().startswith("Failed to start MilvusLite server")
 
 
+class DropLiteServicerTraceback(logging.Filter):
+    """Milvus Lite's in-process server logs a full traceback for every failed call (a full disk
+    gave 165 lines); the client gets the same error, which jrag prints as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
 def _milvus_filters() -> list[tuple[str, logging.Filter]]:
     return [
         ("grpc._server", DropUnimplementedTraceback()),
         ("pymilvus.orm.iterator", DropMvccWarning()),
         ("pymilvus.decorators", DropExpressionErrorTraceback()),
         ("milvus_lite.server_manager", DropLiteOpenTraceback()),
+        ("milvus_lite.adapter.grpc.servicer", DropLiteServicerTraceback()),
     ]
 
 

@@ -19,7 +19,10 @@ import io
 import logging
 import os
 import re
+import signal
 import stat
+import threading
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jrag.errors import ParseError
+from jrag.terminal import printable
 
 if TYPE_CHECKING:
     from unstructured.documents.elements import Element
@@ -58,6 +62,28 @@ _BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's.
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
 _BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n(?:[ \t\f\v]*\n)*")
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """What one file may cost to parse; a file past a limit fails alone, by name.
+
+    A DOCX is a zip: ``word/document.xml`` can inflate a thousandfold (a 1.1 MB file held 315 MB
+    of XML and 3 GB of memory for minutes). Its members' sizes are checked before any XML is
+    read: at most ``max_inflate_ratio`` times the file's size (never less than
+    ``min_inflated_bytes``) and at most ``max_inflated_bytes``. Ordinary DOCX files inflate 3-20
+    times, so the ratio leaves them a wide margin. ``max_parse_seconds`` bounds the parser's own
+    time (where the process can set an alarm: in its main thread).
+    """
+
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_inflate_ratio: float = 100.0
+    min_inflated_bytes: int = 8 * 1024 * 1024
+    max_inflated_bytes: int = 200 * 1024 * 1024
+    max_parse_seconds: float = 300.0
+
+
+DEFAULT_LIMITS = ParseLimits()
 _TITLE_MAX_WORDS = 12
 _PDF_RUNTIME_MODULES = ("pikepdf", "pypdf")
 _REASON_MAX_CHARS = 200
@@ -179,10 +205,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def display_path(path: str | Path) -> str:
-    """``path`` for a one-line message: control characters (a newline in a name) escaped."""
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(path)
-    )
+    """``path`` for a one-line message, safe for a terminal (:func:`jrag.terminal.printable`)."""
+    return printable(str(path))
 
 
 @dataclass
@@ -205,7 +229,9 @@ def discover_files(
 ) -> Discovery:
     """Expand files and folders (recursively) into supported files, sorted, deduplicated.
 
-    A path that doesn't exist raises ParseError naming it. `glob` (e.g. "*.md") filters names.
+    A path that doesn't exist raises ParseError naming it; one that cannot be looked at is
+    skipped with its reason (and raises when it is the only path). `glob` (e.g. "*.md")
+    filters names.
     Inside folders, unsupported files and hidden files or folders (".name") are ignored; a file
     named directly with an unsupported suffix is an error.
 
@@ -217,12 +243,16 @@ def discover_files(
     """
     found: set[Path] = set()
     skipped: dict[str, str] = {}
+    unreadable: list[ParseError] = []
     for raw in paths:
         path = Path(raw).expanduser()
         try:
             exists = path.exists()
         except OSError as exc:
-            raise ParseError(f"{display_path(raw)} cannot be read: {_reason(exc)}") from exc
+            # An unreadable path among several fails alone; alone, it is the command's error.
+            unreadable.append(ParseError(f"{display_path(raw)} cannot be read: {_reason(exc)}"))
+            skipped[str(path)] = f"cannot be read: {_reason(exc)}"
+            continue
         if not exists:
             broken = " (a broken symlink)" if path.is_symlink() else ""
             raise ParseError(f"{display_path(raw)} does not exist{broken}")
@@ -236,6 +266,8 @@ def discover_files(
                     _add_file(named, named.stat(), found, skipped)
                 except OSError as exc:
                     skipped[str(named)] = f"cannot be read: {_reason(exc)}"
+    if unreadable and len(unreadable) == len(paths):
+        raise unreadable[0]
     return Discovery(
         files=sorted(found),
         skipped=sorted((p, r) for p, r in skipped.items() if Path(p) not in found),
@@ -354,17 +386,18 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
-def read_file(path: str | Path) -> tuple[bytes, str]:
+def read_file(path: str | Path, limits: ParseLimits = DEFAULT_LIMITS) -> tuple[bytes, str]:
     """A file's bytes and their SHA-256 hex digest, read once. Raises ParseError naming it.
 
-    The file is opened without blocking and checked to be a regular file before it is read, so
-    a FIFO or device named like a document fails at once instead of hanging.
+    The file is opened without blocking and checked to be a regular file (and no larger than
+    ``limits.max_file_bytes``) before it is read, so a FIFO or device named like a document
+    fails at once instead of hanging.
     """
-    data, _ = _read_regular_file(Path(path).expanduser())
+    data, _ = _read_regular_file(Path(path).expanduser(), limits.max_file_bytes)
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
+def _read_regular_file(path: Path, max_bytes: int = 0) -> tuple[bytes, os.stat_result]:
     """The bytes of a regular file, and its status from the same open file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
@@ -373,6 +406,11 @@ def _read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
     try:
         st = os.fstat(fd)
         _require_regular(path, st.st_mode)
+        if max_bytes and st.st_size > max_bytes:
+            raise ParseError(
+                f"{display_path(path)} is {st.st_size / 2**20:,.1f} MB, over the limit of "
+                f"{max_bytes / 2**20:,.0f} MB (--max-file-size)"
+            )
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as handle:
             fd = -1  # the handle owns it now
@@ -413,7 +451,11 @@ def _unreadable(path: Path, exc: OSError) -> ParseError:
 
 
 def parse_file(
-    path: str | Path, *, data: bytes | None = None, content_hash: str | None = None
+    path: str | Path,
+    *,
+    data: bytes | None = None,
+    content_hash: str | None = None,
+    limits: ParseLimits = DEFAULT_LIMITS,
 ) -> ParsedDocument:
     """Parse one file through unstructured, offline. Raises ParseError naming the file.
 
@@ -425,7 +467,7 @@ def parse_file(
     shown = display_path(path)
     doc_type = _doc_type(path)
     if data is None:
-        data, st = _read_regular_file(path)
+        data, st = _read_regular_file(path, limits.max_file_bytes)
     else:
         st = _stat_regular_file(path)
     if not data.strip():
@@ -442,7 +484,10 @@ def parse_file(
     else:
         if doc_type == "pdf":
             page_count = _pdf_page_count(path, data)
-        elements = _partition(path, doc_type, data)
+        if doc_type == "docx":
+            _check_inflated_size(path, data, limits)
+        with _time_limit(path, limits.max_parse_seconds):
+            elements = _partition(path, doc_type, data)
         text, title, starts_by_page = _join_elements(elements)
         if doc_type == "pdf" and page_count:
             page_starts = _fill_page_starts(starts_by_page, page_count, len(text))
@@ -648,6 +693,53 @@ def _partition_errors(path: Path, doc_type: str) -> Iterator[None]:
         raise ParseError(
             f"{shown} is not a readable {doc_type.upper()}: {_reason(exc, path)}"
         ) from exc
+
+
+def _check_inflated_size(path: Path, data: bytes, limits: ParseLimits) -> None:
+    """Refuse a zip whose members would inflate past the limits, from its directory alone
+    (zipfile stops a member that inflates past its recorded size, so the record holds)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ParseError(f"{display_path(path)} is not a readable DOCX: {_reason(exc)}") from exc
+    allowed = min(
+        limits.max_inflated_bytes,
+        max(limits.min_inflated_bytes, int(limits.max_inflate_ratio * len(data))),
+    )
+    if inflated > allowed:
+        raise ParseError(
+            f"{display_path(path)} would inflate to {inflated / 2**20:,.1f} MB "
+            f"({inflated / max(1, len(data)):,.0f} times its size), over the limit of "
+            f"{allowed / 2**20:,.1f} MB; not parsed"
+        )
+
+
+class _ParseTimeout(BaseException):  # not caught as a parser failure on its way out
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(path: Path, seconds: float) -> Iterator[None]:
+    """Stop the parser after ``seconds`` (main thread only: elsewhere no alarm can be set)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _ParseTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _ParseTimeout:
+        raise ParseError(
+            f"{display_path(path)} took longer than {seconds:.0f} s to parse; not parsed"
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _partition(path: Path, doc_type: str, data: bytes) -> list[Element]:

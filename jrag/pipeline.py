@@ -31,14 +31,18 @@ from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
 from jrag.parse import (
     BROKEN_LINK,
+    DEFAULT_LIMITS,
     Discovery,
     ParsedDocument,
+    ParseLimits,
     discover_files,
+    display_path,
     parse_file,
     read_file,
     resolve_root,
 )
 from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
+from jrag.store.rows import stored_name
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class IngestOptions:
     late_strategy: str = "sentence"
     naive_chunk_tokens: int = NAIVE_CHUNK_TOKENS
     window_overlap: int | None = None  # tokens; None: the encoder's default
+    limits: ParseLimits = DEFAULT_LIMITS  # what one file may cost to read and parse
 
     def __post_init__(self) -> None:
         check_ingest_mode(self.mode)
@@ -294,11 +299,11 @@ def _rows(
 def document_version(doc: ParsedDocument, tenant: str = "", tokens: int = 0) -> DocumentVersion:
     """What the store records about a parsed document besides its rows."""
     return DocumentVersion(
-        source=doc.source,
+        source=stored_name(doc.source),
         doc_id=document_id(doc.source, tenant),
         content_hash=doc.content_hash,
         text=doc.text,
-        title=doc.title,
+        title=stored_name(doc.title),
         tenant=tenant,
         metadata={
             "doc_type": doc.doc_type,
@@ -352,6 +357,7 @@ def ingest(
     states = store.states([document_id(s, tenant) for s in sources])
     pending: list[_Pending] = []
     pending_tokens = 0
+    leftovers: list[str] = []  # unchanged documents whose state still lists garbage
 
     def notify(path: str, outcome: str) -> None:
         if on_file:
@@ -370,15 +376,19 @@ def ingest(
         doc_id = document_id(source, tenant)
         tick = time.perf_counter()
         try:
-            data, content_hash = read_file(source)
+            data, content_hash = read_file(source, options.limits)
             committed = states.get(doc_id)
             plan = plan_file(committed, content_hash, wanted)
             if plan is None:
+                if committed is not None and committed.garbage:
+                    leftovers.append(doc_id)
                 report.skipped.append(source)
                 notify(source, "skipped")
                 continue
             kinds, outcome = plan
-            document = parse_file(source, data=data, content_hash=content_hash)
+            document = parse_file(
+                source, data=data, content_hash=content_hash, limits=options.limits
+            )
         except (ParseError, OSError) as err:
             report.failed.append((source, _message(err, source)))
             notify(source, "failed")
@@ -390,6 +400,11 @@ def ingest(
         if pending_tokens >= _EMBED_GROUP_TOKENS:
             flush_pending()
     flush_pending()
+    if leftovers:
+        try:
+            store.collect_garbage(leftovers)
+        finally:
+            store.release_writes()
 
     if prune:
         report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
@@ -448,6 +463,24 @@ def _embed_and_store(
                 notify(doc.source, "failed")
     report.stage_seconds["embed"] += time.perf_counter() - tick
     token_counts = [len(t) + encoder.special_token_count for t in tokens]
+    try:
+        _store_all(pending, rows_per_doc, token_counts, store, encoder, options, report, notify,
+                   tenant)  # fmt: skip
+    finally:
+        store.release_writes()  # other writers of a shared collection go on between batches
+
+
+def _store_all(
+    pending: list[_Pending],
+    rows_per_doc: list[list[Row] | None],
+    token_counts: list[int],
+    store: MilvusStore,
+    encoder: Encoder,
+    options: IngestOptions,
+    report: IngestReport,
+    notify: Callable[[str, str], None],
+    tenant: str,
+) -> None:
     for item, rows, tokens in zip(pending, rows_per_doc, token_counts, strict=True):
         if rows is None:
             continue
@@ -482,7 +515,7 @@ def _prune(
     link the policy leaves out, an unreadable file) and anything under it is kept; only a
     broken link counts as gone.
     """
-    here = set(present)
+    here = {stored_name(p) for p in present}
     resolved_roots = [resolve_root(r) for r in roots]
     kept = [Path(path) for path, reason in refused if reason != BROKEN_LINK]
     gone = []
@@ -498,10 +531,13 @@ def _prune(
             continue
         gone.append(state)
     if gone:
-        store.delete_documents([s.doc_id for s in gone])
+        try:
+            store.delete_documents([s.doc_id for s in gone])
+        finally:
+            store.release_writes()
     return sorted(s.source for s in gone)
 
 
 def _message(err: Exception, source: str) -> str:
-    text = str(err)
-    return text if source in text else f"{source}: {text}"
+    text, shown = str(err), display_path(source)
+    return text if shown in text else f"{shown}: {text}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -95,8 +96,15 @@ class SearchOptions:
             raise InputError(f"unknown ranker {self.ranker!r}; use one of {', '.join(RANKERS)}")
         if self.content not in CONTENTS:
             raise InputError(f"unknown content {self.content!r}; use one of {', '.join(CONTENTS)}")
-        if len(self.weights) != 2 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise InputError(f"weights must be two non-negative numbers, not {self.weights!r}")
+        if (
+            len(self.weights) != 2
+            or not all(isinstance(w, int | float) and math.isfinite(w) for w in self.weights)
+            or any(w < 0 for w in self.weights)
+            or sum(self.weights) <= 0
+        ):
+            raise InputError(
+                f"weights must be two finite non-negative numbers, not both 0; got {self.weights!r}"
+            )
 
 
 def embed_query(encoder: Encoder, query: str) -> np.ndarray:

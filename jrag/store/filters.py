@@ -20,25 +20,25 @@ _FORBIDDEN = (";",)
 
 
 def check_user_filter(expr: str | None) -> str | None:
-    """``expr`` stripped, or None if empty; InputError if it is not a self-contained expression."""
+    """``expr`` stripped, or None if empty; InputError if it is not a self-contained expression.
+
+    Each string literal is read with the escapes a user would write (``\\"``, ``\\n``,
+    ``\\u202e``, ``\\x1b``) and written back with :func:`quote`, which Milvus accepts for any
+    value: a filter can name a file whose name holds ESC or a bidi mark.
+    """
     if expr is None or not expr.strip():
         return None
     expr = expr.strip()
     depth = 0
-    quote_char: str | None = None
-    escaped = False
-    for position, char in enumerate(expr):
-        if quote_char is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote_char:
-                quote_char = None
-            continue
+    out: list[str] = []
+    position = 0
+    while position < len(expr):
+        char = expr[position]
         if char in "\"'":
-            quote_char = char
-        elif char in "([":
+            value, position = _literal(expr, position)
+            out.append(quote(value))
+            continue
+        if char in "([":
             depth += 1
         elif char in ")]":
             depth -= 1
@@ -48,11 +48,45 @@ def check_user_filter(expr: str | None) -> str | None:
                 )
         elif char in _FORBIDDEN:
             raise InputError(f"bad filter expression {expr!r}: {char!r} is not allowed")
-    if quote_char is not None:
-        raise InputError(f"bad filter expression {expr!r}: unterminated string literal")
+        out.append(char)
+        position += 1
     if depth:
         raise InputError(f"bad filter expression {expr!r}: unbalanced parentheses")
-    return expr
+    return "".join(out)
+
+
+_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", "f": "\f",
+                   "v": "\v", "0": "\0"}  # fmt: skip
+_NUMERIC_ESCAPES = {"x": 2, "u": 4, "U": 8}
+
+
+def _literal(expr: str, start: int) -> tuple[str, int]:
+    """The value of the string literal opening at ``start``, and the position after it."""
+    quote_char = expr[start]
+    value: list[str] = []
+    i = start + 1
+    while i < len(expr):
+        char = expr[i]
+        if char == quote_char:
+            return "".join(value), i + 1
+        if char != "\\":
+            value.append(char)
+            i += 1
+            continue
+        code = expr[i + 1 : i + 2]
+        if code in _NUMERIC_ESCAPES:
+            digits = expr[i + 2 : i + 2 + _NUMERIC_ESCAPES[code]]
+            try:
+                value.append(chr(int(digits, 16)))
+            except ValueError:
+                raise InputError(
+                    f"bad filter expression {expr!r}: bad escape \\{code}{digits} at character {i}"
+                ) from None
+            i += 2 + len(digits)
+        else:
+            value.append(_SIMPLE_ESCAPES.get(code, code))
+            i += 2
+    raise InputError(f"bad filter expression {expr!r}: unterminated string literal")
 
 
 def all_of(*parts: str | None) -> str:

@@ -48,6 +48,10 @@ BM25_FIELD = "sparse"
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 
 
+class ManifestPending(StoreError):
+    """The collection exists but is not complete yet (its creator is still at work)."""
+
+
 @dataclass
 class Identity:
     """The embedding model a collection's vectors come from."""
@@ -236,7 +240,10 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
     )
     head = next((r for r in rows if r["id"] == MANIFEST_ID), None)
     if head is None:
-        raise StoreError(f"{where} has no manifest row; it was not written by this jrag")
+        raise ManifestPending(
+            f"{where} has no manifest row: another process is still creating it, or it was not "
+            f"written by this jrag (then `jrag drop -c {name}` deletes it)"
+        )
     data = json_metadata(head["metadata"])
     identity = Identity(
         model=str(data.get("model", props.get("jrag.model", ""))),
@@ -255,7 +262,10 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
 
 def _load(conn: Connection, name: str) -> None:
     """Load the collection: it is released after a server restart or a Lite reopen."""
-    conn.call(f"load collection '{name}'", conn.client.load_collection, name)
+    try:
+        conn.call(f"load collection '{name}'", conn.client.load_collection, name)
+    except StoreError as err:  # e.g. its index is not built yet
+        raise ManifestPending(str(err)) from None
 
 
 def _legacy_manifest(conn: Connection, name: str, props: dict, dim: int, version: int) -> Manifest:

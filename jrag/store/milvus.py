@@ -10,7 +10,9 @@ It puts the store's parts together, each in its own module:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,9 +20,11 @@ from typing import Any
 from jrag.errors import CollectionNotFound, StoreError
 from jrag.store.connection import CONNECT_TIMEOUT_S, Connection
 from jrag.store.filters import all_of, one_of
+from jrag.store.lease import WriteLease
 from jrag.store.manifest import (
     Identity,
     Manifest,
+    ManifestPending,
     create_collection,
     describe,
     legacy_notice,
@@ -90,10 +94,12 @@ class MilvusStore:
         self.flush_each_write = self.conn.is_lite if flush_each_write is None else flush_each_write
         try:
             self.manifest = self._open(identity, create, full_text)
+            dim = self.manifest.identity.dim
+            # A local Lite .db admits one process (its file lock); anything shared takes turns.
+            lease = None if self.conn.is_lite else WriteLease(self.conn, collection, dim)
             self.writer = Writer(
-                self.conn, collection, self.manifest.identity.dim,
-                flush_each_write=self.flush_each_write,
-            )  # fmt: skip
+                self.conn, collection, dim, flush_each_write=self.flush_each_write, lease=lease
+            )
             self.ranker = DocumentRanker(
                 self.conn, collection, self.writer.states, check_versions=not self.read_only
             )
@@ -141,9 +147,8 @@ class MilvusStore:
         return legacy_notice(self.collection, self.conn, self.manifest)
 
     def _open(self, identity: Identity | None, create: bool, full_text: bool | None) -> Manifest:
-        exists = self.conn.call(
-            "list collections", self.conn.client.has_collection, self.collection
-        )
+        has = self.conn.client.has_collection
+        exists = self.conn.call("list collections", has, self.collection)
         if not exists:
             if not create:
                 raise CollectionNotFound(
@@ -151,9 +156,21 @@ class MilvusStore:
                     "--collection"
                 )
             assert identity is not None
-            manifest = create_collection(self.conn, self.collection, identity, bm25=full_text)
-            return manifest
-        manifest = read_manifest(self.conn, self.collection)  # loads it, once it is jrag's
+            try:
+                return create_collection(self.conn, self.collection, identity, bm25=full_text)
+            except StoreError:
+                deadline = time.monotonic() + NEW_COLLECTION_WAIT_S
+                while not self.conn.call("list collections", has, self.collection):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            # Another process created it at the same moment: open theirs once it is complete.
+            manifest = _read_new_manifest(self.conn, self.collection)
+        else:
+            try:
+                manifest = read_manifest(self.conn, self.collection)  # loads it, once jrag's
+            except ManifestPending:
+                manifest = _read_new_manifest(self.conn, self.collection)
         if identity is not None:
             check_identity(self.where, manifest.identity, identity)
         return manifest
@@ -310,7 +327,26 @@ class MilvusStore:
         """Drop the whole collection (all documents, all kinds)."""
         drop_collection(self.conn, self.collection)
 
+    def collect_garbage(self, doc_ids: Sequence[str]) -> int:
+        """Delete what the states of ``doc_ids`` list as garbage (see :mod:`jrag.store.writes`)."""
+        if self.read_only:
+            raise StoreError(self.legacy_notice())
+        return self.writer.collect_garbage(doc_ids)
+
+    def repair(self, *, dry_run: bool = False) -> dict[str, int]:
+        """Delete rows no committed version accounts for (see :meth:`Writer.repair`)."""
+        if self.read_only:
+            raise StoreError(self.legacy_notice())
+        return self.writer.repair(dry_run=dry_run)
+
+    def release_writes(self) -> None:
+        """Let other processes write this collection until this one writes again."""
+        self.writer.release()
+
     def close(self) -> None:
+        if hasattr(self, "writer"):
+            with contextlib.suppress(StoreError):  # else the lease frees itself when it expires
+                self.writer.release()
         self.conn.close()
 
     def __enter__(self) -> MilvusStore:
@@ -341,6 +377,22 @@ def check_identity(where: str, recorded: Identity, current: Identity) -> None:
             f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
             f"model {current.model} (dim {current.dim}). Use another --collection or `jrag drop`."
         )
+
+
+NEW_COLLECTION_WAIT_S = 20.0  # how long another process may take to finish creating one
+
+
+def _read_new_manifest(conn: Connection, collection: str) -> Manifest:
+    """The manifest of a collection another process is creating (it creates the collection,
+    its index, loads it, then writes the manifest row): read again until all of that is done."""
+    deadline = time.monotonic() + NEW_COLLECTION_WAIT_S
+    while True:
+        try:
+            return read_manifest(conn, collection)
+        except ManifestPending:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def drop_collection(conn: Connection, collection: str) -> None:

@@ -13,12 +13,14 @@ A collection is one Milvus collection with one schema. Every row has a ``kind``:
   :mod:`jrag.store.writes`). Its ``content_hash`` names the committed version and its metadata
   the kinds (with row counts and ingest options) that version holds.
 - ``manifest``: the collection's identity and contents (see :mod:`jrag.store.manifest`).
+- ``lease``: which process may write the collection now (see :mod:`jrag.store.lease`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,8 @@ VECTOR_KINDS = ("doc", "late", "chunk")
 TEXT_KIND = "text"
 STATE_KIND = "state"
 MANIFEST_KIND = "manifest"
-KINDS = (*VECTOR_KINDS, TEXT_KIND, STATE_KIND, MANIFEST_KIND)
+LEASE_KIND = "lease"
+KINDS = (*VECTOR_KINDS, TEXT_KIND, STATE_KIND, MANIFEST_KIND, LEASE_KIND)
 
 # VARCHAR limits, in UTF-8 bytes.
 MAX_ID = 512
@@ -85,9 +88,18 @@ def state_id(doc_id: str) -> str:
 
 
 def document_id(source: str, tenant: str = "") -> str:
-    """A document's stable id: the SHA-1 of its path (and tenant, when there is one)."""
-    key = source if not tenant else f"{tenant}\x00{source}"
-    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+    """A document's stable id: the SHA-1 of its path as the file system's bytes (a name that is
+    not valid UTF-8 has its own id), and of its tenant when there is one."""
+    key = os.fsencode(source)
+    if tenant:
+        key = tenant.encode("utf-8") + b"\x00" + key
+    return hashlib.sha1(key).hexdigest()
+
+
+def stored_name(name: str) -> str:
+    """``name`` (a path from the file system) as valid UTF-8, which Milvus stores: the bytes of
+    a name that is not valid UTF-8 are written ``\\xe9``; any other name is unchanged."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -161,9 +173,15 @@ def text_pieces(text: str) -> list[tuple[int, int]]:
     ]
 
 
+# Milvus' expression lexer knows only the simple escapes: a \u0001 or \x01 escape is an error
+# ("unknown escape sequence"), while any other character may stand in a literal as it is.
+_LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+
+
 def quote(value: str) -> str:
-    """A Milvus expression string literal for ``value`` (double quotes, backslash escapes)."""
-    return json.dumps(value, ensure_ascii=False)
+    """A Milvus expression string literal equal to ``value``, whatever it holds (control
+    characters, ESC, bidi marks): the one quoting for tenants, sources and users' values."""
+    return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in value) + '"'
 
 
 def json_metadata(value: Any) -> Any:

@@ -480,5 +480,9 @@ def _is_parse_error(message: str) -> bool:
             "invalid expr",
             "not exist",
             "unknown field",
+            "unexpected token",  # Milvus Lite 2.5's parser
+            "unexpected end of expression",
+            "unknown escape sequence",
+            "cannot parse",
         )
     )

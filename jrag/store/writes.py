@@ -15,6 +15,12 @@ this order:
    replaced version becomes the garbage;
 6. delete the rows of the replaced version.
 
+Writers of a shared collection take turns: each write happens under the collection's write
+lease and starts from the document's state re-read under it (see :mod:`jrag.store.lease`), so
+no writer commits over a state it has not seen. If the lease was lost between the first step
+and the commit (the writer stalled past its expiry), the write starts over: another writer may
+have deleted its rows as garbage meanwhile.
+
 Every delete is by primary key, with ids derived from recorded row counts: no write scans the
 collection, so its cost does not grow with the collection. A crash anywhere leaves the last
 committed version intact and visible, and the garbage recorded for the next write (or
@@ -34,7 +40,8 @@ import numpy as np
 
 from jrag.errors import StoreError
 from jrag.store.connection import Connection
-from jrag.store.filters import all_of, ids_in
+from jrag.store.filters import all_of, ids_in, one_of
+from jrag.store.lease import WriteLease
 from jrag.store.manifest import placeholder_vector
 from jrag.store.rows import (
     MAX_SOURCE,
@@ -58,6 +65,7 @@ WRITE_BATCH_ROWS = 1000
 WRITE_BATCH_BYTES = 16 * 1024 * 1024  # stay well below gRPC's message size limit
 DELETE_BATCH = 4096
 STATE_FIELDS = ["doc_id", "tenant", "source", "title", "content_hash", "metadata"]
+WRITE_ATTEMPTS = 3
 
 
 @dataclass
@@ -77,12 +85,31 @@ class Writer:
     """Writes document versions into one collection with the protocol above."""
 
     def __init__(
-        self, conn: Connection, collection: str, dim: int, *, flush_each_write: bool
+        self,
+        conn: Connection,
+        collection: str,
+        dim: int,
+        *,
+        flush_each_write: bool,
+        lease: WriteLease | None = None,
     ) -> None:
         self.conn = conn
         self.collection = collection
         self.dim = dim
         self.flush_each_write = flush_each_write
+        self.lease = lease  # None where only one process can write (a local Lite .db)
+
+    def hold(self) -> bool:
+        """Hold the write lease; False if it had to be taken anew (another writer may have
+        written since this process last held it)."""
+        if self.lease is None:
+            return True
+        return self.lease.hold()
+
+    def release(self) -> None:
+        """Give the write lease back (writes take it again when they need it)."""
+        if self.lease is not None:
+            self.lease.release()
 
     # -- reading what is committed ---------------------------------------------------------------
 
@@ -130,10 +157,12 @@ class Writer:
     def all_states(self, tenant: str, *, pending: bool = False) -> Iterator[DocumentState]:
         """Every committed document of ``tenant`` (a scan of state rows: one per document, for
         prune); with ``pending``, also the placeholders of first writes cut short."""
-        expr = all_of(f"kind == {quote(STATE_KIND)}", f"tenant == {quote(tenant)}")
+        by_key = self.conn.capabilities.upsert_by_partition_key
+        of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
+        expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant)
         for r in self.iter_rows(expr, STATE_FIELDS):
             state = _state(r)
-            if pending or state.committed:
+            if (pending or state.committed) and state.tenant == tenant:
                 yield state
 
     # -- writing ---------------------------------------------------------------------------------
@@ -148,12 +177,28 @@ class Writer:
         """Write ``rows`` (vector rows) of ``version`` and commit; returns the new state.
 
         ``options[kind]`` records how each written kind was built. ``committed`` is the
-        document's state before this write (from :meth:`states`), or None.
+        document's state the caller planned from (from :meth:`states`), or None. Under a lease
+        the state is read again: a version another writer already stored is not written twice,
+        and rows embedded to extend a version another writer has since replaced are dropped.
         """
-        entities, counts = self.entities(version, rows, committed)
-        self.begin(version, counts, committed)  # 1
-        self._upsert(entities)  # 2
-        return self.commit(version, [e["id"] for e in entities], counts, options, committed)
+        for _ in range(WRITE_ATTEMPTS):
+            self.hold()
+            current = committed
+            if self.lease is not None:
+                current = self.states([version.doc_id]).get(version.doc_id)
+                if _superseded(version, rows, options, committed, current):
+                    assert current is not None
+                    return current
+            entities, counts = self.entities(version, rows, current)
+            self.begin(version, counts, current)  # 1
+            self._upsert(entities)  # 2
+            if not self.hold():
+                continue  # lost the lease meanwhile: another writer may have deleted these rows
+            return self.commit(version, [e["id"] for e in entities], counts, options, current)
+        raise StoreError(
+            f"could not keep the write lease of collection '{self.collection}' through one write "
+            f"of {version.source}; is another writer stalling it? Re-run to retry"
+        )
 
     def begin(
         self, version: DocumentVersion, counts: dict[str, int], committed: DocumentState | None
@@ -170,7 +215,7 @@ class Writer:
                 doc_id=version.doc_id, source=version.source, title=version.title,
                 content_hash="", tenant=version.tenant, garbage=[intent],
             )  # fmt: skip
-        self._upsert([self._state_entity(state)])
+        self._put_state(state)
 
     def entities(
         self, version: DocumentVersion, rows: Sequence[Row], committed: DocumentState | None
@@ -238,12 +283,13 @@ class Writer:
             metadata=dict(version.metadata),
             garbage=replaced,
         )
-        self._upsert([self._state_entity(state)])  # 5: the commit
+        self._put_state(state)  # 5: the commit
         self._delete_ids(_garbage_ids(state))  # 6
         return state
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Delete documents: their state rows first (they vanish at once), then their rows."""
+        self.hold()
         states = self.states(doc_ids)
         ids = [state_id(d) for d in states]
         for state in states.values():
@@ -252,6 +298,42 @@ class Writer:
         if deleted and self.flush_each_write:
             self.flush()
         return len(states)
+
+    def collect_garbage(self, doc_ids: Sequence[str]) -> int:
+        """Delete the rows that the states of ``doc_ids`` still list as garbage (left by a
+        writer killed between its commit and its clean-up, or its first step and its commit);
+        returns how many documents had some."""
+        self.hold()
+        states = [s for s in self.states(doc_ids).values() if s.garbage]
+        for state in states:
+            keep = set(_committed_ids(state))
+            self._delete_ids([i for i in _garbage_ids(state) if i not in keep])
+            if state.committed:
+                self._put_state(replace(state, garbage=[]))
+        return len(states)
+
+    def repair(self, *, dry_run: bool = False) -> dict[str, int]:
+        """Find (and unless ``dry_run`` delete) rows that no committed version accounts for, and
+        the placeholder states of first writes that never finished: one scan of the state rows,
+        one of the other rows, under the write lease so that no write is under way."""
+        self.hold()
+        try:
+            expr = f"kind == {quote(STATE_KIND)}"
+            states = [_state(r) for r in self.iter_rows(expr, STATE_FIELDS)]
+            live = {i for state in states for i in _committed_ids(state)}
+            expr = one_of("kind", [*VECTOR_KINDS, TEXT_KIND])
+            orphans = [r["id"] for r in self.iter_rows(expr, ["id"]) if r["id"] not in live]
+            unfinished = [state_id(s.doc_id) for s in states if not s.committed]
+            if not dry_run and (orphans or unfinished):
+                self._delete_ids(orphans + unfinished)
+                self.flush()
+        finally:
+            self.release()
+        return {
+            "documents": len(states) - len(unfinished),
+            "orphan_rows": len(orphans),
+            "unfinished_documents": len(unfinished),
+        }
 
     def flush(self) -> None:
         """Seal written data (Lite searches ~20x faster after a flush)."""
@@ -352,6 +434,16 @@ class Writer:
         if batch:
             self._upsert_batch(batch)
 
+    def _put_state(self, state: DocumentState) -> None:
+        """Replace a state row in one step, on every backend: a delete then an insert would
+        leave a moment (or, killed in between, for good) with no state, the document unseen.
+        Where upsert misroutes partition keys, state rows are therefore never read through a
+        tenant filter (see :meth:`all_states`)."""
+        self.conn.call(
+            f"write to collection '{self.collection}'", self.conn.client.upsert,
+            self.collection, [self._state_entity(state)],
+        )  # fmt: skip
+
     def _upsert_batch(self, batch: list[dict[str, Any]]) -> None:
         what = f"write to collection '{self.collection}'"
         client = self.conn.client
@@ -373,6 +465,24 @@ class Writer:
                 ids=list(ids[i : i + DELETE_BATCH]),
             )
         return len(ids)
+
+
+def _superseded(
+    version: DocumentVersion,
+    rows: Sequence[Row],
+    options: dict[str, dict[str, Any]],
+    planned: DocumentState | None,
+    current: DocumentState | None,
+) -> bool:
+    """True if another writer made writing ``rows`` pointless since the caller planned it: the
+    version is stored with these kinds and options already, or ``rows`` only extended a
+    version that has since been replaced by another."""
+    if current is None or not current.committed:
+        return False
+    if current.content_hash == version.content_hash:
+        return all(current.holds(r.kind, options.get(r.kind, {})) for r in rows)
+    extending = planned is not None and planned.content_hash == version.content_hash
+    return extending
 
 
 def _committed_ids(state: DocumentState | None) -> list[str]:

@@ -1,0 +1,144 @@
+"""One writer at a time per collection: a write lease kept in the collection itself.
+
+Two processes writing one collection would otherwise each start from a document state read
+before the other committed, overwrite it with a stale copy and leave the other's rows recorded
+nowhere. So every write to a shared collection (a Milvus server, or a ``.db`` served by
+``jrag serve``) happens under the collection's lease, a row ``__lease__`` that names its holder
+and an expiry, and each write re-reads its document's state under it.
+
+Milvus has no compare-and-set, only writes that the last one wins and Strong reads, so the lease
+is taken with Fischer's timed mutual exclusion: read the row; if it is free (absent, expired or
+ours), write our claim, wait :data:`SETTLE_S`, read it back, and hold the lease only if the claim
+is still ours. Two writers that both saw it free both write within a moment of reading, so
+after the wait each reads the same, last, claim: exactly one wins. This holds as long as no
+process stalls longer than ``SETTLE_S`` between its read and its write.
+
+A holder renews its claim before each step of a write (a plain write while it is unexpired, so
+no wait) and gives the lease back when its batch is written; a killed holder's lease expires
+after ``seconds`` (at once if it ran on this host and its process is gone), and the next writer
+takes it over and cleans up what the killed one left
+(its garbage is recorded in the state rows, see :mod:`jrag.store.writes`). A local Milvus Lite
+``.db`` needs none of this: its file lock already admits one process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from jrag.errors import StoreError
+from jrag.store.connection import Connection
+from jrag.store.filters import ids_in
+from jrag.store.manifest import placeholder_vector
+from jrag.store.rows import LEASE_KIND, json_metadata
+
+LEASE_ID = "__lease__"
+LEASE_S = float(os.environ.get("JRAG_LEASE_S", "30"))  # how long a silent holder keeps it
+SETTLE_S = 0.3  # Fischer's wait: longer than any writer's gap between its read and its write
+WAIT_S = float(os.environ.get("JRAG_LEASE_WAIT_S", "3600"))  # how long to wait for another writer
+POLL_S = 0.2
+
+
+class WriteLease:
+    """The write lease of one collection, as held (or not) by this process."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        collection: str,
+        dim: int,
+        *,
+        seconds: float = LEASE_S,
+        wait_s: float = WAIT_S,
+    ) -> None:
+        self.conn = conn
+        self.collection = collection
+        self.dim = dim
+        self.seconds = seconds
+        self.wait_s = wait_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._expires = 0.0  # our claim's expiry, by our clock; 0 when not held
+
+    def hold(self) -> bool:
+        """Hold the lease: renew it if still ours (True), else wait for it and take it anew
+        (False: another writer may have written since we last held it)."""
+        if self._expires and self._expires - time.time() > SETTLE_S * 2:
+            current = self._read()
+            if current.get("owner") == self.owner:  # still ours: renew with a plain write
+                self._claim()
+                return True
+        self._expires = 0.0
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            current = self._read()
+            if (
+                not current
+                or current.get("owner") == self.owner
+                or float(current.get("expires", 0)) < time.time()
+                or _holder_is_gone(str(current.get("owner", "")))
+            ):
+                self._claim()
+                time.sleep(SETTLE_S)
+                if self._read().get("owner") == self.owner:
+                    return False
+                self._expires = 0.0
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"collection '{self.collection}' at {self.conn.display} is being written by "
+                    f"{current.get('owner', 'another writer')}; waited {self.wait_s:.0f} s for "
+                    "its write lease. Re-run when it is done"
+                )
+            time.sleep(POLL_S)
+
+    def release(self) -> None:
+        """Give the lease back, if it is ours (others then need not wait for it to expire)."""
+        if not self._expires:
+            return
+        self._expires = 0.0
+        if self._read().get("owner") == self.owner:
+            self.conn.call(
+                f"release the write lease of '{self.collection}'",
+                self.conn.client.delete, self.collection, ids=[LEASE_ID],
+            )  # fmt: skip
+
+    def _read(self) -> dict[str, Any]:
+        rows = self.conn.call(
+            f"read the write lease of '{self.collection}'", self.conn.client.query,
+            self.collection, filter=ids_in([LEASE_ID]), output_fields=["metadata"],
+            consistency_level="Strong",
+        )  # fmt: skip
+        return json_metadata(rows[0]["metadata"]) if rows else {}
+
+    def _claim(self) -> None:
+        expires = time.time() + self.seconds
+        row = {
+            "id": LEASE_ID, "doc_id": LEASE_ID, "tenant": "", "kind": LEASE_KIND,
+            "chunk_index": 0, "chunk_count": 0, "start": 0, "end": 0, "text": "",
+            "source": "", "title": "", "content_hash": "",
+            "metadata": {"owner": self.owner, "expires": expires},
+            "vector": placeholder_vector(self.dim),
+        }  # fmt: skip
+        self.conn.call(
+            f"take the write lease of '{self.collection}'",
+            self.conn.client.upsert, self.collection, [row],
+        )  # fmt: skip
+        self._expires = expires
+
+
+def _holder_is_gone(owner: str) -> bool:
+    """True if ``owner`` was a process on this host that no longer runs (killed): its lease
+    need not be waited out."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
