@@ -599,25 +599,61 @@ def serve(
     db: Annotated[
         Path, typer.Option(help="The Milvus Lite .db file to serve; created if missing.")
     ] = Path(DEFAULT_URI),
+    uri: Annotated[
+        str | None,
+        typer.Option(show_default=False, help="A Milvus server URL to use instead of --db."),
+    ] = None,
+    collection: CollectionOpt = "jrag",
     port: Annotated[
+        int, typer.Option(min=0, max=65535, help="HTTP port (0: any free port).")
+    ] = 8000,
+    host: Annotated[
+        str, typer.Option(help="HTTP address. Anything but loopback needs --api-key.")
+    ] = "127.0.0.1",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JRAG_API_KEY",
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' on every route but /health. Prefer the "
+            "JRAG_API_KEY variable.",
+        ),
+    ] = None,
+    milvus_port: Annotated[
         int | None,
         typer.Option(
             min=0,
             max=65535,
             show_default=False,
-            help="Port on 127.0.0.1. Default: 19530 if free, else any free port; 0: any free port.",
+            help="Port on 127.0.0.1 for the .db itself (gRPC, for --uri http://127.0.0.1:PORT). "
+            "Default: 19530 if free, else any free port.",
         ),
     ] = None,
+    token: TokenOpt = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = "auto",
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest request body, in MiB (413 past it).")
+    ] = 32.0,
+    queue: Annotated[
+        int, typer.Option(min=1, help="Requests that may wait for the model (503 past it).")
+    ] = 256,
 ) -> None:
-    """Share one Milvus Lite .db between processes, served on 127.0.0.1 only.
+    """Serve a collection over HTTP: embeddings (OpenAI protocol), search, ask, documents, a web
+    page. One process holds the model and the collection.
 
-    It binds 127.0.0.1 only (the server has no authentication). Other jrag commands then use
-    --uri http://127.0.0.1:PORT; the URI is printed at start. Stop with Ctrl-C.
+    It binds 127.0.0.1 unless --host and an API key are given. A Milvus Lite .db is also served
+    itself on a second port on 127.0.0.1 only; other jrag commands reach it with
+    --uri http://127.0.0.1:PORT (printed at start). Stop with Ctrl-C.
     """
-    from jrag.serve import serve as run_serve
+    from jrag.serve import HttpSettings, serve_http
 
     try:
-        run_serve(db, port)
+        _check_dtype(dtype)
+        max_body = int(max_body_mb * 1024 * 1024)
+        settings = HttpSettings(host, port, api_key, max_body=max_body, max_queue=queue)
+        serve_http(db=db, uri=uri, collection=collection, settings=settings,
+                   milvus_port=milvus_port, token=token, model=model, dtype=dtype)  # fmt: skip
     except JragError as err:
         raise fail(err) from None
 
