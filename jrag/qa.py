@@ -110,7 +110,12 @@ class Answer:
         return f"{self.text}\n\n{self.sources()}" if self.citations else self.text
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The answer as plain data; each citation also carries its ``location``."""
+        data = asdict(self)
+        for key in ("citations", "passages"):
+            for entry, citation in zip(data[key], getattr(self, key), strict=True):
+                entry["location"] = citation.location
+        return data
 
 
 def ask(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -403,3 +406,66 @@ def test_a_milvus_that_went_away_answers_503_and_the_server_keeps_serving(tmp_pa
             embedded = c.post("/v1/embeddings", json={"input": "still serving"})
             assert embedded.status_code == 200
         service.batcher.close()
+
+
+# -- clients: the CLI's --server and the retrievers' server= -------------------------------------
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -X importtime -m jrag.cli ARGS`` in a fresh interpreter (stderr: its imports)."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jrag.cli", *args], capture_output=True,
+        text=True, timeout=120, env={**os.environ, "PYTHONPATH": path, **(env or {})},
+    )  # fmt: skip
+
+
+def imported(result: subprocess.CompletedProcess[str]) -> set[str]:
+    return {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+
+
+def test_cli_search_ask_and_stats_with_server_load_no_torch(server, corpus) -> None:
+    lighthouse = str(corpus[1]["lighthouse"])
+    found = cli("search", QUESTION, "--server", server.url, "-c", "docs", "--json", "-k", "2")
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert json.loads(found.stdout)[0]["source"] == lighthouse
+    assert "torch" not in imported(found) and "pymilvus" not in imported(found)
+
+    asked = cli("ask", QUESTION, "-c", "docs", "--no-llm", env={"JRAG_SERVER": server.url})
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert (
+        asked.stdout.startswith("No LLM is configured") and "sources (extractive)" in asked.stdout
+    )
+    assert "torch" not in imported(asked)
+    answer = json.loads(cli("ask", QUESTION, "-c", "docs", "--json", "--server", server.url).stdout)
+    assert answer["citations"][0]["source"] == lighthouse
+    assert any("Odile Marchetti" in c["quote"] for c in answer["citations"])
+    assert answer["citations"][0]["location"].startswith("chars ")
+
+    stats = cli("stats", "--server", server.url)
+    assert stats.returncode == 0 and "docs" in stats.stdout and "torch" not in imported(stats)
+
+    wrong = cli("search", QUESTION, "--server", server.url)  # collection "jrag" is not served
+    assert wrong.returncode == 1
+    assert "collection 'jrag' is not served here" in wrong.stderr
+    gone = cli("search", QUESTION, "--server", "http://127.0.0.1:9", "-c", "docs")
+    assert gone.returncode == 1 and "cannot reach the jrag server" in gone.stderr
+
+
+def test_both_retrievers_search_through_a_server_as_they_do_in_process(server, corpus, encoder):
+    from langchain_jrag import JragRetriever as LangChainRetriever
+    from llama_index.retrievers.jrag import JragRetriever as LlamaIndexRetriever
+
+    from jrag.retrieval import SearchOptions, search
+
+    store, paths = corpus
+    local = search(QUESTION, store, encoder, SearchOptions(k=3))
+    via_langchain = LangChainRetriever(server=server.url, collection="docs", k=3).invoke(QUESTION)
+    assert [d.metadata["source"] for d in via_langchain] == [r.source for r in local]
+    assert via_langchain[0].page_content == local[0].text
+    assert via_langchain[0].metadata["source"] == str(paths["lighthouse"])
+    llama = LlamaIndexRetriever(server=server.url, collection="docs", k=3)
+    nodes = llama.retrieve(QUESTION)
+    assert [n.node.metadata["source"] for n in nodes] == [r.source for r in local]
+    assert nodes[0].score == pytest.approx(local[0].score)
