@@ -1,8 +1,13 @@
-"""jrag: retrieval-augmented generation over long documents with whole-document embeddings."""
+"""jrag: retrieval-augmented generation over long documents with whole-document embeddings.
 
-from jrag.encoder import Encoder, TokenStates
+``Encoder`` and ``TokenStates`` load torch, so they are imported on first use: ``import jrag``
+(and a ``jrag`` command that talks to a server) stays light.
+"""
+
+from typing import Any
+
+from jrag.defaults import DEFAULT_MODEL
 from jrag.errors import InputError, JragError, ModelLoadError, ParseError, StoreError
-from jrag.loading import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -15,3 +20,11 @@ __all__ = [
     "TokenStates",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Encoder", "TokenStates"):
+        import jrag.encoder
+
+        return getattr(jrag.encoder, name)
+    raise AttributeError(f"module 'jrag' has no attribute {name!r}")

@@ -14,15 +14,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from jrag.console import console, errors, fail, load_encoder, safe, state, warn
+from jrag.defaults import DEFAULT_MODEL
 from jrag.errors import CollectionNotFound, InputError, JragError
-from jrag.loading import DEFAULT_MODEL
 from jrag.modes import (
     DEFAULT_INGEST_MODE,
     DEFAULT_RANKER,
@@ -38,7 +40,39 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+EVAL_HELP = "Evaluate long-document retrieval: whole vs late vs chunked."
+
+
+class _Commands(TyperGroup):
+    """The top-level commands; ``eval`` (which imports torch) is loaded only when it runs, so
+    ``jrag --help`` and commands that talk to a server start without torch."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "eval"})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name != "eval":
+            return super().get_command(ctx, name)
+        if self._listing:
+            return click.Command("eval", help=EVAL_HELP)
+        from jrag.evaluation.cli import app as eval_app
+
+        command = typer.main.get_command(eval_app)
+        command.name = "eval"
+        return command
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Whole-document retrieval over long documents: ingest PDF, HTML, DOCX, Markdown and text "
     "into Milvus with an 8,192-token JinaBERT encoder, then search or ask.",
     no_args_is_help=True,
@@ -137,6 +171,21 @@ DtypeOpt = Annotated[
         "with; searching it in another dtype works.",
     ),
 ]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="JRAG_SERVER", show_default=False,
+        help="A `jrag serve` URL, e.g. http://127.0.0.1:8000: ask it instead of loading the "
+        "model here (--uri, --model and --dtype are then the server's).",
+    ),
+]  # fmt: skip
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="JRAG_API_KEY", show_default=False,
+        help="With --server: its API key. Prefer the JRAG_API_KEY variable.",
+    ),
+]  # fmt: skip
 DEFAULT_URI = "./jrag.db"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ENGINES = ("local", "ray")
@@ -487,16 +536,30 @@ def search(
     model: ModelOpt = None,
     tenant: TenantOpt = "",
     dtype: DtypeOpt = "auto",
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Find the documents that best match a query, each with its best passage."""
-    from jrag.retrieval import search as run_search
-
     try:
-        options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant)
-        _check_dtype(dtype)
-        store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
-        with store:
-            results = run_search(query, store, encoder, options)
+        if server:
+            from types import SimpleNamespace
+
+            from jrag.client import Client
+
+            with Client(server, api_key=api_key) as client:
+                found = client.search(
+                    query, k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker,
+                    weights=list(weights), content=content, tenant=tenant, collection=collection,
+                )  # fmt: skip
+            results = [SimpleNamespace(**r) for r in found]
+        else:
+            from jrag.retrieval import search as run_search
+
+            options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant)
+            _check_dtype(dtype)
+            store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
+            with store:
+                results = run_search(query, store, encoder, options)
     except JragError as err:
         raise fail(err) from None
     if as_json:
@@ -558,51 +621,75 @@ def ask(
     model: ModelOpt = None,
     tenant: TenantOpt = "",
     dtype: DtypeOpt = "auto",
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Answer a question from the best documents, citing file and span (or page).
 
-    With JRAG_LLM_BASE_URL and JRAG_LLM_MODEL set, an OpenAI-compatible endpoint answers.
+    With JRAG_LLM_BASE_URL and JRAG_LLM_MODEL set, an OpenAI-compatible endpoint answers (with
+    --server: the server's).
 
     Otherwise (or with --no-llm) the best passages are quoted. JRAG_LLM_API_KEY: the key, if any.
     """
-    from jrag.llm import from_env
-    from jrag.qa import ask as run_ask
-
     try:
-        options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant)
-        _check_dtype(dtype)
-        llm = None if no_llm else from_env()
-        store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
-        with store, console.status("answering" if llm else "finding passages"):
-            answer = run_ask(
-                question, store=store, encoder=encoder, passages=passages, llm=llm,
-                options=options,
-            )  # fmt: skip
+        if server:
+            from jrag.client import Client
+
+            with Client(server, api_key=api_key) as client, console.status("asking the server"):
+                answer = client.ask(
+                    question, k=k, passages=passages, mode=mode, filter=filter, hybrid=hybrid,
+                    ranker=ranker, weights=list(weights), tenant=tenant, llm=not no_llm,
+                    collection=collection,
+                )  # fmt: skip
+        else:
+            from jrag.llm import from_env
+            from jrag.qa import ask as run_ask
+
+            options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant)
+            _check_dtype(dtype)
+            llm = None if no_llm else from_env()
+            store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
+            with store, console.status("answering" if llm else "finding passages"):
+                answer = run_ask(
+                    question, store=store, encoder=encoder, passages=passages, llm=llm,
+                    options=options,
+                ).to_dict()  # fmt: skip
     except JragError as err:
         raise fail(err) from None
     if as_json:
-        print(json.dumps(answer.to_dict(), indent=2, allow_nan=False))
+        print(json.dumps(answer, indent=2, ensure_ascii=False, allow_nan=False))
         return
-    console.print(safe(answer.text, newlines=True), highlight=False, soft_wrap=True)
-    if not answer.citations:
+    console.print(safe(answer["text"], newlines=True), highlight=False, soft_wrap=True)
+    if not answer["citations"]:
         return
-    table = Table(title=Text(f"sources ({answer.backend})"))
+    table = Table(title=Text(f"sources ({answer['backend']})"))
     for column in ("#", "score", "document", "where"):
         table.add_column(column, overflow="fold")
-    for c in answer.citations:
-        document = Text.assemble(safe(c.title), "\n", safe(c.source, style="dim"))
-        table.add_row(Text(f"[{c.number}]"), f"{c.score:.3f}", document, safe(c.location))
+    for c in answer["citations"]:
+        document = Text.assemble(safe(c["title"]), "\n", safe(c["source"], style="dim"))
+        table.add_row(Text(f"[{c['number']}]"), f"{c['score']:.3f}", document, safe(c["location"]))
     console.print(table)
 
 
 @app.command()
 def stats(
-    collection: CollectionOpt = "jrag", uri: UriOpt = DEFAULT_URI, token: TokenOpt = None
+    collection: CollectionOpt = "jrag",
+    uri: UriOpt = DEFAULT_URI,
+    token: TokenOpt = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Show what a collection holds: its manifest (model, kinds, options) and row counts."""
     try:
-        with _open_existing(uri, collection, token) as store:
-            info = store.stats()
+        if server:
+            from jrag.client import Client
+
+            with Client(server, api_key=api_key) as client:
+                info = client.stats()
+            collection = info.get("collection", collection)
+        else:
+            with _open_existing(uri, collection, token) as store:
+                info = store.stats()
     except JragError as err:
         raise fail(err) from None
     table = Table(title=Text(f"collection {collection}"), show_header=False)
@@ -665,36 +752,65 @@ def serve(
     db: Annotated[
         Path, typer.Option(help="The Milvus Lite .db file to serve; created if missing.")
     ] = Path(DEFAULT_URI),
+    uri: Annotated[
+        str | None,
+        typer.Option(show_default=False, help="A Milvus server URL to use instead of --db."),
+    ] = None,
+    collection: CollectionOpt = "jrag",
     port: Annotated[
+        int, typer.Option(min=0, max=65535, help="HTTP port (0: any free port).")
+    ] = 8000,
+    host: Annotated[
+        str, typer.Option(help="HTTP address. Anything but loopback needs --api-key.")
+    ] = "127.0.0.1",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JRAG_API_KEY",
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' on every route but /health. Prefer the "
+            "JRAG_API_KEY variable.",
+        ),
+    ] = None,
+    milvus_port: Annotated[
         int | None,
         typer.Option(
             min=0,
             max=65535,
             show_default=False,
-            help="Port on 127.0.0.1. Default: 19530 if free, else any free port; 0: any free port.",
+            help="Port on 127.0.0.1 for the .db itself (gRPC, for --uri http://127.0.0.1:PORT). "
+            "Default: 19530 if free, else any free port.",
         ),
     ] = None,
+    token: TokenOpt = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = "auto",
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest request body, in MiB (413 past it).")
+    ] = 32.0,
+    queue: Annotated[
+        int, typer.Option(min=1, help="Requests that may wait for the model (503 past it).")
+    ] = 256,
 ) -> None:
-    """Share one Milvus Lite .db between processes, served on 127.0.0.1 only.
+    """Serve a collection over HTTP: OpenAI embeddings, search, ask, documents, a web page.
 
-    It binds 127.0.0.1 only (the server has no authentication). Other jrag commands then use
-    --uri http://127.0.0.1:PORT; the URI is printed at start. Stop with Ctrl-C.
+    One process holds the model and the collection.
+
+    It binds 127.0.0.1 unless --host and an API key are given. A Milvus Lite .db is also served
+    itself on a second port on 127.0.0.1 only; other jrag commands reach it with
+    --uri http://127.0.0.1:PORT (printed at start). Stop with Ctrl-C.
     """
-    from jrag.serve import serve as run_serve
+    from jrag.serve import HttpSettings, serve_http
 
     try:
-        run_serve(db, port)
+        _check_dtype(dtype)
+        max_body = int(max_body_mb * 1024 * 1024)
+        settings = HttpSettings(host, port, api_key, max_body=max_body, max_queue=queue)
+        serve_http(db=db, uri=uri, collection=collection, settings=settings,
+                   milvus_port=milvus_port, token=token, model=model, dtype=dtype)  # fmt: skip
     except JragError as err:
         raise fail(err) from None
 
-
-def _add_subcommands() -> None:
-    from jrag.evaluation.cli import app as eval_app
-
-    app.add_typer(eval_app, name="eval")
-
-
-_add_subcommands()
 
 if __name__ == "__main__":
     app()

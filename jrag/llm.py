@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -65,6 +65,19 @@ class LangChainLLM:
             raise LLMError(f"the LangChain model {name} failed: {err}") from err
         return _text_of(reply.content if hasattr(reply, "content") else reply, self.name)
 
+    def stream(self, system: str, user: str) -> Iterator[str]:
+        """The reply in pieces, as the model streams them."""
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        try:
+            for chunk in self.model.stream([SystemMessage(system), HumanMessage(user)]):
+                piece = chunk.content if hasattr(chunk, "content") else chunk
+                if isinstance(piece, str) and piece:
+                    yield piece
+        except Exception as err:
+            name = type(self.model).__name__
+            raise LLMError(f"the LangChain model {name} failed: {err}") from err
+
 
 @dataclass
 class LlamaIndexLLM:
@@ -88,6 +101,21 @@ class LlamaIndexLLM:
         except Exception as err:
             raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
         return _text_of(reply.message.content, self.name)
+
+    def stream(self, system: str, user: str) -> Iterator[str]:
+        """The reply in pieces, through the LLM's ``stream_chat``."""
+        from llama_index.core.llms import ChatMessage, MessageRole
+
+        messages = [
+            ChatMessage(role=MessageRole.SYSTEM, content=system),
+            ChatMessage(role=MessageRole.USER, content=user),
+        ]
+        try:
+            for reply in self.llm.stream_chat(messages):
+                if reply.delta:
+                    yield reply.delta
+        except Exception as err:
+            raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
 
 
 @dataclass
@@ -222,6 +250,15 @@ class OpenAICompatibleLLM:
 def from_env(environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
     """The OpenAI-compatible endpoint configured in the environment, if any."""
     return OpenAICompatibleLLM.from_env(environ)
+
+
+def stream_reply(backend: ChatBackend, system: str, user: str) -> Iterator[str]:
+    """The reply in pieces where the backend streams, else whole in one piece."""
+    stream = getattr(backend, "stream", None)
+    if callable(stream):
+        yield from stream(system, user)
+    else:
+        yield backend.chat(system, user)
 
 
 def resolve_llm(llm: object | None) -> ChatBackend | None:

@@ -21,12 +21,12 @@ from tokenizers.implementations import BertWordPieceTokenizer
 
 from jrag.attention import alibi_slopes
 from jrag.config import BertConfig
+from jrag.defaults import DEFAULT_MODEL  # noqa: F401  (re-exported: its historic home)
 from jrag.errors import ModelLoadError
 from jrag.modeling import BertModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "jinaai/jina-embeddings-v2-small-en"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Hub ids that a pip package carries offline, used when the id is not in the hub cache.

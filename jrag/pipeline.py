@@ -15,6 +15,7 @@ A document's stored state decides what happens to its file:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -409,6 +410,53 @@ def ingest(
     if prune:
         report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
     store.flush()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def text_document(key: str, text: str, title: str | None = None) -> ParsedDocument:
+    """A document handed over as text under ``key``, its source (hashed as a file's bytes are)."""
+    if not isinstance(key, str) or not key.strip():
+        raise InputError("a document's id must be a non-empty string")
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"document {key!r} has no text")
+    data = text.encode("utf-8")
+    return ParsedDocument(
+        source=key, text=text, title=title or key, doc_type="text", size=len(data),
+        mtime=time.time(), content_hash=hashlib.sha256(data).hexdigest(), page_count=None,
+        page_starts=(),
+    )  # fmt: skip
+
+
+def ingest_documents(
+    documents: Sequence[ParsedDocument],
+    store: MilvusStore,
+    encoder: Encoder,
+    *,
+    options: IngestOptions | None = None,
+    tenant: str = "",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> IngestReport:
+    """Store documents already in hand (texts sent by id, uploads parsed by the caller), planned,
+    embedded and written as :func:`ingest` does: the same content is skipped, a changed one
+    replaces its old version at once."""
+    options = options or IngestOptions()
+    report = IngestReport()
+    started = time.perf_counter()
+    wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
+    states = store.states([document_id(d.source, tenant) for d in documents])
+    pending = []
+    for document in documents:
+        doc_id = document_id(document.source, tenant)
+        plan = plan_file(states.get(doc_id), document.content_hash, wanted)
+        if plan is None:
+            report.skipped.append(document.source)
+            continue
+        pending.append(_Pending(document, doc_id, plan[0], plan[1], states.get(doc_id)))
+    if pending:
+        _embed_and_store(pending, store, encoder, options, report, lambda *_: None, tenant,
+                         batch_tokens)  # fmt: skip
+        store.flush()
     report.seconds = time.perf_counter() - started
     return report
 

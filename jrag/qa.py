@@ -110,7 +110,12 @@ class Answer:
         return f"{self.text}\n\n{self.sources()}" if self.citations else self.text
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The answer as plain data; each citation also carries its ``location``."""
+        data = asdict(self)
+        for key in ("citations", "passages"):
+            for entry, citation in zip(data[key], getattr(self, key), strict=True):
+                entry["location"] = citation.location
+        return data
 
 
 def ask(
@@ -122,21 +127,21 @@ def ask(
     passages: int = 3,
     llm: object | None = None,
     options: SearchOptions | None = None,
+    vector: np.ndarray | None = None,
     **search_options,
 ) -> Answer:
     """Answer ``question`` from the ``k`` best documents, citing ``passages`` passages.
 
     ``llm`` is a LangChain model, a LlamaIndex LLM, a :class:`jrag.llm.ChatBackend` (such as
     ``jrag.llm.from_env()``), or None for an extractive answer that needs no LLM. Further
-    keywords (``mode``, ``filter``, ``hybrid``, ``tenant`` …) are search options.
+    keywords (``mode``, ``filter``, ``hybrid``, ``tenant`` …) are search options. ``vector``:
+    the question's vector, where the caller already has it.
     """
     backend = resolve_llm(llm)
-    if passages < 1:
-        raise InputError(f"passages must be at least 1, not {passages}")
     options = options or SearchOptions(k=k, **search_options)
-    vector = embed_query(encoder, question)  # once, for the documents and their passages
-    results = search(question, store, encoder, options, vector=vector)
-    context = find_passages(question, vector, results, store, encoder, passages, options)
+    context = retrieve_passages(
+        question, store=store, encoder=encoder, passages=passages, options=options, vector=vector
+    )
     if not context:
         return Answer(question, "No documents matched the question.", [], [], None, _name(backend))
     if backend is None:
@@ -144,6 +149,24 @@ def ask(
     prompt = build_prompt(question, context)
     reply = backend.chat(SYSTEM_PROMPT, prompt)
     return Answer(question, reply, cited(reply, context), context, prompt, backend.name)
+
+
+def retrieve_passages(
+    question: str,
+    *,
+    store: MilvusStore,
+    encoder: Encoder,
+    passages: int,
+    options: SearchOptions,
+    vector: np.ndarray | None = None,
+) -> list[Citation]:
+    """The context :func:`ask` answers from: the best documents' best ``passages`` passages."""
+    if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:
+        raise InputError(f"passages must be at least 1, not {passages}")
+    if vector is None:
+        vector = embed_query(encoder, question)  # once, for the documents and their passages
+    results = search(question, store, encoder, options, vector=vector)
+    return find_passages(question, vector, results, store, encoder, passages, options)
 
 
 def find_passages(

@@ -110,3 +110,27 @@ class Searcher:
             opened, self._opened = self._opened, None
         if opened is not None:
             opened[0].close()
+
+
+class RemoteSearcher:
+    """Search a collection that ``jrag serve`` holds, over HTTP: no model loads here."""
+
+    def __init__(self, server: str, collection: str, *, api_key: str | None = None) -> None:
+        from jrag.client import Client
+
+        self.collection = collection
+        self._client = Client(server, api_key=api_key)
+
+    is_open = True
+
+    def search(self, query: str, options: SearchOptions) -> list[SearchResult]:
+        """The server's results for ``query`` with ``options`` (as :meth:`Searcher.search`)."""
+        hits = self._client.search(
+            query, k=options.k, mode=options.mode, filter=options.filter, hybrid=options.hybrid,
+            ranker=options.ranker, weights=list(options.weights), content=options.content,
+            tenant=options.tenant, collection=self.collection,
+        )  # fmt: skip
+        return [SearchResult(**{k: v for k, v in hit.items() if k != "page"}) for hit in hits]
+
+    def close(self) -> None:
+        self._client.close()

@@ -15,12 +15,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from jrag.cli import app
 from jrag.loading import MINILM_ID
-from jrag.serve import URI_PREFIX
+from jrag.serve import HTTP_PREFIX, URI_PREFIX
 from jrag.store import MilvusStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,8 @@ def test_jrag_serve_shares_a_db_that_other_commands_reach_by_uri(
     docs = tmp / "docs"
     write_docs(docs)
     db = tmp / "served.db"
-    command = [sys.executable, "-m", "jrag.cli", "serve", "--db", str(db), "--port", "0"]
+    command = [sys.executable, "-m", "jrag.cli", "serve", "--db", str(db), "--port", "0",
+               "--model", MINILM_ID]  # fmt: skip
     server = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
         start_new_session=True,
@@ -126,10 +128,21 @@ def test_jrag_serve_shares_a_db_that_other_commands_reach_by_uri(
         assert uri.startswith("http://127.0.0.1:"), "".join(printed)
         assert f"Pass --uri {uri}" in "".join(printed)
 
+        for line in server.stdout:
+            printed.append(line)
+            if line.startswith(HTTP_PREFIX):
+                break
+        http = printed[-1].removeprefix(HTTP_PREFIX).strip()
+        assert http.startswith("http://127.0.0.1:"), "".join(printed)
+
         ingest(runner, str(docs), "--uri", uri)
         stats = runner.invoke(app, ["stats", "--uri", uri])
         assert stats.exit_code == 0, stats.output
         assert "milvus-server" in stats.output  # reached through the server, not the file
+        # The HTTP service finds the collection that was written through the Milvus port.
+        found = httpx.post(f"{http}/search", json={"query": "lamp wick at dusk"}, timeout=60)
+        assert found.status_code == 200, found.text
+        assert Path(found.json()["results"][0]["source"]).name == "lighthouse.md"
     finally:
         server.send_signal(signal.SIGTERM)
         rest, _ = server.communicate(timeout=30)

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import SearchOptions, SearchResult
-from jrag.searcher import Searcher, result_metadata
+from jrag.searcher import RemoteSearcher, Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
 
 
@@ -42,7 +42,8 @@ class JragRetriever(BaseRetriever):
     ``model=None`` loads the model the collection was built with; a named model must match it.
     Nothing connects or loads at construction: the store and the model open on the first query
     (which raises :class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
-    ``invoke(query, k=...)`` overrides ``k`` for one call.
+    ``invoke(query, k=...)`` overrides ``k`` for one call. ``server`` (a ``jrag serve`` URL,
+    with its ``api_key``) searches there instead, loading no model here.
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -69,10 +70,18 @@ class JragRetriever(BaseRetriever):
     )
     tenant: str = Field(default="", description="Only this tenant's documents.")
     connect_timeout: float = Field(default=CONNECT_TIMEOUT_S, gt=0, description="Seconds.")
+    server: str | None = Field(
+        default=None, description="A `jrag serve` URL: search there, loading no model here."
+    )
+    api_key: SecretStr | None = Field(default=None, description="The server's API key.")
 
-    _searcher: Searcher = PrivateAttr()
+    _searcher: Searcher | RemoteSearcher = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
+        if self.server:
+            key = self.api_key.get_secret_value() if self.api_key else None
+            self._searcher = RemoteSearcher(self.server, self.collection, api_key=key)
+            return
         self._searcher = Searcher(
             self.uri,
             self.collection,

@@ -10,7 +10,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import SearchOptions, SearchResult
-from jrag.searcher import Searcher, result_metadata
+from jrag.searcher import RemoteSearcher, Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
 
 # Kept in the node's metadata for callers, but not shown to the LLM or re-embedded.
@@ -39,7 +39,8 @@ class JragRetriever(BaseRetriever):
     ``weights`` set the fusion). ``model=None`` loads
     the model the collection was built with.
     Nothing connects or loads at construction: the store and model open on the first query
-    (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
+    (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused. ``server`` (a
+    ``jrag serve`` URL, with its ``api_key``) searches there instead, loading no model here.
     """
 
     def __init__(
@@ -59,6 +60,8 @@ class JragRetriever(BaseRetriever):
         token: str | None = None,
         device: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
+        server: str | None = None,
+        api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Checked here, so a bad argument fails at construction rather than at the first query.
@@ -66,6 +69,11 @@ class JragRetriever(BaseRetriever):
             k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
             content=content, tenant=tenant,
         )  # fmt: skip
+        self._searcher: Searcher | RemoteSearcher
+        if server:
+            self._searcher = RemoteSearcher(server, collection, api_key=api_key)
+            super().__init__(**kwargs)
+            return
         self._searcher = Searcher(
             uri,
             collection,
