@@ -108,6 +108,16 @@ WeightsOpt = Annotated[
     tuple[float, float],
     typer.Option(help="With --ranker relative or weighted: the dense and BM25 weights."),
 ]
+RerankOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="A cross-encoder (folder or hub id, e.g. a ms-marco MiniLM or jina-reranker-v1) "
+        "that re-scores the top --rerank-depth documents on their best passage. Off by default."
+    ),
+]
+RerankDepthOpt = Annotated[
+    int, typer.Option(min=1, max=1000, help="With --rerank: how many documents it scores.")
+]
 ContentOpt = Annotated[
     str,
     typer.Option(
@@ -429,12 +439,14 @@ def _print_ingest_report(report: IngestReport, title: str) -> None:
         warn("failed", message)
 
 
-def _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant):
+def _search_options(
+    k, mode, filter, hybrid, ranker, weights, content, tenant, rerank=None, rerank_depth=20
+):
     from jrag.retrieval import SearchOptions
 
     return SearchOptions(
         k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
-        content=content, tenant=tenant,
+        content=content, tenant=tenant, rerank=rerank, rerank_depth=rerank_depth,
     )  # fmt: skip
 
 
@@ -448,6 +460,8 @@ def search(
     ranker: RankerOpt = DEFAULT_RANKER,
     weights: WeightsOpt = DEFAULT_WEIGHTS,
     content: ContentOpt = "passage",
+    rerank: RerankOpt = None,
+    rerank_depth: RerankDepthOpt = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     collection: CollectionOpt = "jrag",
     uri: UriOpt = DEFAULT_URI,
@@ -460,7 +474,8 @@ def search(
     from jrag.retrieval import search as run_search
 
     try:
-        options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant)
+        options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant,
+                                  rerank, rerank_depth)  # fmt: skip
         _check_dtype(dtype)
         store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
         with store:
@@ -505,6 +520,8 @@ def ask(
     hybrid: HybridOpt = True,
     ranker: RankerOpt = DEFAULT_RANKER,
     weights: WeightsOpt = DEFAULT_WEIGHTS,
+    rerank: RerankOpt = None,
+    rerank_depth: RerankDepthOpt = 20,
     no_llm: Annotated[
         bool,
         typer.Option("--no-llm", help="Quote passages even when JRAG_LLM_BASE_URL is set."),
@@ -527,7 +544,8 @@ def ask(
     from jrag.qa import ask as run_ask
 
     try:
-        options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant)
+        options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant,
+                                  rerank, rerank_depth)  # fmt: skip
         _check_dtype(dtype)
         llm = None if no_llm else from_env()
         store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
