@@ -44,9 +44,9 @@ def jina_cross_encoder(tmp_path_factory) -> Path:
     config = json.loads((MODELS / "jina-embeddings-v2-base-en" / "config.json").read_text())
     config |= {"architectures": ["JinaBertForSequenceClassification"], "hidden_size": 96,
                "intermediate_size": 128, "num_hidden_layers": 2, **ONE_LABEL}  # fmt: skip
+    skeleton = MODELS / "jina-embeddings-v2-base-en"
     return write_random_checkpoint(tmp_path_factory.mktemp("jina-reranker"), config, seed=12,
-                                   classifier=True,
-                                   tokenizer_from=MODELS / "jina-embeddings-v2-base-en")  # fmt: skip
+                                   classifier=True, tokenizer_from=skeleton)  # fmt: skip
 
 
 def test_bert_cross_encoder_matches_transformers_sequence_classification(bert_cross_encoder):
@@ -68,7 +68,7 @@ def test_bert_cross_encoder_matches_transformers_sequence_classification(bert_cr
 
 def test_jina_cross_encoder_matches_the_reference_with_its_head(jina_cross_encoder):
     reranker = Reranker.from_pretrained(jina_cross_encoder, device="cpu", dtype="float32")
-    passages = PASSAGES[:3] + ["harbour " * 1500]  # up to ~2k tokens per pair
+    passages = [*PASSAGES[:3], "harbour " * 1500]  # up to ~2k tokens per pair
     scores = reranker.score(QUERY, passages, batch_tokens=4096)
     for passage, score in zip(passages, scores, strict=True):
         encoding = reranker.tokenizer.encode(QUERY, passage)
@@ -116,30 +116,40 @@ FACTS = [
 
 @pytest.fixture
 def two_tenant_store(store_uri: str, tmp_path: Path):
-    """Tenants a and b hold the same facts in two folders each (kept/ and other/)."""
+    yield from _two_tenant_store(store_uri, tmp_path)
+
+
+@pytest.fixture
+def two_tenant_lite_store(milvus_lite_uri: str, tmp_path: Path):
+    yield from _two_tenant_store(milvus_lite_uri, tmp_path)
+
+
+def _two_tenant_store(store_uri: str, tmp_path: Path):
+    """Tenants a and b ingest the same paths (rewritten between the runs), in kept/ and other/;
+    yields the store, the encoder and a filter for kept/ (a prefix: Milvus 2.3.5 needs one)."""
     encoder = load_encoder(MINILM_ID, device="cpu")
     store = MilvusStore(store_uri, f"rerank_{uuid.uuid4().hex[:8]}", identity=identity_of(encoder))
+    root = tmp_path / "shared"
     for tenant in ("a", "b"):
         for folder in ("kept", "other"):
-            root = tmp_path / tenant / folder
-            root.mkdir(parents=True)
+            (root / folder).mkdir(parents=True, exist_ok=True)
             for index, fact in enumerate(FACTS):
-                (root / f"{folder}-{index}.txt").write_text(
+                (root / folder / f"{index}.txt").write_text(
                     f"Tenant {tenant}, {folder} note {index}.\n\n{fact}\n", encoding="utf-8"
                 )
-        ingest([tmp_path / tenant], store, encoder, options=IngestOptions(mode="late"),
-               tenant=tenant)  # fmt: skip
-    yield store, encoder
-    store.drop()
-    store.close()
+        ingest([root], store, encoder, options=IngestOptions(mode="late"), tenant=tenant)
+    yield store, encoder, f'source like "{root}/kept/%"'
+    store.close()  # a test may have closed it already, to let another client in
+    with MilvusStore(store_uri, store.collection, identity=identity_of(encoder)) as cleanup:
+        cleanup.drop()
 
 
 def test_reranking_reorders_by_the_cross_encoder_and_keeps_filters_tenants_and_k(
     two_tenant_store, bert_cross_encoder
 ):
-    store, encoder = two_tenant_store
+    store, encoder, kept = two_tenant_store
     reranker = Reranker.from_pretrained(bert_cross_encoder, device="cpu", dtype="float32")
-    where = {"filter": 'source like "%/kept/%"', "tenant": "a"}
+    where = {"filter": kept, "tenant": "a"}
     first = search(QUERY, store, encoder, k=6, **where)
     reranked = search(QUERY, store, encoder, k=3, rerank=reranker, rerank_depth=6, **where)
     # The expected order: the first stage's six, scored by the cross-encoder on the same text.
@@ -158,3 +168,29 @@ def test_reranking_reorders_by_the_cross_encoder_and_keeps_filters_tenants_and_k
     answer = ask(QUERY, store=store, encoder=encoder, k=2, passages=2, rerank=reranker,
                  rerank_depth=6, **where)  # fmt: skip
     assert {c.source for c in answer.citations} <= {r.source for r in reranked[:2]}
+
+
+def test_both_retrievers_pass_rerank_on_by_model_name(two_tenant_lite_store, bert_cross_encoder):
+    from langchain_jrag import JragRetriever as LangChainRetriever
+    from llama_index.retrievers.jrag import JragRetriever as LlamaIndexRetriever
+
+    store, encoder, kept = two_tenant_lite_store
+    reranker = Reranker.from_pretrained(bert_cross_encoder, device="cpu")
+    where = {"filter": kept, "tenant": "a"}
+    expected = search(QUERY, store, encoder, k=2, rerank=reranker, rerank_depth=6, **where)
+    store.close()  # Milvus Lite: one client per folder at a time
+    common = {"uri": store.conn.uri, "collection": store.collection, "k": 2,
+              "rerank": str(bert_cross_encoder), "rerank_depth": 6, **where}  # fmt: skip
+    langchain = LangChainRetriever(**common)
+    try:
+        docs = langchain.invoke(QUERY)
+    finally:
+        langchain.close()
+    assert [d.metadata["source"] for d in docs] == [r.source for r in expected]
+    assert np.allclose([d.metadata["score"] for d in docs], [r.score for r in expected], atol=1e-4)
+    llama = LlamaIndexRetriever(**common)
+    try:
+        nodes = llama.retrieve(QUERY)
+    finally:
+        llama._searcher.close()
+    assert [n.node.metadata["source"] for n in nodes] == [r.source for r in expected]
