@@ -194,3 +194,29 @@ def test_both_retrievers_pass_rerank_on_by_model_name(two_tenant_lite_store, ber
     finally:
         llama._searcher.close()
     assert [n.node.metadata["source"] for n in nodes] == [r.source for r in expected]
+
+
+def test_jrag_search_rerank_flag_reorders_and_is_off_unless_named(
+    two_tenant_lite_store, bert_cross_encoder
+):
+    from typer.testing import CliRunner
+
+    from jrag.cli import app
+
+    store, encoder, kept = two_tenant_lite_store
+    reranker = Reranker.from_pretrained(bert_cross_encoder, device="cpu")
+    where = {"filter": kept, "tenant": "a"}
+    expected = search(QUERY, store, encoder, k=2, rerank=reranker, rerank_depth=6, **where)
+    plain = search(QUERY, store, encoder, k=2, **where)
+    store.close()
+    args = ["search", QUERY, "-k", "2", "--json", "--uri", store.conn.uri, "--collection",
+            store.collection, "--tenant", "a", "--filter", kept]  # fmt: skip
+    runner = CliRunner()
+    reranked = runner.invoke(app, [*args, "--rerank", str(bert_cross_encoder),
+                                   "--rerank-depth", "6"])  # fmt: skip
+    assert reranked.exit_code == 0, reranked.output
+    assert [r["source"] for r in json.loads(reranked.output)] == [r.source for r in expected]
+    default = runner.invoke(app, args)
+    assert [r["source"] for r in json.loads(default.output)] == [r.source for r in plain]
+    missing = runner.invoke(app, [*args, "--rerank", str(bert_cross_encoder / "nowhere")])
+    assert missing.exit_code != 0 and "nowhere" in missing.output
