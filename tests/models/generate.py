@@ -40,6 +40,7 @@ CORPUS = [
 def config(layout: str, **overrides) -> dict:
     """A jina-embeddings-v2 base config.json naming the remote code of ``layout``."""
     repo = REMOTE[layout]
+    classifier = "modeling_bert.JinaBertForSequenceClassification"
     return {
         "_name_or_path": repo,
         "architectures": ["JinaBertForMaskedLM"],
@@ -48,7 +49,7 @@ def config(layout: str, **overrides) -> dict:
             "AutoConfig": f"{repo}--configuration_bert.JinaBertConfig",
             "AutoModel": f"{repo}--modeling_bert.JinaBertModel",
             "AutoModelForMaskedLM": f"{repo}--modeling_bert.JinaBertForMaskedLM",
-            "AutoModelForSequenceClassification": f"{repo}--modeling_bert.JinaBertForSequenceClassification",
+            "AutoModelForSequenceClassification": f"{repo}--{classifier}",
         },
         "emb_pooler": "mean",
         "feed_forward_type": "geglu",
