@@ -163,6 +163,8 @@ def search(
         options = SearchOptions(**{**options.__dict__, **overrides})
     if store.read_only:
         _notice_once(store, store.legacy_notice())
+    if isinstance(options.rerank, str):  # loaded (once per process) before any search runs
+        options = replace(options, rerank=load_reranker(options.rerank, str(encoder.device)))
     vector = embed_query(encoder, query) if vector is None else vector
     for _ in range(STALE_READ_RETRIES):
         results = _search_once(query, vector, store, encoder, options)
@@ -212,9 +214,6 @@ def _reranked(
 ) -> tuple[list[RankedRow], dict[str, tuple[int, int]]]:
     """The ``k`` best of ``ranked`` by the cross-encoder's score of each document's best passage
     with context, scored by it; and those passages' spans, for the results to reuse."""
-    reranker = options.rerank
-    if isinstance(reranker, str):
-        reranker = load_reranker(reranker, str(encoder.device))
     spans, texts = {}, []
     for row in ranked:
         state, passage = states.get(row.doc_id), passages.get(row.doc_id) or row
@@ -223,7 +222,7 @@ def _reranked(
             continue
         spans[row.doc_id] = _with_context(store, encoder, state, passage, options.context_tokens)
         texts.append(store.document_text(state, *spans[row.doc_id]))
-    scores = reranker.score(query, texts)
+    scores = options.rerank.score(query, texts)
     order = sorted(range(len(ranked)), key=lambda i: -scores[i])[: options.k]
     return [replace(ranked[i], score=scores[i]) for i in order], spans
 

@@ -220,3 +220,17 @@ def test_jrag_search_rerank_flag_reorders_and_is_off_unless_named(
     assert [r["source"] for r in json.loads(default.output)] == [r.source for r in plain]
     missing = runner.invoke(app, [*args, "--rerank", str(bert_cross_encoder / "nowhere")])
     assert missing.exit_code != 0 and "nowhere" in missing.output
+
+
+@pytest.mark.parametrize("depth", [0, -3, 1001, True, 2.5])
+def test_a_bad_rerank_depth_is_refused_naming_it(depth):
+    from jrag.retrieval import SearchOptions
+
+    with pytest.raises(InputError, match="rerank_depth"):
+        SearchOptions(rerank="any-model", rerank_depth=depth)
+
+
+def test_a_missing_reranker_is_named_at_the_first_query(two_tenant_lite_store, tmp_path):
+    store, encoder, _ = two_tenant_lite_store
+    with pytest.raises(ModelLoadError, match="no-such-reranker"):
+        search(QUERY, store, encoder, k=2, rerank=str(tmp_path / "no-such-reranker"))
