@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from jrag.config import BertConfig
 from jrag.loading import MINILM_ID, resolve_model_dir
-from jrag.modeling import BertModel
+from jrag.modeling import BertForSequenceClassification, BertModel
 
 # The fields of the published jina-embeddings-v2 config.json files that shape the model.
 JINA_V2_LAYOUTS: dict[str, dict] = {
@@ -43,6 +43,8 @@ _TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
 )
 
 
@@ -84,6 +86,7 @@ def write_random_checkpoint(
     pooling: str = "mean",
     max_seq_length: int | None = None,
     normalize: bool = False,
+    classifier: bool = False,
 ) -> Path:
     """Write a checkpoint with random weights for ``config`` into ``folder`` and return it.
 
@@ -92,25 +95,32 @@ def write_random_checkpoint(
     (the published base checkpoint is 16-bit) and ``key_prefix`` can add a ``bert.`` prefix.
     The sentence-transformers files say ``pooling`` (e.g. "cls" for a BGE-style model),
     ``max_seq_length`` (default: the position limit) and, with ``normalize``, a Normalize module.
+    ``classifier`` writes a cross-encoder instead (``BertForSequenceClassification`` keys:
+    ``bert.*``, ``bert.pooler.dense.*``, ``classifier.*``, one label).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = BertModel(BertConfig.from_dict(config))
+    model_class = BertForSequenceClassification if classifier else BertModel
+    model = model_class(BertConfig.from_dict(config))
+    if classifier:
+        key_prefix = key_prefix or "bert."
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, tensor in model.state_dict().items():
-        if key.endswith("LayerNorm.weight") or key.endswith("layernorm.weight"):
+        if key.endswith(".weight") and tensor.dim() == 1:  # every LayerNorm's scale
             values = 1.0 + 0.1 * torch.randn(tensor.shape, generator=generator)
         else:
             values = 0.05 * torch.randn(tensor.shape, generator=generator)
-        state[key_prefix + key] = values.to(dtype).contiguous()
+        prefix = "" if key.startswith("classifier.") else key_prefix
+        state[prefix + key] = values.to(dtype).contiguous()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     source = resolve_model_dir(tokenizer_from)
     for name in _TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, folder / name)
-    _write_sentence_transformers_files(folder, config, pooling, max_seq_length, normalize)
+    if not classifier:
+        _write_sentence_transformers_files(folder, config, pooling, max_seq_length, normalize)
     return folder
 
 

@@ -149,6 +149,16 @@ WeightsOpt = Annotated[
         "adaptive, those reached when BM25 has a clear winner (equal weights when it has none)."
     ),
 ]
+RerankOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="A cross-encoder (folder or hub id, e.g. a ms-marco MiniLM or jina-reranker-v1) "
+        "that re-scores the top --rerank-depth documents on their best passage. Off by default."
+    ),
+]
+RerankDepthOpt = Annotated[
+    int, typer.Option(min=1, max=1000, help="With --rerank: how many documents it scores.")
+]
 ContentOpt = Annotated[
     str,
     typer.Option(
@@ -510,13 +520,20 @@ def _print_ingest_report(report: IngestReport, title: str) -> None:
         warn("failed", message)
 
 
-def _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant):
+def _search_options(
+    k, mode, filter, hybrid, ranker, weights, content, tenant, rerank=None, rerank_depth=20
+):
     from jrag.retrieval import SearchOptions
 
     return SearchOptions(
         k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
-        content=content, tenant=tenant,
+        content=content, tenant=tenant, rerank=rerank, rerank_depth=rerank_depth,
     )  # fmt: skip
+
+
+def _no_rerank_on_server(rerank: str | None) -> None:
+    if rerank:
+        raise InputError("--rerank loads its model in this process; it does not go with --server")
 
 
 @app.command()
@@ -529,6 +546,8 @@ def search(
     ranker: RankerOpt = DEFAULT_RANKER,
     weights: WeightsOpt = DEFAULT_WEIGHTS,
     content: ContentOpt = "passage",
+    rerank: RerankOpt = None,
+    rerank_depth: RerankDepthOpt = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     collection: CollectionOpt = "jrag",
     uri: UriOpt = DEFAULT_URI,
@@ -542,6 +561,7 @@ def search(
     """Find the documents that best match a query, each with its best passage."""
     try:
         if server:
+            _no_rerank_on_server(rerank)
             from types import SimpleNamespace
 
             from jrag.client import Client
@@ -555,7 +575,8 @@ def search(
         else:
             from jrag.retrieval import search as run_search
 
-            options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant)
+            options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant,
+                                      rerank, rerank_depth)  # fmt: skip
             _check_dtype(dtype)
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
             with store:
@@ -610,6 +631,8 @@ def ask(
     hybrid: HybridOpt = True,
     ranker: RankerOpt = DEFAULT_RANKER,
     weights: WeightsOpt = DEFAULT_WEIGHTS,
+    rerank: RerankOpt = None,
+    rerank_depth: RerankDepthOpt = 20,
     no_llm: Annotated[
         bool,
         typer.Option("--no-llm", help="Quote passages even when JRAG_LLM_BASE_URL is set."),
@@ -633,6 +656,7 @@ def ask(
     """
     try:
         if server:
+            _no_rerank_on_server(rerank)
             from jrag.client import Client
 
             with Client(server, api_key=api_key) as client, console.status("asking the server"):
@@ -645,7 +669,8 @@ def ask(
             from jrag.llm import from_env
             from jrag.qa import ask as run_ask
 
-            options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant)
+            options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant,
+                                      rerank, rerank_depth)  # fmt: skip
             _check_dtype(dtype)
             llm = None if no_llm else from_env()
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype)

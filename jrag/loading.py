@@ -144,20 +144,31 @@ def load_state_dict(model_dir: Path, *, allow_pickle: bool = False) -> dict[str,
 
 
 def build_model(
-    config: BertConfig, state: dict[str, torch.Tensor], *, dtype: torch.dtype, source: str
+    config: BertConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    source: str,
+    model_class: type[BertModel] = BertModel,
 ) -> BertModel:
-    """Create the module tree without allocating, check every weight's name and shape, and load."""
+    """Create the module tree without allocating, check every weight's name and shape, and load.
+
+    ``model_class`` is ``BertModel`` for an embedding model, ``BertForSequenceClassification``
+    for a cross-encoder (which keeps the pooler and classifier an embedding model drops).
+    """
     with torch.device("meta"):
-        model = BertModel(config)
+        model = model_class(config)
     expected = model.state_dict()
-    state = {key: value for key, value in state.items() if not key.startswith(_UNUSED_KEY_PREFIXES)}
+    state = {key: value for key, value in state.items()
+             if key in expected or not key.startswith(_UNUSED_KEY_PREFIXES)}  # fmt: skip
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ModelLoadError(
             f"weights in {source} don't match its config.json "
             f"({config.position_embedding_type} positions, "
-            f"{config.feed_forward_type} feed-forward): "
+            f"{config.feed_forward_type} feed-forward"
+            f"{', qk-post-norm layer' if config.qk_layer_norm else ''}): "
             f"missing {_preview(missing)}; unexpected {_preview(unexpected)}"
         )
     for key, tensor in expected.items():

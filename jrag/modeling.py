@@ -10,6 +10,15 @@ JinaBERT differs from BERT in two places, both switched by the config:
 - ``feed_forward_type`` "geglu"/"reglu": ``gated_layers`` [2I, H] without bias; the activation
   applies to the first half and gates with the second.
 Both are post-norm, like the original BERT.
+
+The qk-post-norm JinaBERT (``config.qk_layer_norm``, jina-embeddings-v2-base-code) changes the
+layer in three places: LayerNorms on the query and key projections (``layer_norm_q``/``_k``); the
+attention block's output goes through a second LayerNorm with the layer input
+(``layer_norm_1``); and the feed-forward is ``mlp.up_gated_layer``/``mlp.down_layer`` with the
+activation on the *second* half, followed by ``layer_norm_2``.
+
+``BertForSequenceClassification`` adds BERT's pooler (tanh of a dense layer over the first token)
+and a linear ``classifier``: the cross-encoder layout of ms-marco rerankers and jina-reranker-v1.
 """
 
 from __future__ import annotations
@@ -52,9 +61,15 @@ class Embeddings(nn.Module):
             )
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # Single-segment inputs: token type 0 everywhere.
-        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Single-segment inputs (embedding): token type 0 everywhere, without a lookup.
+        if token_type_ids is None:
+            types = self.token_type_embeddings.weight[0]
+        else:
+            types = self.token_type_embeddings(token_type_ids)
+        embeddings = self.word_embeddings(input_ids) + types
         if hasattr(self, "position_embeddings"):
             embeddings = embeddings + self.position_embeddings.weight[: input_ids.shape[1]]
         return self.LayerNorm(embeddings)
@@ -68,6 +83,9 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        if config.qk_layer_norm:
+            self.layer_norm_q = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.layer_norm_k = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -80,9 +98,10 @@ class SelfAttention(nn.Module):
         bias: AlibiBias | None,
         attention_fn: AttentionFn,
     ) -> torch.Tensor:
-        query, key, value = (
-            self._heads(proj(hidden)) for proj in (self.query, self.key, self.value)
-        )
+        query, key = self.query(hidden), self.key(hidden)
+        if hasattr(self, "layer_norm_q"):
+            query, key = self.layer_norm_q(query), self.layer_norm_k(key)
+        query, key, value = self._heads(query), self._heads(key), self._heads(self.value(hidden))
         context = attention_fn(query, key, value, lengths, bias)
         return context.transpose(1, 2).reshape(hidden.shape)
 
@@ -108,22 +127,34 @@ class Attention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """JinaBERT's GEGLU/ReGLU feed-forward: ``LN(h + wo(act(g[:, :I]) * g[:, I:]))``."""
+    """JinaBERT's GEGLU/ReGLU feed-forward: one [2I, H] projection, half activated, half gating.
+
+    jina-bert-implementation: ``LN(h + wo(act(g[:, :I]) * g[:, I:]))`` (keys ``gated_layers``,
+    ``wo``, ``layernorm``). qk-post-norm: ``down_layer(g[:, :I] * act(g[:, I:]))`` (keys
+    ``up_gated_layer``, ``down_layer``); its LayerNorm is the layer's ``layer_norm_2``.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.act_on_first_half = not config.qk_layer_norm
         self.act = nn.functional.relu if config.feed_forward_type == "reglu" else nn.functional.gelu
-        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = (config.hidden_size, 2 * config.intermediate_size)
+        if config.qk_layer_norm:
+            self.up_gated_layer = nn.Linear(*width, bias=False)
+            self.down_layer = nn.Linear(config.intermediate_size, config.hidden_size)
+        else:
+            self.gated_layers = nn.Linear(*width, bias=False)
+            self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gated = self.gated_layers(hidden)
-        activated = (
-            self.act(gated[..., : self.intermediate_size]) * gated[..., self.intermediate_size :]
-        )
-        return self.layernorm(hidden + self.wo(activated))
+        if self.act_on_first_half:
+            gated = self.gated_layers(hidden)
+            first, second = gated.split(self.intermediate_size, dim=-1)
+            return self.layernorm(hidden + self.wo(self.act(first) * second))
+        first, second = self.up_gated_layer(hidden).split(self.intermediate_size, dim=-1)
+        return self.down_layer(first * self.act(second))
 
 
 class Intermediate(nn.Module):
@@ -157,14 +188,23 @@ class Layer(nn.Module):
             self.output = Output(config)
         else:
             self.mlp = GatedMLP(config)
+        if config.qk_layer_norm:
+            self.layer_norm_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.layer_norm_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def feed_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "layer_norm_2"):
+            return self.layer_norm_2(hidden + self.mlp(hidden))
         if hasattr(self, "mlp"):
             return self.mlp(hidden)
         return self.output(self.intermediate(hidden), hidden)
 
     def forward(self, hidden, lengths, bias, attention_fn) -> torch.Tensor:
+        layer_input = hidden
         hidden = self.attention(hidden, lengths, bias, attention_fn)
+        if hasattr(self, "layer_norm_1"):
+            # qk-post-norm adds the layer input a second time, after the attention's own norm.
+            hidden = self.layer_norm_1(layer_input + hidden)
         rows = hidden.reshape(-1, hidden.shape[-1])
         if rows.shape[0] <= _FFN_ROWS:
             return self.feed_forward(hidden)
@@ -195,9 +235,18 @@ class BertModel(nn.Module):
         )
         self.attention_fn: AttentionFn = attention
 
-    def forward(self, input_ids: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-        """``input_ids`` [N, L] right-padded; ``lengths`` the real length of each row."""
-        hidden = self.embeddings(input_ids)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lengths: Sequence[int],
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``input_ids`` [N, L] right-padded; ``lengths`` the real length of each row.
+
+        ``token_type_ids`` [N, L] for pair inputs (a cross-encoder's query and passage); None
+        means one segment.
+        """
+        hidden = self.embeddings(input_ids, token_type_ids)
         bias = None
         if self.config.uses_alibi:
             bias = AlibiBias(
@@ -207,3 +256,36 @@ class BertModel(nn.Module):
         for layer in self.encoder.layer:
             hidden = layer(hidden, lengths, bias, self.attention_fn)
         return hidden
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh of a dense layer over the first token's state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BertForSequenceClassification(BertModel):
+    """A cross-encoder: the encoder stack, the pooler and a one-label linear head.
+
+    Checkpoint keys are ``bert.*`` (stripped on load), ``bert.pooler.dense.*`` and
+    ``classifier.*``, for BERT and JinaBERT alike. ``forward`` returns the raw logits [N].
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.pooler = Pooler(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lengths: Sequence[int],
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = super().forward(input_ids, lengths, token_type_ids)
+        return self.classifier(self.pooler(hidden)).squeeze(-1)

@@ -10,6 +10,10 @@ The same function serves ``jrag search``, ``jrag ask``, both retrievers and the 
    a collection with late chunks looks for its best late chunk inside that document;
 4. only then is text read, for the winners alone: ``content="passage"`` gives the passage plus
    neighbouring context up to ``context_tokens``; ``content="document"`` gives the whole window.
+
+With ``rerank`` (a cross-encoder, off by default), step 2 ranks ``rerank_depth`` documents, the
+cross-encoder scores each on its best passage with context, and the ``k`` best by that score are
+kept, in that order, scored by its logit. Filters and tenants apply in step 2 as always.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,12 +39,15 @@ from jrag.modes import (
     full_text_kinds,
     search_kinds,
 )
+from jrag.rerank import Reranker, load_reranker
 from jrag.store import RANKERS, DocumentState, MilvusStore, Query, RankedRow
 from jrag.store.filters import all_of, one_of
 
 logger = logging.getLogger("jrag")
 
 DEFAULT_CONTEXT_TOKENS = 384
+# How many fused documents a reranker scores, when it is on.
+DEFAULT_RERANK_DEPTH = 20
 _NOTICES: set[tuple[str, str]] = set()
 _NOTICES_LOCK = threading.Lock()
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
@@ -86,6 +93,8 @@ class SearchOptions:
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     tenant: str = ""
     full_text_kinds: tuple[str, ...] | None = None  # None: by measurement (jrag.modes)
+    rerank: str | Reranker | None = None  # a cross-encoder (model name or loaded), off if None
+    rerank_depth: int = DEFAULT_RERANK_DEPTH
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -105,6 +114,9 @@ class SearchOptions:
             raise InputError(
                 f"weights must be two finite non-negative numbers, not both 0; got {self.weights!r}"
             )
+        depth = self.rerank_depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 1000:
+            raise InputError(f"rerank_depth must be between 1 and 1000, not {depth!r}")
 
 
 def embed_query(encoder: Encoder, query: str) -> np.ndarray:
@@ -159,6 +171,8 @@ def search(
         options = SearchOptions(**{**options.__dict__, **overrides})
     if store.read_only:
         _notice_once(store, store.legacy_notice())
+    if isinstance(options.rerank, str):  # loaded (once per process) before any search runs
+        options = replace(options, rerank=load_reranker(options.rerank, str(encoder.device)))
     vector = embed_query(encoder, query) if vector is None else vector
     for _ in range(STALE_READ_RETRIES):
         results = _search_once(query, vector, store, encoder, options)
@@ -178,14 +192,47 @@ STALE_READ_RETRIES = 10
 def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:
-    ranked, states = store.rank(build_query(store, query, vector, options))
+    first = (
+        options
+        if options.rerank is None
+        else replace(options, k=max(options.k, options.rerank_depth))
+    )
+    ranked, states = store.rank(build_query(store, query, vector, first))
     if not ranked:
         return []
-    passages = _best_passages(store, query, vector, ranked, states, options)
+    passages = _best_passages(store, query, vector, ranked, states, first)
+    spans: dict[str, tuple[int, int]] = {}
+    if options.rerank is not None:
+        ranked, spans = _reranked(query, store, encoder, ranked, states, passages, options)
     return [
-        _result(store, encoder, row, states.get(row.doc_id), passages.get(row.doc_id), options)
+        _result(store, encoder, row, states.get(row.doc_id), passages.get(row.doc_id), options,
+                spans.get(row.doc_id))
         for row in ranked
-    ]
+    ]  # fmt: skip
+
+
+def _reranked(
+    query: str,
+    store: MilvusStore,
+    encoder: Encoder,
+    ranked: Sequence[RankedRow],
+    states: dict[str, DocumentState],
+    passages: dict[str, RankedRow],
+    options: SearchOptions,
+) -> tuple[list[RankedRow], dict[str, tuple[int, int]]]:
+    """The ``k`` best of ``ranked`` by the cross-encoder's score of each document's best passage
+    with context, scored by it; and those passages' spans, for the results to reuse."""
+    spans, texts = {}, []
+    for row in ranked:
+        state, passage = states.get(row.doc_id), passages.get(row.doc_id) or row
+        if state is None:  # an older schema: the row's own text
+            texts.append(store.rows([row.id])[0].text)
+            continue
+        spans[row.doc_id] = _with_context(store, encoder, state, passage, options.context_tokens)
+        texts.append(store.document_text(state, *spans[row.doc_id]))
+    scores = options.rerank.score(query, texts)
+    order = sorted(range(len(ranked)), key=lambda i: -scores[i])[: options.k]
+    return [replace(ranked[i], score=scores[i]) for i in order], spans
 
 
 # -- passages ------------------------------------------------------------------------------------
@@ -231,7 +278,9 @@ def _result(
     state: DocumentState | None,
     passage: RankedRow | None,
     options: SearchOptions,
+    context: tuple[int, int] | None = None,
 ) -> SearchResult:
+    """``context``: the passage-with-context span, when the reranker already computed it."""
     passage = passage or best
     if state is None:  # an older schema: the row itself is all there is
         row = store.rows([best.id])[0]
@@ -242,7 +291,8 @@ def _result(
     if options.content == "document":
         start, end = _window_around(store, state, best, passage)
     else:
-        start, end = _with_context(store, encoder, state, passage, options.context_tokens)
+        budget = options.context_tokens
+        start, end = context or _with_context(store, encoder, state, passage, budget)
     text = store.document_text(state, start, end)
     metadata = {
         **{k: v for k, v in state.metadata.items() if k != "page_starts"},

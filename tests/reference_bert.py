@@ -1,7 +1,11 @@
 """An independent, naive float64 BERT/JinaBERT forward pass, written from the spec for parity tests.
 
-It shares no code with ``jrag.modeling``: it reads the safetensors file directly, materializes the
-full [H, L, L] ALiBi bias and computes everything in float64, one sequence at a time.
+It shares no code with ``jrag.modeling``: it reads the safetensors file directly, builds each
+head's full [L, L] ALiBi bias and computes everything in float64, one sequence at a time.
+
+The qk-post-norm layer follows the public ``jinaai/jina-bert-v2-qk-post-norm`` remote code
+(``JinaBertSelfAttention``, ``JinaBertGLUMLP``, ``JinaBertLayer``); the cross-encoder head follows
+``BertForSequenceClassification`` (pooler tanh over the first token, then the classifier).
 """
 
 from __future__ import annotations
@@ -32,14 +36,38 @@ def _layer_norm(
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
-def reference_hidden_states(model_dir: str | Path, input_ids: list[int]) -> np.ndarray:
-    """Last hidden states [L, hidden] in float64 for one sequence of token ids."""
-    model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    w = {
+def _uses_qk_post_norm(config: dict) -> bool:
+    """The remote code named by the config, as the published checkpoints name it."""
+    names = str(config.get("_name_or_path", "")) + str(config.get("auto_map", {}).get("AutoConfig"))
+    return "jina-bert-v2-qk-post-norm" in names
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return {
         k.removeprefix("bert."): v.double()
         for k, v in load_file(model_dir / "model.safetensors").items()
     }
+
+
+def reference_score(
+    model_dir: str | Path, input_ids: list[int], token_type_ids: list[int]
+) -> float:
+    """A cross-encoder's raw logit for one (query, passage) pair, in float64."""
+    model_dir = Path(model_dir)
+    w = _weights(model_dir)
+    first = torch.from_numpy(reference_hidden_states(model_dir, input_ids, token_type_ids)[0])
+    pooled = torch.tanh(first @ w["pooler.dense.weight"].T + w["pooler.dense.bias"])
+    return float(pooled @ w["classifier.weight"][0] + w["classifier.bias"][0])
+
+
+def reference_hidden_states(
+    model_dir: str | Path, input_ids: list[int], token_type_ids: list[int] | None = None
+) -> np.ndarray:
+    """Last hidden states [L, hidden] in float64 for one sequence of token ids."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    w = _weights(model_dir)
+    qk_post_norm = _uses_qk_post_norm(config)
     eps = config["layer_norm_eps"]
     heads = config["num_attention_heads"]
     hidden_size = config["hidden_size"]
@@ -48,10 +76,9 @@ def reference_hidden_states(model_dir: str | Path, input_ids: list[int]) -> np.n
     length = len(input_ids)
     ids = torch.tensor(input_ids)
 
-    x = (
-        w["embeddings.word_embeddings.weight"][ids]
-        + w["embeddings.token_type_embeddings.weight"][0]
-    )
+    types = torch.tensor(token_type_ids if token_type_ids is not None else [0] * length)
+    x = w["embeddings.word_embeddings.weight"][ids]
+    x = x + w["embeddings.token_type_embeddings.weight"][types]
     alibi = config.get("position_embedding_type") == "alibi"
     if not alibi:
         x = x + w["embeddings.position_embeddings.weight"][:length]
@@ -59,7 +86,7 @@ def reference_hidden_states(model_dir: str | Path, input_ids: list[int]) -> np.n
 
     positions = torch.arange(length, dtype=torch.float64)
     distance = (positions[:, None] - positions[None, :]).abs()
-    bias = -torch.tensor(spec_slopes(heads), dtype=torch.float64)[:, None, None] * distance
+    slopes = spec_slopes(heads)
 
     def linear(t: torch.Tensor, name: str) -> torch.Tensor:
         out = t @ w[f"{name}.weight"].T
@@ -67,14 +94,20 @@ def reference_hidden_states(model_dir: str | Path, input_ids: list[int]) -> np.n
 
     for n in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{n}."
-        q, k, v = (
-            linear(x, p + f"attention.self.{part}").view(length, heads, head_dim).transpose(0, 1)
-            for part in ("query", "key", "value")
-        )
-        scores = q @ k.transpose(1, 2) / math.sqrt(head_dim)
-        if alibi:
-            scores = scores + bias
-        context = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(length, hidden_size)
+        q, k, v = (linear(x, p + f"attention.self.{part}") for part in ("query", "key", "value"))
+        if qk_post_norm:  # LayerNorm over the whole projection, before splitting into heads
+            q = _layer_norm(q, w[p + "attention.self.layer_norm_q.weight"],
+                            w[p + "attention.self.layer_norm_q.bias"], eps)  # fmt: skip
+            k = _layer_norm(k, w[p + "attention.self.layer_norm_k.weight"],
+                            w[p + "attention.self.layer_norm_k.bias"], eps)  # fmt: skip
+        q, k, v = (t.view(length, heads, head_dim).transpose(0, 1) for t in (q, k, v))
+        context = torch.empty_like(q)
+        for head in range(heads):  # one [L, L] score matrix at a time: bounded memory at 8k
+            scores = q[head] @ k[head].T / math.sqrt(head_dim)
+            if alibi:
+                scores = scores - slopes[head] * distance
+            context[head] = torch.softmax(scores, dim=-1) @ v[head]
+        context = context.transpose(0, 1).reshape(length, hidden_size)
         h = _layer_norm(
             x + linear(context, p + "attention.output.dense"),
             w[p + "attention.output.LayerNorm.weight"],
@@ -82,7 +115,16 @@ def reference_hidden_states(model_dir: str | Path, input_ids: list[int]) -> np.n
             eps,
         )  # fmt: skip
         kind = config.get("feed_forward_type", "original")
-        if kind in ("geglu", "reglu"):
+        gelu = lambda t: 0.5 * t * (1 + torch.erf(t / math.sqrt(2)))  # noqa: E731
+        if qk_post_norm:
+            # JinaBertLayer: norm_1(x + attention(x)), then norm_2(r + down(up * act(gate))).
+            r = _layer_norm(x + h, w[p + "layer_norm_1.weight"], w[p + "layer_norm_1.bias"], eps)
+            g = r @ w[p + "mlp.up_gated_layer.weight"].T
+            act = torch.relu if kind == "reglu" else gelu
+            u = g[:, :inter] * act(g[:, inter:])
+            x = _layer_norm(r + linear(u, p + "mlp.down_layer"), w[p + "layer_norm_2.weight"],
+                            w[p + "layer_norm_2.bias"], eps)  # fmt: skip
+        elif kind in ("geglu", "reglu"):
             g = h @ w[p + "mlp.gated_layers.weight"].T
             act = (
                 torch.relu

@@ -14,7 +14,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
-from jrag.retrieval import SearchOptions, SearchResult
+from jrag.retrieval import DEFAULT_RERANK_DEPTH, SearchOptions, SearchResult
 from jrag.searcher import RemoteSearcher, Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
 
@@ -37,7 +37,8 @@ class JragRetriever(BaseRetriever):
     ``start``, ``end`` (the content's span), ``passage_start``, ``passage_end``, ``page`` (None
     when unknown), ``doc_id`` and ``kind``. By default every kind of row the collection holds is
     searched (``mode="auto"``), fused with full-text BM25 where the collection has it
-    (``hybrid=False`` turns that off; ``ranker`` and ``weights`` set the fusion).
+    (``hybrid=False`` turns that off; ``ranker`` and ``weights`` set the fusion). ``rerank``
+    names a cross-encoder that re-scores the top ``rerank_depth`` documents (off by default).
 
     ``model=None`` loads the model the collection was built with; a named model must match it.
     Nothing connects or loads at construction: the store and the model open on the first query
@@ -69,6 +70,10 @@ class JragRetriever(BaseRetriever):
         default="passage", description="Best passage with context, or its whole window."
     )
     tenant: str = Field(default="", description="Only this tenant's documents.")
+    rerank: str | None = Field(default=None, description="Cross-encoder model; None: off.")
+    rerank_depth: int = Field(
+        default=DEFAULT_RERANK_DEPTH, ge=1, le=1000, description="Documents the reranker scores."
+    )
     connect_timeout: float = Field(default=CONNECT_TIMEOUT_S, gt=0, description="Seconds.")
     server: str | None = Field(
         default=None, description="A `jrag serve` URL: search there, loading no model here."
@@ -124,6 +129,8 @@ class JragRetriever(BaseRetriever):
             weights=self.weights,
             content=self.content,
             tenant=self.tenant,
+            rerank=self.rerank,
+            rerank_depth=self.rerank_depth,
         )
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
-from jrag.retrieval import SearchOptions, SearchResult
+from jrag.retrieval import DEFAULT_RERANK_DEPTH, SearchOptions, SearchResult
 from jrag.searcher import RemoteSearcher, Searcher, result_metadata
 from jrag.store import CONNECT_TIMEOUT_S
 
@@ -36,7 +36,8 @@ class JragRetriever(BaseRetriever):
     ``passage_start``, ``passage_end``, ``page`` (None when unknown), ``doc_id`` and ``kind``.
     ``mode="auto"`` searches every kind of row the collection holds, fused with BM25 full-text
     search where the collection has it (``hybrid=False`` turns that off; ``ranker`` and
-    ``weights`` set the fusion). ``model=None`` loads
+    ``weights`` set the fusion; ``rerank`` names a cross-encoder that re-scores the top
+    ``rerank_depth`` documents, off by default). ``model=None`` loads
     the model the collection was built with.
     Nothing connects or loads at construction: the store and model open on the first query
     (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused. ``server`` (a
@@ -57,6 +58,8 @@ class JragRetriever(BaseRetriever):
         weights: tuple[float, float] = DEFAULT_WEIGHTS,
         content: str = "passage",
         tenant: str = "",
+        rerank: str | None = None,
+        rerank_depth: int = DEFAULT_RERANK_DEPTH,
         token: str | None = None,
         device: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
@@ -67,7 +70,7 @@ class JragRetriever(BaseRetriever):
         # Checked here, so a bad argument fails at construction rather than at the first query.
         self.options = SearchOptions(
             k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
-            content=content, tenant=tenant,
+            content=content, tenant=tenant, rerank=rerank, rerank_depth=rerank_depth,
         )  # fmt: skip
         self._searcher: Searcher | RemoteSearcher
         if server:
