@@ -28,9 +28,12 @@ def warn(label: str, message: str) -> None:
     errors.print(Text.assemble((f"{label}: ", "red"), message), soft_wrap=True)
 
 
-def load_encoder(model: str, dtype: str | None = None):
-    """The model, loaded once per process, with a status line while it loads."""
+def load_encoder(model: str, dtype: str | None = None, **prompts: str | None):
+    """The model, loaded once per process, with a status line while it loads.
+
+    ``prompts``: ``query_prompt`` / ``document_prompt`` overrides (None: the checkpoint's).
+    """
     from jrag.embedding import load_encoder as load
 
     with console.status(Text(f"loading model {model}")):
-        return load(model, dtype=dtype)
+        return load(model, dtype=dtype, **prompts)

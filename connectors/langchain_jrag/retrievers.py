@@ -69,6 +69,10 @@ class JragRetriever(BaseRetriever):
     )
     tenant: str = Field(default="", description="Only this tenant's documents.")
     connect_timeout: float = Field(default=CONNECT_TIMEOUT_S, gt=0, description="Seconds.")
+    query_prompt: str | None = Field(default=None, description="None: the model's query prompt.")
+    document_prompt: str | None = Field(
+        default=None, description="None: the model's; must match the collection's."
+    )
 
     _searcher: Searcher = PrivateAttr()
 
@@ -80,6 +84,8 @@ class JragRetriever(BaseRetriever):
             model=self.model,
             device=self.device,
             connect_timeout=self.connect_timeout,
+            query_prompt=self.query_prompt,
+            document_prompt=self.document_prompt,
         )
 
     def _get_relevant_documents(

@@ -37,7 +37,8 @@ class JragRetriever(BaseRetriever):
     ``mode="auto"`` searches every kind of row the collection holds, fused with BM25 full-text
     search where the collection has it (``hybrid=False`` turns that off; ``ranker`` and
     ``weights`` set the fusion). ``model=None`` loads
-    the model the collection was built with.
+    the model the collection was built with. ``query_prompt`` / ``document_prompt`` override the
+    model's prompts (None: the checkpoint's; the document prompt must match the collection's).
     Nothing connects or loads at construction: the store and model open on the first query
     (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused.
     """
@@ -59,6 +60,8 @@ class JragRetriever(BaseRetriever):
         token: str | None = None,
         device: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Checked here, so a bad argument fails at construction rather than at the first query.
@@ -73,6 +76,8 @@ class JragRetriever(BaseRetriever):
             model=model,
             device=device,
             connect_timeout=connect_timeout,
+            query_prompt=query_prompt,
+            document_prompt=document_prompt,
         )
         super().__init__(**kwargs)
 
