@@ -177,8 +177,25 @@ DtypeOpt = Annotated[
     typer.Option(
         envvar="JRAG_DTYPE",
         help="Compute dtype: auto (bfloat16 on GPUs and on CPUs that compute it natively, else "
-        "float32), float32, bfloat16 or float16. A collection records the dtype it was built "
-        "with; searching it in another dtype works.",
+        "float32), float32, bfloat16, float16, or int8 (CPU only: int8 linear layers, faster, "
+        "slightly lower retrieval quality). A collection records the dtype it was built with; "
+        "searching it in another dtype works.",
+    ),
+]
+QueryPromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        show_default=False,
+        help="Text put before the query, overriding the model's query prompt "
+        "(config_sentence_transformers.json); '' for none.",
+    ),
+]
+DocumentPromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        show_default=False,
+        help="Text put before each document, overriding the model's document prompt; '' for "
+        "none. A collection records it, and searching with another one is refused.",
     ),
 ]
 ServerOpt = Annotated[
@@ -197,7 +214,7 @@ ApiKeyOpt = Annotated[
     ),
 ]  # fmt: skip
 DEFAULT_URI = "./jrag.db"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ENGINES = ("local", "ray")
 
 
@@ -247,6 +264,7 @@ def ingest(
     ] = False,
     tenant: TenantOpt = "",
     dtype: DtypeOpt = "auto",
+    document_prompt: DocumentPromptOpt = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -314,6 +332,7 @@ def ingest(
             paths=paths, uri=uri, collection=collection, token=token, model=model,
             options=options, glob=glob, prune=prune, tenant=tenant, follow_links=follow_links,
             dtype=dtype, batch_tokens=batch_tokens or DEFAULT_BATCH_TOKENS,
+            document_prompt=document_prompt,
         )  # fmt: skip
         if engine == "ray":
             report, where = run.ray(ray_address, workers, gpus_per_worker, bulk)
@@ -374,6 +393,7 @@ class _IngestRun:
     follow_links: bool
     dtype: str
     batch_tokens: int
+    document_prompt: str | None = None
     stored: int = 0  # documents stored completely so far, for the interrupt message
 
     def _progress(self) -> Progress:
@@ -412,8 +432,9 @@ class _IngestRun:
             store = None
         try:
             encoder = load_encoder(
-                self.model or (store.model if store else DEFAULT_MODEL), dtype=self.dtype
-            )
+                self.model or (store.model if store else DEFAULT_MODEL), dtype=self.dtype,
+                document_prompt=self.document_prompt,
+            )  # fmt: skip
             if store is None:
                 store = MilvusStore(
                     self.uri, self.collection, token=self.token, identity=identity_of(encoder)
@@ -482,7 +503,7 @@ class _IngestRun:
                     glob=self.glob, prune=self.prune, tenant=self.tenant,
                     follow_links=self.follow_links, ray_address=address, workers=workers,
                     gpus_per_worker=gpus, batch_tokens=self.batch_tokens, dtype=self.dtype,
-                    bulk=bulk, on_progress=on_progress,
+                    document_prompt=self.document_prompt, bulk=bulk, on_progress=on_progress,
                 )  # fmt: skip
             except KeyboardInterrupt:
                 raise self._interrupted(progress) from None
@@ -536,6 +557,11 @@ def _no_rerank_on_server(rerank: str | None) -> None:
         raise InputError("--rerank loads its model in this process; it does not go with --server")
 
 
+def _no_prompts_on_server(query_prompt: str | None, document_prompt: str | None) -> None:
+    if query_prompt is not None or document_prompt is not None:
+        raise InputError("--query-prompt/--document-prompt are the server's; not with --server")
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
@@ -557,11 +583,14 @@ def search(
     dtype: DtypeOpt = "auto",
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
+    query_prompt: QueryPromptOpt = None,
+    document_prompt: DocumentPromptOpt = None,
 ) -> None:
     """Find the documents that best match a query, each with its best passage."""
     try:
         if server:
             _no_rerank_on_server(rerank)
+            _no_prompts_on_server(query_prompt, document_prompt)
             from types import SimpleNamespace
 
             from jrag.client import Client
@@ -578,7 +607,8 @@ def search(
             options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant,
                                       rerank, rerank_depth)  # fmt: skip
             _check_dtype(dtype)
-            store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
+            store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
+                                                query_prompt, document_prompt)  # fmt: skip
             with store:
                 results = run_search(query, store, encoder, options)
     except JragError as err:
@@ -607,7 +637,10 @@ def _shortened(query: str) -> str:
     return f"{query[:QUERY_ECHO_CHARS]}… ({len(query):,} characters)"
 
 
-def _store_and_encoder(uri: str, collection: str, token: str | None, model: str | None, dtype: str):
+def _store_and_encoder(
+    uri: str, collection: str, token: str | None, model: str | None, dtype: str,
+    query_prompt: str | None = None, document_prompt: str | None = None,
+):  # fmt: skip
     """Open an existing collection and load the model it was built with (or ``model``).
 
     The model may run in another dtype than the collection was built with: the vectors differ
@@ -616,7 +649,10 @@ def _store_and_encoder(uri: str, collection: str, token: str | None, model: str 
     from jrag.searcher import open_collection
 
     with console.status("opening the collection and its model"):
-        return open_collection(uri, collection, token=token, model=model, dtype=dtype)
+        return open_collection(
+            uri, collection, token=token, model=model, dtype=dtype, query_prompt=query_prompt,
+            document_prompt=document_prompt,
+        )  # fmt: skip
 
 
 @app.command()
@@ -646,6 +682,8 @@ def ask(
     dtype: DtypeOpt = "auto",
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
+    query_prompt: QueryPromptOpt = None,
+    document_prompt: DocumentPromptOpt = None,
 ) -> None:
     """Answer a question from the best documents, citing file and span (or page).
 
@@ -657,6 +695,7 @@ def ask(
     try:
         if server:
             _no_rerank_on_server(rerank)
+            _no_prompts_on_server(query_prompt, document_prompt)
             from jrag.client import Client
 
             with Client(server, api_key=api_key) as client, console.status("asking the server"):
@@ -673,7 +712,8 @@ def ask(
                                       rerank, rerank_depth)  # fmt: skip
             _check_dtype(dtype)
             llm = None if no_llm else from_env()
-            store, encoder = _store_and_encoder(uri, collection, token, model, dtype)
+            store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
+                                                query_prompt, document_prompt)  # fmt: skip
             with store, console.status("answering" if llm else "finding passages"):
                 answer = run_ask(
                     question, store=store, encoder=encoder, passages=passages, llm=llm,

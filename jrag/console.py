@@ -36,9 +36,12 @@ def safe(text: str, *, newlines: bool = False, style: str = "") -> Text:
     return Text(printable(text, newlines=newlines), style=style)
 
 
-def load_encoder(model: str, dtype: str | None = None):
-    """The model, loaded once per process, with a status line while it loads."""
+def load_encoder(model: str, dtype: str | None = None, **prompts: str | None):
+    """The model, loaded once per process, with a status line while it loads.
+
+    ``prompts``: ``query_prompt`` / ``document_prompt`` overrides (None: the checkpoint's).
+    """
     from jrag.embedding import load_encoder as load
 
     with console.status(Text(f"loading model {model}")):
-        return load(model, dtype=dtype)
+        return load(model, dtype=dtype, **prompts)

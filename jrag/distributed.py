@@ -102,6 +102,7 @@ def ingest_ray(
     gpus_per_worker: float = 0,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     dtype: str | None = None,
+    document_prompt: str | None = None,
     bulk: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> IngestReport:
@@ -130,7 +131,8 @@ def ingest_ray(
     started_ray = _start_ray(ray_address)
     report.stage_seconds["ray_start"] = time.perf_counter() - started
     try:
-        encoder = load_encoder(encoder_name, device="cpu", dtype=dtype)
+        encoder = load_encoder(encoder_name, device="cpu", dtype=dtype,
+                               document_prompt=document_prompt)  # fmt: skip
         wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
         with store_config.open(identity=identity_of(encoder)) as store:
             tick = time.perf_counter()
@@ -146,7 +148,7 @@ def ingest_ray(
             if work:
                 results = _run_dataset(
                     work, encoder_name, options, tenant, workers, gpus_per_worker, batch_tokens,
-                    dtype,
+                    dtype, document_prompt,
                 )  # fmt: skip
                 writer = _Writer(store, committed, report, bulk=bulk)
                 for result in results:
@@ -255,6 +257,7 @@ def _run_dataset(
     gpus_per_worker: float,
     batch_tokens: int,
     dtype: str | None,
+    document_prompt: str | None,
 ) -> Iterator[dict[str, Any]]:
     """Parse and embed ``work`` on the cluster; yields one result row per document, as they
     finish."""
@@ -287,6 +290,7 @@ def _run_dataset(
                 "batch_tokens": batch_tokens,
                 "device": "cuda" if gpus_per_worker else "cpu",
                 "dtype": dtype,
+                "document_prompt": document_prompt,
                 "threads": max(1, math.floor(actor_cpus)),
             },
             batch_size=docs_per_batch,
@@ -363,13 +367,15 @@ class _Embedder:
         batch_tokens: int,
         device: str,
         dtype: str | None,
+        document_prompt: str | None,
         threads: int,
     ) -> None:
         import torch
 
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.encoder = load_encoder(encoder_name, device=device, dtype=dtype)
+        self.encoder = load_encoder(encoder_name, device=device, dtype=dtype,
+                                    document_prompt=document_prompt)  # fmt: skip
         self.options = options
         self.tenant = tenant
         self.batch_tokens = batch_tokens

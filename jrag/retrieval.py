@@ -123,7 +123,7 @@ def embed_query(encoder: Encoder, query: str) -> np.ndarray:
     """The query's vector; an empty query is an InputError."""
     if not isinstance(query, str) or not query.strip():
         raise InputError("the query is empty")
-    return encoder.encode([query])[0]
+    return encoder.encode_query([query])[0]
 
 
 def build_query(

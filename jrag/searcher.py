@@ -27,14 +27,19 @@ def open_collection(
     device: str | None = None,
     dtype: str | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
 ) -> tuple[MilvusStore, Encoder]:
     """Open an existing collection and the model it was built with (or ``model``, checked).
 
-    The store opens first, so a wrong URI or collection fails before any weights load.
+    The store opens first, so a wrong URI or collection fails before any weights load. The
+    prompts (None: the checkpoint's) override the model's; the document prompt must be the one
+    the collection was built with.
     """
     store = MilvusStore(uri, collection, token=token, create=False, connect_timeout=connect_timeout)
     try:
-        encoder = load_encoder(model or store.model, device, dtype)
+        encoder = load_encoder(model or store.model, device, dtype, query_prompt=query_prompt,
+                               document_prompt=document_prompt)  # fmt: skip
         store.check_model(identity_of(encoder))
     except BaseException:
         store.close()
@@ -70,11 +75,15 @@ class Searcher:
         model: str | None = None,
         device: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
     ) -> None:
         self.uri = uri
         self.collection = collection
         self.model = model
         self.device = device
+        self.query_prompt = query_prompt
+        self.document_prompt = document_prompt
         self.connect_timeout = connect_timeout
         self._token = token
         self._opened: tuple[MilvusStore, Encoder] | None = None
@@ -92,6 +101,8 @@ class Searcher:
                     model=self.model,
                     device=self.device,
                     connect_timeout=self.connect_timeout,
+                    query_prompt=self.query_prompt,
+                    document_prompt=self.document_prompt,
                 )
             return self._opened
 

@@ -42,24 +42,29 @@ class JragEmbeddings(BaseModel, Embeddings):
     device: str | None = Field(default=None, description="torch device; default: CUDA if any.")
     max_length: int = Field(default=8192, gt=2, description="Token limit (clamped to the model's).")
     normalize: bool = Field(default=True, description="L2-normalize the vectors.")
+    query_prompt: str | None = Field(default=None, description="None: the model's query prompt.")
+    document_prompt: str | None = Field(
+        default=None, description="None: the model's document prompt."
+    )
 
     @property
     def encoder(self) -> Encoder:
         """The loaded encoder (loads it on first access)."""
-        return load_encoder(self.model, self.device)
+        return load_encoder(self.model, self.device, query_prompt=self.query_prompt,
+                            document_prompt=self.document_prompt)  # fmt: skip
 
-    def _embed(self, texts: list[str]) -> list[list[float]]:
+    def _embed(self, texts: list[str], query: bool = False) -> list[list[float]]:
         return embed_texts(
-            self.encoder, texts, max_length=self.max_length, normalize=self.normalize
+            self.encoder, texts, max_length=self.max_length, normalize=self.normalize, query=query
         )
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed texts, one vector each."""
+        """Embed texts, one vector each, with the document prompt if the model has one."""
         return self._embed(texts)
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one query (jrag's models use no query prefix)."""
-        return self._embed([text])[0]
+        """Embed one query, with the query prompt if the model has one."""
+        return self._embed([text], query=True)[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Like :meth:`embed_documents`, in a worker thread so the event loop keeps running."""
@@ -67,4 +72,4 @@ class JragEmbeddings(BaseModel, Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         """Like :meth:`embed_query`, in a worker thread."""
-        return (await asyncio.to_thread(self._embed, [text]))[0]
+        return (await asyncio.to_thread(self._embed, [text], True))[0]

@@ -79,6 +79,10 @@ class JragRetriever(BaseRetriever):
         default=None, description="A `jrag serve` URL: search there, loading no model here."
     )
     api_key: SecretStr | None = Field(default=None, description="The server's API key.")
+    query_prompt: str | None = Field(default=None, description="None: the model's query prompt.")
+    document_prompt: str | None = Field(
+        default=None, description="None: the model's; must match the collection's."
+    )
 
     _searcher: Searcher | RemoteSearcher = PrivateAttr()
 
@@ -94,6 +98,8 @@ class JragRetriever(BaseRetriever):
             model=self.model,
             device=self.device,
             connect_timeout=self.connect_timeout,
+            query_prompt=self.query_prompt,
+            document_prompt=self.document_prompt,
         )
 
     def _get_relevant_documents(

@@ -247,7 +247,7 @@ def _evaluate_corpus(
             started = time.perf_counter()
             written = index_corpus(store, corpus, encoder, kinds)
             embedded = time.perf_counter()
-            vectors = encoder.encode([q.text for q in corpus.queries])
+            vectors = encoder.encode_query([q.text for q in corpus.queries])
             for mode in modes:
                 variant = VARIANTS[mode]
                 full_text = variant.full_text_kinds if store.full_text else ()

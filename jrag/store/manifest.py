@@ -3,8 +3,8 @@
 The manifest lives in the collection itself, as a few rows of kind ``manifest`` read with one
 small query (never a scan of the document rows):
 
-- ``__manifest__``: the schema version, the model's name, fingerprint, dimension and dtype, and
-  whether the collection has full-text (BM25) search;
+- ``__manifest__``: the schema version, the model's name, fingerprint, dimension and dtype, the
+  document prompt, and whether the collection has full-text (BM25) search;
 - ``__manifest__:kind:<kind>``: one per row kind the collection holds, with the ingest options
   that built it (window, overlap, late-chunk size and strategy, naive chunk size).
 
@@ -60,6 +60,7 @@ class Identity:
     dim: int
     fingerprint: str = ""
     dtype: str = "float32"
+    document_prompt: str = ""  # what went before each document's text ("" for none)
 
 
 @dataclass
@@ -156,6 +157,7 @@ def write_manifest(
                 "fingerprint": identity.fingerprint,
                 "dim": identity.dim,
                 "dtype": identity.dtype,
+                "document_prompt": identity.document_prompt,
                 "bm25": manifest.bm25,
             },
             identity.dim,
@@ -250,6 +252,7 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
         dim=int(data.get("dim", dim)),
         fingerprint=str(data.get("fingerprint", "")),
         dtype=str(data.get("dtype", "float32")),
+        document_prompt=str(data.get("document_prompt", "")),
     )
     kinds = {
         str(r["title"]): json_metadata(r["metadata"]).get("options", {})
@@ -304,6 +307,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "fingerprint": manifest.identity.fingerprint[:16],
         "dim": manifest.identity.dim,
         "dtype": manifest.identity.dtype,
+        "document_prompt": manifest.identity.document_prompt,
         "kinds": {kind: manifest.kinds[kind] for kind in sorted(manifest.kinds)},
         "full_text_search": manifest.bm25,
         "read_only": manifest.legacy,

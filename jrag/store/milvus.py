@@ -357,7 +357,8 @@ class MilvusStore:
 
 
 def check_identity(where: str, recorded: Identity, current: Identity) -> None:
-    """Refuse another model: the fingerprint decides where both have one, else name and dim."""
+    """Refuse another model (the fingerprint decides where both have one, else name and dim), or
+    another document prompt: vectors embedded with and without one are not comparable."""
     if recorded.dim != current.dim:
         raise StoreError(
             f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
@@ -371,11 +372,17 @@ def check_identity(where: str, recorded: Identity, current: Identity) -> None:
                 f"{current.fingerprint[:12]}: its weights, tokenizer or pooling differ. Use the "
                 "same model, another --collection, or `jrag drop`."
             )
-        return
-    if recorded.model != current.model:
+    elif recorded.model != current.model:
         raise StoreError(
             f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
             f"model {current.model} (dim {current.dim}). Use another --collection or `jrag drop`."
+        )
+    if recorded.document_prompt != current.document_prompt:
+        raise StoreError(
+            f"{where} was built with document prompt {recorded.document_prompt!r}; this run's "
+            f"is {current.document_prompt!r}. Pass --document-prompt "
+            f"{recorded.document_prompt!r} (document_prompt= in Python), or re-ingest into "
+            "another --collection."
         )
 
 

@@ -36,6 +36,10 @@ class JragEmbedding(BaseEmbedding):
     device: str | None = Field(default=None, description="torch device; default: CUDA if any.")
     max_length: int = Field(default=8192, gt=2, description="Token limit (clamped to the model's).")
     normalize: bool = Field(default=True, description="L2-normalize the vectors.")
+    query_prompt: str | None = Field(default=None, description="None: the model's query prompt.")
+    document_prompt: str | None = Field(
+        default=None, description="None: the model's document prompt."
+    )
 
     _encoder: Encoder | None = PrivateAttr(default=None)
 
@@ -51,16 +55,19 @@ class JragEmbedding(BaseEmbedding):
     def encoder(self) -> Encoder:
         """The loaded encoder (loads it on first access)."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.model, self.device)
+            self._encoder = load_encoder(
+                self.model, self.device, query_prompt=self.query_prompt,
+                document_prompt=self.document_prompt,
+            )  # fmt: skip
         return self._encoder
 
-    def _embed(self, texts: list[str]) -> list[Embedding]:
+    def _embed(self, texts: list[str], query: bool = False) -> list[Embedding]:
         return embed_texts(
-            self.encoder, texts, max_length=self.max_length, normalize=self.normalize
+            self.encoder, texts, max_length=self.max_length, normalize=self.normalize, query=query
         )
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._embed([query])[0]
+        return self._embed([query], query=True)[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._embed([text])[0]
@@ -71,7 +78,7 @@ class JragEmbedding(BaseEmbedding):
     # The async twins run the forward pass in a worker thread, so the event loop keeps running.
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await asyncio.to_thread(self._embed, [query]))[0]
+        return (await asyncio.to_thread(self._embed, [query], True))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
         return (await asyncio.to_thread(self._embed, [text]))[0]

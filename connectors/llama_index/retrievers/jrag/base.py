@@ -38,7 +38,8 @@ class JragRetriever(BaseRetriever):
     search where the collection has it (``hybrid=False`` turns that off; ``ranker`` and
     ``weights`` set the fusion; ``rerank`` names a cross-encoder that re-scores the top
     ``rerank_depth`` documents, off by default). ``model=None`` loads
-    the model the collection was built with.
+    the model the collection was built with. ``query_prompt`` / ``document_prompt`` override the
+    model's prompts (None: the checkpoint's; the document prompt must match the collection's).
     Nothing connects or loads at construction: the store and model open on the first query
     (:class:`jrag.StoreError` if Milvus is unreachable) and are then reused. ``server`` (a
     ``jrag serve`` URL, with its ``api_key``) searches there instead, loading no model here.
@@ -65,6 +66,8 @@ class JragRetriever(BaseRetriever):
         connect_timeout: float = CONNECT_TIMEOUT_S,
         server: str | None = None,
         api_key: str | None = None,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Checked here, so a bad argument fails at construction rather than at the first query.
@@ -84,6 +87,8 @@ class JragRetriever(BaseRetriever):
             model=model,
             device=device,
             connect_timeout=connect_timeout,
+            query_prompt=query_prompt,
+            document_prompt=document_prompt,
         )
         super().__init__(**kwargs)
 
