@@ -100,3 +100,7 @@ def test_html_text_knows_where_each_heading_lies() -> None:
 def test_a_package_that_cannot_be_fetched_is_named(tmp_path) -> None:
     with pytest.raises(InputError, match="jrag-no-such-package"):
         fetch_package("jrag-no-such-package", tmp_path)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(InputError, match=r"debian-faq.*a-file"):  # a cache that cannot exist
+        fetch_package("debian-faq", blocked)

@@ -59,8 +59,8 @@ def fetch_package(name: str, cache: Path = DEFAULT_CACHE, installed: str | None 
     if root.is_dir():
         return root
     folder = cache / name
-    folder.mkdir(parents=True, exist_ok=True)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(["apt-get", "download", name], cwd=folder, check=True, capture_output=True)
         package = next(folder.glob(f"{name}_*.deb"))
         subprocess.run(["dpkg", "-x", str(package), str(root)], check=True, capture_output=True)
