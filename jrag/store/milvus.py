@@ -86,6 +86,7 @@ class MilvusStore:
         if identity is not None and identity.dim <= 0:
             raise StoreError(f"MilvusStore needs a positive vector dimension, got {identity.dim}")
         self.collection = collection
+        self._writing = 0  # depth of writing() blocks
         self.conn = Connection(uri, token=token, create=create, timeout=connect_timeout)
         # Lite: a flush is cheap (~40 ms) and makes searches ~20x faster. Server: a flush costs
         # ~3 s and is not needed for safety (an acknowledged write is in the WAL), so callers
@@ -202,10 +203,11 @@ class MilvusStore:
         """
         if self.read_only:
             raise StoreError(self.legacy_notice())
-        if committed is None:
-            committed = self.states([version.doc_id]).get(version.doc_id)
-        self.record_kinds(rows, options)
-        return self.writer.write(version, rows, options, committed)
+        with self.writing():
+            if committed is None:
+                committed = self.states([version.doc_id]).get(version.doc_id)
+            self.record_kinds(rows, options)
+            return self.writer.write(version, rows, options, committed)
 
     def record_kinds(self, rows: Sequence[Row], options: dict[str, dict[str, Any]]) -> None:
         """Record a new kind in the manifest before its first rows land, so it never misses
@@ -222,7 +224,8 @@ class MilvusStore:
         """Delete documents entirely (all versions and kinds); returns the rows deleted."""
         if self.read_only:
             raise StoreError(self.legacy_notice())
-        return self.writer.delete_documents(doc_ids)
+        with self.writing():
+            return self.writer.delete_documents(doc_ids)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -330,7 +333,8 @@ class MilvusStore:
         """Delete what the states of ``doc_ids`` list as garbage (see :mod:`jrag.store.writes`)."""
         if self.read_only:
             raise StoreError(self.legacy_notice())
-        return self.writer.collect_garbage(doc_ids)
+        with self.writing():
+            return self.writer.collect_garbage(doc_ids)
 
     def repair(self, *, dry_run: bool = False) -> dict[str, int]:
         """Delete rows no committed version accounts for (see :meth:`Writer.repair`)."""
@@ -338,9 +342,18 @@ class MilvusStore:
             raise StoreError(self.legacy_notice())
         return self.writer.repair(dry_run=dry_run)
 
-    def release_writes(self) -> None:
-        """Let other processes write this collection until this one writes again."""
-        self.writer.release()
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Keep the write lease from the first write inside the block to its end (one batch);
+        a write outside any block gives it back when done, so that an open store never keeps
+        other processes waiting."""
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self.writer.release()
 
     def close(self) -> None:
         if hasattr(self, "writer"):
