@@ -26,6 +26,7 @@ from jrag.store.manifest import (
     ManifestPending,
     create_collection,
     describe,
+    finish_collection,
     legacy_notice,
     read_manifest,
     write_manifest,
@@ -165,12 +166,12 @@ class MilvusStore:
                         raise
                     time.sleep(0.2)
             # Another process created it at the same moment: open theirs once it is complete.
-            manifest = _read_new_manifest(self.conn, self.collection)
+            manifest = _read_new_manifest(self.conn, self.collection, identity)
         else:
             try:
                 manifest = read_manifest(self.conn, self.collection)  # loads it, once jrag's
             except ManifestPending:
-                manifest = _read_new_manifest(self.conn, self.collection)
+                manifest = _read_new_manifest(self.conn, self.collection, identity)
         if identity is not None:
             check_identity(self.where, manifest.identity, identity)
         return manifest
@@ -392,18 +393,23 @@ def check_identity(where: str, recorded: Identity, current: Identity) -> None:
 
 
 NEW_COLLECTION_WAIT_S = 20.0  # how long another process may take to finish creating one
+FINISH_AFTER_S = 2.0  # then finish it ourselves (the same model's identical steps)
 
 
-def _read_new_manifest(conn: Connection, collection: str) -> Manifest:
+def _read_new_manifest(conn: Connection, collection: str, identity: Identity | None) -> Manifest:
     """The manifest of a collection another process is creating (it creates the collection,
-    its index, loads it, then writes the manifest row): read again until all of that is done."""
-    deadline = time.monotonic() + NEW_COLLECTION_WAIT_S
+    its index, loads it, then writes the manifest row): read again until all of that is done,
+    and after a moment finish it ourselves, in case its creator stopped short."""
+    started = time.monotonic()
     while True:
         try:
             return read_manifest(conn, collection)
         except ManifestPending:
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if waited > NEW_COLLECTION_WAIT_S:
                 raise
+            if identity is not None and waited > FINISH_AFTER_S:
+                finish_collection(conn, collection, identity)
             time.sleep(0.2)
 
 
