@@ -159,14 +159,19 @@ class MilvusStore:
             assert identity is not None
             try:
                 return create_collection(self.conn, self.collection, identity, bm25=full_text)
-            except StoreError:
+            except StoreError as err:
+                if "exist" not in str(err).lower():
+                    raise  # a failure of its own (a full disk), not a race with another creator
                 deadline = time.monotonic() + NEW_COLLECTION_WAIT_S
                 while not self.conn.call("list collections", has, self.collection):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-            # Another process created it at the same moment: open theirs once it is complete.
-            manifest = _read_new_manifest(self.conn, self.collection, identity)
+                # Another process created it at the same moment: open theirs once complete.
+                try:
+                    manifest = _read_new_manifest(self.conn, self.collection, identity)
+                except ManifestPending:
+                    raise err from None
         else:
             try:
                 manifest = read_manifest(self.conn, self.collection)  # loads it, once jrag's
