@@ -148,7 +148,7 @@ class BulkLoader:
                 item.version, item.ids, item.counts, item.options, item.committed
             )
         self.imports += 1
-        self.store.release_writes()
+        self.store.writer.release()
 
     def _open_writer(self) -> Any:
         from pymilvus import CollectionSchema

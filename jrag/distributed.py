@@ -151,14 +151,15 @@ def ingest_ray(
                     dtype, document_prompt,
                 )  # fmt: skip
                 writer = _Writer(store, committed, report, bulk=bulk)
-                for result in results:
-                    outcome = writer.take(result)
-                    done += 1
-                    if on_progress:
-                        on_progress(
-                            Progress(result["source"], outcome, done, len(sources), _since(started))
-                        )
-                writer.finish()
+                with store.writing():  # one holder of the write lease for the whole run
+                    for result in results:
+                        outcome = writer.take(result)
+                        done += 1
+                        if on_progress:
+                            on_progress(Progress(
+                                result["source"], outcome, done, len(sources), _since(started)
+                            ))  # fmt: skip
+                    writer.finish()
             if prune:
                 tick = time.perf_counter()
                 report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)

@@ -402,10 +402,7 @@ def ingest(
             flush_pending()
     flush_pending()
     if leftovers:
-        try:
-            store.collect_garbage(leftovers)
-        finally:
-            store.release_writes()
+        store.collect_garbage(leftovers)
 
     if prune:
         report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
@@ -511,11 +508,9 @@ def _embed_and_store(
                 notify(doc.source, "failed")
     report.stage_seconds["embed"] += time.perf_counter() - tick
     token_counts = [len(t) + encoder.special_token_count for t in tokens]
-    try:
+    with store.writing():  # the lease for this batch; other writers go on between batches
         _store_all(pending, rows_per_doc, token_counts, store, encoder, options, report, notify,
                    tenant)  # fmt: skip
-    finally:
-        store.release_writes()  # other writers of a shared collection go on between batches
 
 
 def _store_all(
@@ -579,10 +574,7 @@ def _prune(
             continue
         gone.append(state)
     if gone:
-        try:
-            store.delete_documents([s.doc_id for s in gone])
-        finally:
-            store.release_writes()
+        store.delete_documents([s.doc_id for s in gone])
     return sorted(s.source for s in gone)
 
 

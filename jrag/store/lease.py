@@ -13,12 +13,13 @@ is still ours. Two writers that both saw it free both write within a moment of r
 after the wait each reads the same, last, claim: exactly one wins. This holds as long as no
 process stalls longer than ``SETTLE_S`` between its read and its write.
 
-A holder renews its claim before each step of a write (a plain write while it is unexpired, so
-no wait) and gives the lease back when its batch is written; a killed holder's lease expires
-after ``seconds`` (at once if it ran on this host and its process is gone), and the next writer
-takes it over and cleans up what the killed one left
-(its garbage is recorded in the state rows, see :mod:`jrag.store.writes`). A local Milvus Lite
-``.db`` needs none of this: its file lock already admits one process.
+A holder checks its claim before each step of a write and renews it once half its time is
+gone (a plain write while it is unexpired, so no wait), and gives the lease back when its batch
+is written. A killed holder's lease expires after ``seconds`` (at once if it ran on this host
+and its process is gone); the next writer takes it over and cleans up what the killed one left
+(its garbage is recorded in the state rows, see :mod:`jrag.store.writes`). Clocks of writers on
+different hosts must agree to well within ``seconds``. A local Milvus Lite ``.db`` needs none
+of this: its file lock already admits one process.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class WriteLease:
     def hold(self) -> bool:
         """Hold the lease: renew it if still ours (True), else wait for it and take it anew
         (False: another writer may have written since we last held it)."""
-        if self._expires and self._expires - time.time() > SETTLE_S * 2:
+        left = self._expires - time.time()
+        if left > self.seconds / 2:
+            return True  # ours until it expires: nobody takes an unexpired claim
+        if left > SETTLE_S * 2:
             current = self._read()
             if current.get("owner") == self.owner:  # still ours: renew with a plain write
                 self._claim()

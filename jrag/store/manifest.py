@@ -15,6 +15,7 @@ collection's properties, which is how a collection of an older jrag schema is re
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,13 +106,7 @@ def create_collection(
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("content_hash", v, max_length=MAX_HASH)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=identity.dim)
-    index_params = MilvusClient.prepare_index_params()
-    if conn.is_lite:  # exact search; Lite is for local corpora
-        index_params.add_index("vector", index_type="FLAT", metric_type="COSINE")
-    else:
-        index_params.add_index(
-            "vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS
-        )
+    index_params = _index_params(conn, bm25)
     if bm25:
         # Milvus computes the sparse BM25 vector from ``text`` itself, on insert.
         schema.add_field(BM25_FIELD, DataType.SPARSE_FLOAT_VECTOR)
@@ -123,7 +118,6 @@ def create_collection(
                 output_field_names=[BM25_FIELD],
             )
         )
-        index_params.add_index(BM25_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
     conn.call(
         f"create collection '{name}'",
         conn.client.create_collection,
@@ -140,6 +134,37 @@ def create_collection(
     manifest = Manifest(SCHEMA_VERSION, identity, bm25)
     write_manifest(conn, name, manifest)
     return manifest
+
+
+def _index_params(conn: Connection, bm25: bool) -> Any:
+    index_params = MilvusClient.prepare_index_params()
+    if conn.is_lite:  # exact search; Lite is for local corpora
+        index_params.add_index("vector", index_type="FLAT", metric_type="COSINE")
+    else:
+        index_params.add_index(
+            "vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS
+        )
+    if bm25:
+        index_params.add_index(BM25_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    return index_params
+
+
+def finish_collection(conn: Connection, name: str, identity: Identity) -> None:
+    """Finish creating ``name`` (its indexes, loading, the manifest) where its creator stopped
+    short, if its properties name this same model: two creators racing on one name may each
+    see the other's half-made collection. Each step is idempotent; errors are left to the
+    reader that follows."""
+    info = conn.call(f"describe collection '{name}'", conn.client.describe_collection, name)
+    props = info.get("properties") or {}
+    if props.get("jrag.model") != identity.model or props.get("jrag.dim") != str(identity.dim):
+        return
+    bm25 = any(f.get("name") == BM25_FIELD for f in info.get("fields", []))
+    with contextlib.suppress(StoreError):
+        conn.call(f"index collection '{name}'", conn.client.create_index, name,
+                  _index_params(conn, bm25))  # fmt: skip
+    with contextlib.suppress(StoreError):
+        conn.call(f"load collection '{name}'", conn.client.load_collection, name)
+        write_manifest(conn, name, Manifest(SCHEMA_VERSION, identity, bm25))
 
 
 def write_manifest(

@@ -27,6 +27,7 @@ from jrag.store.manifest import (
     ManifestPending,
     create_collection,
     describe,
+    finish_collection,
     legacy_notice,
     read_manifest,
     write_manifest,
@@ -87,6 +88,7 @@ class MilvusStore:
         if identity is not None and identity.dim <= 0:
             raise StoreError(f"MilvusStore needs a positive vector dimension, got {identity.dim}")
         self.collection = collection
+        self._writing = 0  # depth of writing() blocks
         self.conn = Connection(uri, token=token, create=create, timeout=connect_timeout)
         # Lite: a flush is cheap (~40 ms) and makes searches ~20x faster. Server: a flush costs
         # ~3 s and is not needed for safety (an acknowledged write is in the WAL), so callers
@@ -158,19 +160,24 @@ class MilvusStore:
             assert identity is not None
             try:
                 return create_collection(self.conn, self.collection, identity, bm25=full_text)
-            except StoreError:
+            except StoreError as err:
+                if "exist" not in str(err).lower():
+                    raise  # a failure of its own (a full disk), not a race with another creator
                 deadline = time.monotonic() + NEW_COLLECTION_WAIT_S
                 while not self.conn.call("list collections", has, self.collection):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-            # Another process created it at the same moment: open theirs once it is complete.
-            manifest = _read_new_manifest(self.conn, self.collection)
+                # Another process created it at the same moment: open theirs once complete.
+                try:
+                    manifest = _read_new_manifest(self.conn, self.collection, identity)
+                except ManifestPending:
+                    raise err from None
         else:
             try:
                 manifest = read_manifest(self.conn, self.collection)  # loads it, once jrag's
             except ManifestPending:
-                manifest = _read_new_manifest(self.conn, self.collection)
+                manifest = _read_new_manifest(self.conn, self.collection, identity)
         if identity is not None:
             check_identity(self.where, manifest.identity, identity)
         return manifest
@@ -203,10 +210,11 @@ class MilvusStore:
         """
         if self.read_only:
             raise StoreError(self.legacy_notice())
-        if committed is None:
-            committed = self.states([version.doc_id]).get(version.doc_id)
-        self.record_kinds(rows, options)
-        return self.writer.write(version, rows, options, committed)
+        with self.writing():
+            if committed is None:
+                committed = self.states([version.doc_id]).get(version.doc_id)
+            self.record_kinds(rows, options)
+            return self.writer.write(version, rows, options, committed)
 
     def record_kinds(self, rows: Sequence[Row], options: dict[str, dict[str, Any]]) -> None:
         """Record a new kind in the manifest before its first rows land, so it never misses
@@ -223,7 +231,8 @@ class MilvusStore:
         """Delete documents entirely (all versions and kinds); returns the rows deleted."""
         if self.read_only:
             raise StoreError(self.legacy_notice())
-        return self.writer.delete_documents(doc_ids)
+        with self.writing():
+            return self.writer.delete_documents(doc_ids)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -331,7 +340,8 @@ class MilvusStore:
         """Delete what the states of ``doc_ids`` list as garbage (see :mod:`jrag.store.writes`)."""
         if self.read_only:
             raise StoreError(self.legacy_notice())
-        return self.writer.collect_garbage(doc_ids)
+        with self.writing():
+            return self.writer.collect_garbage(doc_ids)
 
     def repair(self, *, dry_run: bool = False) -> dict[str, int]:
         """Delete rows no committed version accounts for (see :meth:`Writer.repair`)."""
@@ -339,9 +349,18 @@ class MilvusStore:
             raise StoreError(self.legacy_notice())
         return self.writer.repair(dry_run=dry_run)
 
-    def release_writes(self) -> None:
-        """Let other processes write this collection until this one writes again."""
-        self.writer.release()
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Keep the write lease from the first write inside the block to its end (one batch);
+        a write outside any block gives it back when done, so that an open store never keeps
+        other processes waiting."""
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self.writer.release()
 
     def close(self) -> None:
         if hasattr(self, "writer"):
@@ -387,18 +406,23 @@ def check_identity(where: str, recorded: Identity, current: Identity) -> None:
 
 
 NEW_COLLECTION_WAIT_S = 20.0  # how long another process may take to finish creating one
+FINISH_AFTER_S = 2.0  # then finish it ourselves (the same model's identical steps)
 
 
-def _read_new_manifest(conn: Connection, collection: str) -> Manifest:
+def _read_new_manifest(conn: Connection, collection: str, identity: Identity | None) -> Manifest:
     """The manifest of a collection another process is creating (it creates the collection,
-    its index, loads it, then writes the manifest row): read again until all of that is done."""
-    deadline = time.monotonic() + NEW_COLLECTION_WAIT_S
+    its index, loads it, then writes the manifest row): read again until all of that is done,
+    and after a moment finish it ourselves, in case its creator stopped short."""
+    started = time.monotonic()
     while True:
         try:
             return read_manifest(conn, collection)
         except ManifestPending:
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if waited > NEW_COLLECTION_WAIT_S:
                 raise
+            if identity is not None and waited > FINISH_AFTER_S:
+                finish_collection(conn, collection, identity)
             time.sleep(0.2)
 
 
