@@ -22,14 +22,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "Who re-ground the Fresnel lens at Gull Point?"
-SAMPLES = ["harrowmere-lighthouse-society.md", "marrow-language-manual.md",
-           "tidewright-rulebook.md", "carrow-fell-instrument-log.txt",
-           "vellach-pass-railway.txt"]  # fmt: skip
+SAMPLES = [
+    "harrowmere-lighthouse-society.md",
+    "marrow-language-manual.md",
+    "tidewright-rulebook.md",
+    "carrow-fell-instrument-log.txt",
+    "vellach-pass-railway.txt",
+]
 
 
 def env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "connectors"),
-                                       os.environ.get("PYTHONPATH")) if p)  # fmt: skip
+    path = os.pathsep.join(
+        p for p in (str(ROOT), str(ROOT / "connectors"), os.environ.get("PYTHONPATH")) if p
+    )
     return {**os.environ, "PYTHONPATH": path}
 
 
@@ -53,30 +58,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jrag-bench-cli-") as tmp:
         db = str(Path(tmp) / "demo.db")
         files = [str(ROOT / "samples" / name) for name in SAMPLES]
-        subprocess.run(jrag("ingest", *files, "--uri", db, "-c", "demo", "--model", MINILM,
-                            "--mode", "late"), check=True, capture_output=True, env=env())  # fmt: skip
+        subprocess.run(
+            jrag("ingest", *files, "--uri", db, "-c", "demo", "--model", MINILM, "--mode", "late"),
+            check=True,
+            capture_output=True,
+            env=env(),
+        )
         rows = [
             ("jrag --help", timed(jrag("--help"), args.repeat)),
             ("jrag stats", timed(jrag("stats", "--uri", db, "-c", "demo"), args.repeat)),
             (
                 "jrag search (cold)",
                 timed(jrag("search", QUERY, "--uri", db, "-c", "demo"), args.repeat),
-            ),  # fmt: skip
+            ),
         ]
         server = subprocess.Popen(
             jrag("serve", "--db", db, "-c", "demo", "--port", "0", "--milvus-port", "0"),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env(),
+        )
         try:
             url = ""
             for line in server.stdout:
                 if line.startswith("jrag serve: http "):
                     url = line.split()[-1]
                     break
-            rows.append(("jrag search --server", timed(
-                jrag("search", QUERY, "-c", "demo", "--server", url), args.repeat)))  # fmt: skip
-            rows.append(("jrag stats --server", timed(
-                jrag("stats", "--server", url), args.repeat)))  # fmt: skip
+            rows.append(
+                (
+                    "jrag search --server",
+                    timed(jrag("search", QUERY, "-c", "demo", "--server", url), args.repeat),
+                )
+            )
+            rows.append(("jrag stats --server", timed(jrag("stats", "--server", url), args.repeat)))
         finally:
             server.terminate()
             server.wait(timeout=30)
