@@ -127,7 +127,7 @@ def test_embeddings_errors_name_the_field_and_the_server_keeps_serving(client, e
         (dict(json={"input": ["fine", "  "]}), 400, "input", "input[1] is empty"),
         (dict(json={"input": "word " * 400}), 400, "input", "past sentence-transformers"),
         (dict(json={"input": "x", "dimensions": 12}), 400, None, "dimensions must be 384"),
-        (dict(json={"input": "x", "model": "other-model"}), 404, "collection", "not served"),
+        (dict(json={"input": "x", "model": "other-model"}), 404, "model", "not served"),
         (dict(json={"input": "x", "encoding_format": "int8"}), 422, "encoding_format", "float"),
     ]  # fmt: skip
     for kwargs, status, param, words in cases:

@@ -47,7 +47,7 @@ from jrag.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from jrag.errors import CollectionNotFound, InputError, JragError, ParseError, StoreError
 from jrag.llm import LLMError, resolve_llm, stream_reply
 from jrag.pipeline import IngestOptions, ingest_documents, text_document
-from jrag.qa import SYSTEM_PROMPT, Answer, _extractive, build_prompt, cited, retrieve_passages
+from jrag.qa import SYSTEM_PROMPT, Answer, build_prompt, cited, extractive_answer, retrieve_passages
 from jrag.retrieval import SearchOptions, search
 from jrag.server.batching import DEFAULT_MAX_QUEUE, Batcher, QueueFull
 from jrag.server.schemas import (
@@ -184,6 +184,10 @@ class DocumentNotFound(CollectionNotFound):
     """No such document is stored (answers 404)."""
 
 
+class ModelNotServed(CollectionNotFound):
+    """A request named another model than the one this server holds (answers 404)."""
+
+
 class Metrics:
     """Prometheus metrics of one app (its own registry, so several apps can live in a process)."""
 
@@ -226,6 +230,8 @@ def _jrag_error(err: JragError) -> JSONResponse:
     if isinstance(err, QueueFull):
         return error_response(503, f"busy: {err}; retry shortly", kind="overloaded",
                               headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+    if isinstance(err, ModelNotServed):
+        return error_response(404, str(err), kind="not_found", param="model")
     if isinstance(err, DocumentNotFound):
         return error_response(404, str(err), kind="not_found", param="id")
     if isinstance(err, CollectionNotFound):
@@ -398,7 +404,7 @@ def create_app(
         """OpenAI-compatible embeddings: one vector per input text, in input order."""
         encoder = service.encoder
         if body.model not in (None, "", encoder.name, Path(encoder.name).name):
-            raise CollectionNotFound(f"model {body.model!r} is not served here; "
+            raise ModelNotServed(f"model {body.model!r} is not served here; "
                                      f"this server serves {encoder.name!r}")  # fmt: skip
         if body.dimensions not in (None, encoder.dim):
             raise InputError(f"dimensions must be {encoder.dim} for {encoder.name}, not "
@@ -469,7 +475,7 @@ def create_app(
             return Answer(body.question, "No documents matched the question.", [], [], None,
                           name).to_dict()  # fmt: skip
         if backend is None:
-            return _extractive(body.question, context).to_dict()
+            return extractive_answer(body.question, context).to_dict()
         prompt = build_prompt(body.question, context)
         if not body.stream:
             reply = backend.chat(SYSTEM_PROMPT, prompt)
