@@ -156,7 +156,7 @@ def serve_http(
 
     from jrag.embedding import identity_of, load_encoder
     from jrag.llm import from_env
-    from jrag.loading import DEFAULT_MODEL
+    from jrag.defaults import DEFAULT_MODEL
     from jrag.server.app import Service, create_app
     from jrag.store import MilvusStore
 
