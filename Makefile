@@ -18,7 +18,7 @@ export HF_HUB_DISABLE_TELEMETRY = 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/install_milvus_server.sh
+$(STAMP): pyproject.toml constraints.txt scripts/install_milvus_server.sh scripts/install_browser.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels.
@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_milvus_server.sh
 	@# CUDA-only torchvision that breaks transformers: install it alone.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps unstructured-inference
 	bash scripts/install_milvus_server.sh
+	bash scripts/install_browser.sh
 	touch $(STAMP)
 
 demo: install

@@ -145,7 +145,7 @@ def ask(
     if not context:
         return Answer(question, "No documents matched the question.", [], [], None, _name(backend))
     if backend is None:
-        return _extractive(question, context)
+        return extractive_answer(question, context)
     prompt = build_prompt(question, context)
     reply = backend.chat(SYSTEM_PROMPT, prompt)
     return Answer(question, reply, cited(reply, context), context, prompt, backend.name)
@@ -221,7 +221,8 @@ def cited(answer: str, passages: Sequence[Citation]) -> list[Citation]:
     return chosen or list(passages)
 
 
-def _extractive(question: str, context: list[Citation]) -> Answer:
+def extractive_answer(question: str, context: list[Citation]) -> Answer:
+    """The answer without an LLM: the passages themselves, quoted and numbered."""
     quotes = [f'[{c.number}] "{c.quote.strip()}"' for c in context]
     text = "\n\n".join([EXTRACTIVE_HEADER, *quotes])
     return Answer(question, text, list(context), list(context), None, "extractive")

@@ -154,9 +154,9 @@ def serve_http(
     """Serve the HTTP app until SIGINT or SIGTERM; a Lite ``db`` is also served over gRPC."""
     import uvicorn
 
+    from jrag.defaults import DEFAULT_MODEL
     from jrag.embedding import identity_of, load_encoder
     from jrag.llm import from_env
-    from jrag.loading import DEFAULT_MODEL
     from jrag.server.app import Service, create_app
     from jrag.store import MilvusStore
 

@@ -47,7 +47,7 @@ def write_docs(folder: Path) -> dict[str, Path]:
     paths = {}
     for topic, fact in TOPICS.items():
         paths[topic] = folder / f"{topic}.md"
-        text = f"# The {topic} records\n\n{FILLER * 6}\n\n{fact}\n\n{FILLER * 6}\n"
+        text = f"# The {topic} records\n\n{FILLER * 16}\n\n{fact}\n\n{FILLER * 16}\n"
         paths[topic].write_text(text, encoding="utf-8")
     return paths
 
@@ -127,7 +127,7 @@ def test_embeddings_errors_name_the_field_and_the_server_keeps_serving(client, e
         (dict(json={"input": ["fine", "  "]}), 400, "input", "input[1] is empty"),
         (dict(json={"input": "word " * 400}), 400, "input", "past sentence-transformers"),
         (dict(json={"input": "x", "dimensions": 12}), 400, None, "dimensions must be 384"),
-        (dict(json={"input": "x", "model": "other-model"}), 404, "collection", "not served"),
+        (dict(json={"input": "x", "model": "other-model"}), 404, "model", "not served"),
         (dict(json={"input": "x", "encoding_format": "int8"}), 422, "encoding_format", "float"),
     ]  # fmt: skip
     for kwargs, status, param, words in cases:
@@ -392,20 +392,21 @@ def test_a_milvus_that_went_away_answers_503_and_the_server_keeps_serving(tmp_pa
         store = MilvusStore(served.uri, "docs", identity=identity_of(encoder))
         ingest_documents([text_document("owl", "The barn owl hoots at night.")], store, encoder)
         service = Service(encoder, "docs", store=store, uri=served.uri, store_timeout=3)
-        with (
-            RunningApp(create_app(service)) as running,
-            httpx.Client(base_url=running.url, timeout=60) as c,
-        ):
-            assert search_sources(c, "owl") == ["owl"]
-            served.kill()
-            gone = c.post("/search", json={"query": "owl"})
-            assert gone.status_code == 503, gone.text
-            assert "did not answer within 3 s" in error_of(gone)["message"]
-            assert error_of(gone)["type"] == "store_unavailable"
-            assert c.get("/health").status_code == 200
-            embedded = c.post("/v1/embeddings", json={"input": "still serving"})
-            assert embedded.status_code == 200
-        service.batcher.close()
+        try:
+            with (
+                RunningApp(create_app(service)) as running,
+                httpx.Client(base_url=running.url, timeout=60) as c,
+            ):
+                assert search_sources(c, "owl") == ["owl"]
+                served.kill()
+                gone = c.post("/search", json={"query": "owl"})
+                assert gone.status_code == 503, gone.text
+                assert "did not answer within 3 s" in error_of(gone)["message"]
+                assert error_of(gone)["type"] == "store_unavailable"
+                assert c.get("/health").status_code == 200
+                assert c.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+        finally:
+            service.close()  # closing the connection ends the calls still retrying
 
 
 # -- clients: the CLI's --server and the retrievers' server= -------------------------------------
@@ -469,3 +470,82 @@ def test_both_retrievers_search_through_a_server_as_they_do_in_process(server, c
     nodes = llama.retrieve(QUESTION)
     assert [n.node.metadata["source"] for n in nodes] == [r.source for r in local]
     assert nodes[0].score == pytest.approx(local[0].score)
+
+
+# -- the web page, in a real headless browser ----------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--window-size=1200,1400")  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(
+            "chromium and chromium-driver are not installed: run scripts/install_browser.sh"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_web_page_finds_the_passage_answers_with_citations_and_escapes_file_text(
+    server, client, browser, corpus, tmp_path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script> saffron crocus'
+    client.post("/documents", json={"documents": [
+        {"id": "<b>hostile</b>.md", "title": "<script>window.pwned=3</script>", "text": hostile}
+    ]})  # fmt: skip
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url + "/")
+    wait.until(lambda d: "documents" in d.find_element(By.ID, "served").text)
+
+    box = browser.find_element(By.ID, "query")
+    box.send_keys(QUESTION)
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#results .result")))
+    first = browser.find_elements(By.CSS_SELECTOR, "#results .result")[0]
+    assert str(corpus[1]["lighthouse"]) in first.find_element(By.CSS_SELECTOR, ".source").text
+    passage = first.find_element(By.CSS_SELECTOR, "mark").text
+    context = first.find_element(By.CSS_SELECTOR, ".context").text
+    assert "re-ground the Fresnel lens" in passage and len(passage) < len(context)
+    first.find_element(By.CSS_SELECTOR, ".span-link").click()
+    wait.until(lambda d: "re-ground the Fresnel lens" in d.find_element(By.ID, "span").text)
+
+    browser.find_element(By.ID, "question").send_keys(QUESTION)
+    browser.find_element(By.ID, "ask-button").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#citations .citation"))
+    assert browser.find_element(By.ID, "answer-text").text == REPLY  # streamed from the LLM
+    citation = browser.find_elements(By.CSS_SELECTOR, "#citations .citation")[0].text
+    assert citation.startswith("[1] The lighthouse records") and "lighthouse.md" in citation
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+    box.clear()
+    box.send_keys("saffron crocus")
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda d: "<b>hostile</b>.md" in d.find_element(By.ID, "results").text)
+    results = browser.find_element(By.ID, "results").text
+    assert (
+        "<script>window.pwned=3</script>" in results
+        and '<img src=x onerror="window.pwned=1">' in results
+    )
+    assert browser.execute_script("return window.pwned === undefined")
+    assert browser.find_elements(By.CSS_SELECTOR, "#results img, #results script, #results b") == []
+    browser.save_screenshot(str(tmp_path / "hostile.png"))
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    client.delete("/documents/<b>hostile</b>.md")

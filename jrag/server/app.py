@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from pathlib import Path
@@ -47,12 +47,13 @@ from jrag.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from jrag.errors import CollectionNotFound, InputError, JragError, ParseError, StoreError
 from jrag.llm import LLMError, resolve_llm, stream_reply
 from jrag.pipeline import IngestOptions, ingest_documents, text_document
-from jrag.qa import SYSTEM_PROMPT, Answer, _extractive, build_prompt, cited, retrieve_passages
+from jrag.qa import SYSTEM_PROMPT, Answer, build_prompt, cited, extractive_answer, retrieve_passages
 from jrag.retrieval import SearchOptions, search
 from jrag.server.batching import DEFAULT_MAX_QUEUE, Batcher, QueueFull
 from jrag.server.schemas import (
     AskRequest,
     DeleteResponse,
+    DocumentSpan,
     DocumentsRequest,
     DocumentsResponse,
     EmbeddingsRequest,
@@ -68,6 +69,7 @@ logger = logging.getLogger("jrag.server")
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 RETRY_AFTER_S = 1
 DEFAULT_STORE_TIMEOUT_S = 30.0
+MAX_STORE_THREADS = 64
 T = TypeVar("T")
 PAGE = Path(__file__).with_name("static") / "index.html"
 _BEARER = HTTPBearer(auto_error=False, description="The server's API key, if it has one.")
@@ -94,9 +96,10 @@ class Service:
     ) -> None:
         self.encoder = encoder
         self.store_timeout = store_timeout
-        # Store work runs here, so that a request waits at most ``store_timeout`` for a Milvus
-        # that stopped answering (pymilvus itself would retry for minutes).
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="jrag-store")
+        # Store work runs in daemon threads, so that a request waits at most ``store_timeout``
+        # for a Milvus that stopped answering (pymilvus itself retries for minutes), and a
+        # stuck call cannot hold up the process's exit.
+        self._store_slots = threading.BoundedSemaphore(MAX_STORE_THREADS)
         self.collection = collection
         self.uri = uri
         self._token = token
@@ -132,7 +135,21 @@ class Service:
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the store's threads; StoreError past ``store_timeout`` seconds."""
-        future = self._pool.submit(fn, *args)
+        if not self._store_slots.acquire(timeout=self.store_timeout):
+            raise StoreError(f"{MAX_STORE_THREADS} store calls are stuck; is Milvus running?")
+        future: Future = Future()
+
+        def work() -> None:
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args))
+                    except BaseException as err:  # handed to the waiting request
+                        future.set_exception(err)
+            finally:
+                self._store_slots.release()
+
+        threading.Thread(target=work, name="jrag-store", daemon=True).start()
         try:
             return future.result(timeout=self.store_timeout)
         except FutureTimeout:
@@ -159,9 +176,16 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()
+
+
+class DocumentNotFound(CollectionNotFound):
+    """No such document is stored (answers 404)."""
+
+
+class ModelNotServed(CollectionNotFound):
+    """A request named another model than the one this server holds (answers 404)."""
 
 
 class Metrics:
@@ -206,6 +230,10 @@ def _jrag_error(err: JragError) -> JSONResponse:
     if isinstance(err, QueueFull):
         return error_response(503, f"busy: {err}; retry shortly", kind="overloaded",
                               headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+    if isinstance(err, ModelNotServed):
+        return error_response(404, str(err), kind="not_found", param="model")
+    if isinstance(err, DocumentNotFound):
+        return error_response(404, str(err), kind="not_found", param="id")
     if isinstance(err, CollectionNotFound):
         return error_response(404, str(err), kind="not_found", param="collection")
     if isinstance(err, LLMError):
@@ -376,7 +404,7 @@ def create_app(
         """OpenAI-compatible embeddings: one vector per input text, in input order."""
         encoder = service.encoder
         if body.model not in (None, "", encoder.name, Path(encoder.name).name):
-            raise CollectionNotFound(f"model {body.model!r} is not served here; "
+            raise ModelNotServed(f"model {body.model!r} is not served here; "
                                      f"this server serves {encoder.name!r}")  # fmt: skip
         if body.dimensions not in (None, encoder.dim):
             raise InputError(f"dimensions must be {encoder.dim} for {encoder.name}, not "
@@ -447,7 +475,7 @@ def create_app(
             return Answer(body.question, "No documents matched the question.", [], [], None,
                           name).to_dict()  # fmt: skip
         if backend is None:
-            return _extractive(body.question, context).to_dict()
+            return extractive_answer(body.question, context).to_dict()
         prompt = build_prompt(body.question, context)
         if not body.stream:
             reply = backend.chat(SYSTEM_PROMPT, prompt)
@@ -516,6 +544,16 @@ def create_app(
             failed=[{"id": s, "error": m} for s, m in report.failed], tokens=report.tokens,
         )  # fmt: skip
 
+    @app.get("/documents/{doc_key:path}", tags=["documents"], dependencies=guarded)
+    def document_span(
+        doc_key: str, start: int = 0, end: int | None = None, tenant: str = ""
+    ) -> DocumentSpan:
+        """A stored document's text from ``start`` to ``end`` (characters of its parsed text):
+        where a search result or a citation points."""
+        if start < 0 or (end is not None and end < start):
+            raise InputError(f"start and end must satisfy 0 <= start <= end, not {start}, {end}")
+        return service.run(_span, service, doc_key, tenant, start, end)
+
     @app.delete("/documents/{doc_key:path}", tags=["documents"], dependencies=guarded)
     def delete_document(doc_key: str, tenant: str = "") -> DeleteResponse:
         """Delete a document (every version and kind) by its id, or a file's source path."""
@@ -558,6 +596,21 @@ def _write(service: Service, documents: list, tenant: str):
     with service.batcher.model_lock:  # the model runs one batch at a time; writes serialize
         return ingest_documents(documents, store, service.encoder,
                                 options=service.ingest_options, tenant=tenant)  # fmt: skip
+
+
+def _span(service: Service, key: str, tenant: str, start: int, end: int | None) -> DocumentSpan:
+    store = service.store()
+    state = store.states([document_id(key, tenant)]).get(document_id(key, tenant))
+    if state is None or not state.committed:
+        whose = f" for tenant {tenant!r}" if tenant else ""
+        raise DocumentNotFound(f"no document {key!r} is stored{whose}")
+    length = int(state.metadata.get("length", 0)) or None
+    end = end if end is not None else length
+    if length is not None and end is not None:
+        end = min(end, length)
+    text = store.document_text(state, start, end)
+    return DocumentSpan(id=key, source=state.source, title=state.title, start=start,
+                        end=start + len(text), text=text)  # fmt: skip
 
 
 def _delete(service: Service, doc_id: str) -> int:

@@ -114,3 +114,12 @@ class DocumentsResponse(BaseModel):
 class DeleteResponse(BaseModel):
     id: str
     deleted: bool
+
+
+class DocumentSpan(BaseModel):
+    id: str
+    source: str
+    title: str
+    start: int
+    end: int
+    text: str
