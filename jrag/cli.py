@@ -591,6 +591,8 @@ def stats(
     collection: CollectionOpt = "jrag", uri: UriOpt = DEFAULT_URI, token: TokenOpt = None
 ) -> None:
     """Show what a collection holds: its manifest (model, kinds, options) and row counts."""
+    from jrag.parse import display_path
+
     try:
         with _open_existing(uri, collection, token) as store:
             info = store.stats()
@@ -599,7 +601,7 @@ def stats(
     table = Table(title=Text(f"collection {collection}"), show_header=False)
     for key, value in info.items():
         shown = json.dumps(value) if isinstance(value, dict) else str(value)
-        table.add_row(key, Text(shown))
+        table.add_row(key, Text(display_path(shown)))  # a prompt may hold control characters
     console.print(table)
 
 
