@@ -147,9 +147,13 @@ def attention(
         return F.scaled_dot_product_attention(query, key, value)
     if bias is not None and bias.kernel == "flex":
         return flex_alibi_attention(query, key, value, lengths, bias)
-    output = query.new_zeros(query.shape)
     packed = [r for r, n in enumerate(lengths) if bias is None or n <= PACKED_MAX_LENGTH]
-    for rows in _mask_groups(packed, lengths, query.shape[1], bias is not None):
+    groups = _mask_groups(packed, lengths, query.shape[1], bias is not None)
+    if len(groups) == 1 and len(packed) == len(lengths):
+        # Many short texts: one SDPA call whose output is the whole batch's, with no copy.
+        return _packed_attention(query, key, value, lengths, bias, groups[0])
+    output = query.new_zeros(query.shape)
+    for rows in groups:
         _packed_attention(query, key, value, lengths, bias, rows, output)
     for row, n in enumerate(lengths):
         if bias is not None and n > PACKED_MAX_LENGTH:
@@ -172,10 +176,17 @@ def _mask_groups(
     return groups
 
 
-def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
-    """Several rows in one SDPA call, with ALiBi (when ``bias``) and padding in a dense mask."""
+def _packed_attention(query, key, value, lengths, bias, rows, output=None) -> torch.Tensor:
+    """Several rows in one SDPA call, with ALiBi (when ``bias``) and padding in a dense mask.
+
+    The context goes into ``output``'s rows; without ``output`` (``rows`` being every row) it is
+    returned as the batch's whole output.
+    """
     device = query.device
     length = max(lengths[r] for r in rows)
+    if output is None:
+        rows = sorted(rows)
+        length = query.shape[2]
     whole_batch = rows == sorted(rows) and len(rows) == query.shape[0]
     if whole_batch:  # no gather and scatter: slice the batch as it is
         index = slice(None)
@@ -195,10 +206,13 @@ def _packed_attention(query, key, value, lengths, bias, rows, output) -> None:
         mask = mask + (-bias.slopes.to(device)[:, None, None] * distance)[None]  # [rows, H, L, L]
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(query.dtype))
     context.masked_fill_(~real[:, None, :, None], 0)
+    if output is None:
+        return context
     if whole_batch and length == query.shape[2]:
         output.copy_(context)
     else:
         output[index, :, :length] = context
+    return output
 
 
 def _long_attention(query, key, value, row: int, n: int, bias: AlibiBias, output) -> None:

@@ -760,7 +760,7 @@ def stats(
     table = Table(title=Text(f"collection {collection}"), show_header=False)
     for key, value in info.items():
         shown = json.dumps(value) if isinstance(value, dict) else str(value)
-        table.add_row(key, safe(shown))
+        table.add_row(key, safe(shown))  # a recorded prompt may hold control characters
     console.print(table)
 
 

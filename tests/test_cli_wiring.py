@@ -304,5 +304,6 @@ def test_a_bad_dtype_is_a_one_line_error_naming_the_option(
 
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "error: --dtype (or JRAG_DTYPE) must be one of auto, float32, bfloat16, float16, not 'x'"
+        "error: --dtype (or JRAG_DTYPE) must be one of auto, float32, bfloat16, float16, int8, "
+        "not 'x'"
     ]

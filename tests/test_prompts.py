@@ -23,7 +23,7 @@ from jrag.embedding import identity_of
 from jrag.encoder import Tokens, _split_prompt
 from jrag.loading import MINILM_ID, resolve_model_dir
 from jrag.retrieval import SearchOptions, search
-from jrag.store import MilvusStore
+from jrag.store import Identity, MilvusStore
 
 PROMPTS = {"query": "search_query: ", "document": "search_document: "}  # nomic-embed's
 TEXTS = [
@@ -227,6 +227,15 @@ def test_collection_records_the_document_prompt_and_refuses_another(
         MilvusStore(milvus_lite_uri, "c", identity=identity_of(other))
     with MilvusStore(milvus_lite_uri, "c", identity=identity_of(encoder)) as store:
         assert store.manifest.identity.document_prompt == "search_document: "
+
+
+def test_a_prompt_with_control_characters_prints_escaped(tmp_path: Path):
+    db = str(tmp_path / "e.db")
+    identity = Identity(model="m", dim=384, document_prompt="\x1b[2Jcleared: ")
+    MilvusStore(db, "jrag", identity=identity).close()
+    result = CliRunner().invoke(app, ["stats", "--uri", db])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\\x1b[2Jcleared" in result.output
 
 
 def test_cli_prompt_flags_reach_the_encoder_and_the_manifest(tmp_path: Path, e5_folder: Path):
