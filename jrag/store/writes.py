@@ -178,15 +178,15 @@ class Writer:
 
         ``options[kind]`` records how each written kind was built. ``committed`` is the
         document's state the caller planned from (from :meth:`states`), or None. Under a lease
-        the state is read again: a version another writer already stored is not written twice,
-        and rows embedded to extend a version another writer has since replaced are dropped.
+        the state is read again, and rows embedded to extend a version that another writer has
+        since replaced are dropped.
         """
         for _ in range(WRITE_ATTEMPTS):
             self.hold()
             current = committed
             if self.lease is not None:
                 current = self.states([version.doc_id]).get(version.doc_id)
-                if _superseded(version, rows, options, committed, current):
+                if _superseded(version, committed, current):
                     assert current is not None
                     return current
             entities, counts = self.entities(version, rows, current)
@@ -468,21 +468,14 @@ class Writer:
 
 
 def _superseded(
-    version: DocumentVersion,
-    rows: Sequence[Row],
-    options: dict[str, dict[str, Any]],
-    planned: DocumentState | None,
-    current: DocumentState | None,
+    version: DocumentVersion, planned: DocumentState | None, current: DocumentState | None
 ) -> bool:
-    """True if another writer made writing ``rows`` pointless since the caller planned it: the
-    version is stored with these kinds and options already, or ``rows`` only extended a
-    version that has since been replaced by another."""
-    if current is None or not current.committed:
+    """True if the rows were embedded to extend ``planned`` (the same content with more kinds)
+    but another writer has since committed other content: written, they would replace it with
+    a version that lacks the kinds it held."""
+    if current is None or not current.committed or current.content_hash == version.content_hash:
         return False
-    if current.content_hash == version.content_hash:
-        return all(current.holds(r.kind, options.get(r.kind, {})) for r in rows)
-    extending = planned is not None and planned.content_hash == version.content_hash
-    return extending
+    return planned is not None and planned.content_hash == version.content_hash
 
 
 def _committed_ids(state: DocumentState | None) -> list[str]:
