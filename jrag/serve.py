@@ -161,13 +161,15 @@ def serve_http(
     from jrag.store import MilvusStore
 
     settings.check()
-    # Milvus Lite's gRPC server logs, as errors, calls that it does not implement and that
-    # pymilvus falls back from; they are not the user's concern.
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     sock = bind_socket(settings.host, settings.port)  # a busy port fails before any loading
-    lite = _LiteServer.start(db, milvus_port) if uri is None else None
-    store = service = None
+    # Milvus Lite's gRPC server logs, as errors, calls that it does not implement and that
+    # pymilvus falls back from; they are not the user's concern. Restored on the way out.
+    grpc_log = logging.getLogger("grpc._server")
+    grpc_level = grpc_log.level
+    grpc_log.setLevel(logging.CRITICAL)
+    lite = store = service = None
     try:
+        lite = _LiteServer.start(db, milvus_port) if uri is None else None
         target = lite.uri if lite is not None else str(uri)
         try:
             store = MilvusStore(target, collection, token=token, create=False)
@@ -199,6 +201,7 @@ def serve_http(
             store.close()
         if lite is not None:
             lite.stop()
+        grpc_log.setLevel(grpc_level)
 
 
 def _server_class() -> type:
