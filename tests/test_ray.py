@@ -276,3 +276,43 @@ def test_bulk_falls_back_to_upsert_in_one_line(
     assert "writing rows with upsert instead" in warnings[0]
     with config.open(create=False) as store:
         assert len(list(store.all_states())) == 3
+
+
+def test_a_file_rewritten_between_plan_and_parse_keeps_every_kind(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    """The plan says "add late rows to version A"; the file turns into B before it is parsed.
+    The document must never be stored as a version that lacks the kinds it held."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    victim, bystander = corpus / "victim.txt", corpus / "bystander.txt"
+    victim.write_text("Version A.\n\n" + long_text(90), encoding="utf-8")
+    bystander.write_text("Bystander.\n\n" + long_text(40), encoding="utf-8")
+    uri = str(tmp_path / "lite" / "jrag.db")
+    encoder = load_encoder(MINILM_ID, device="cpu", dtype=DTYPE)
+    with MilvusStore(uri, "docs", identity=identity_of(encoder)) as store:
+        ingest([victim], store, encoder, options=IngestOptions(mode="whole"))
+        ingest([bystander], store, encoder, options=IngestOptions(mode="late"))
+    rewritten = "Version B, rewritten after the plan.\n\n" + long_text(120)
+
+    def rewrite_after_plan(progress: Progress) -> None:
+        # The skipped bystander is reported once the plan is made, before any file is parsed.
+        if progress.outcome == "skipped" and not victim.read_text().startswith("Version B"):
+            victim.write_text(rewritten, encoding="utf-8")
+
+    config = StoreConfig(uri, "docs")
+    late = IngestOptions(mode="late")
+    ingest_ray([corpus], config, MINILM_ID, dtype=DTYPE, options=late, workers=1,
+               on_progress=rewrite_after_plan)  # fmt: skip
+    assert victim.read_text() == rewritten
+    with config.open(create=False) as store:
+        (state,) = [s for s in store.all_states() if s.source.endswith("victim.txt")]
+        assert {"doc", "late", "text"} <= set(state.kinds)
+        text = store.document_text(state)
+        assert text.startswith("Version A.") or text.startswith("Version B")
+    again = ingest_ray([corpus], config, MINILM_ID, dtype=DTYPE, options=late, workers=1)
+    assert again.stored == 1 or (again.stored == 0 and text.startswith("Version B"))
+    with config.open(create=False) as store:
+        (state,) = [s for s in store.all_states() if s.source.endswith("victim.txt")]
+        assert {"doc", "late", "text"} <= set(state.kinds)
+        assert store.document_text(state) == rewritten
