@@ -22,7 +22,7 @@ import numpy as np
 
 from jrag.embedding import identity_of, load_encoder
 from jrag.pipeline import IngestOptions, ingest
-from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
+from jrag.store import DocumentVersion, MilvusStore, Row, document_id
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BUILD_BATCH = 500  # documents per bulk upsert
@@ -31,10 +31,9 @@ BUILD_BATCH = 500  # documents per bulk upsert
 def build(store: MilvusStore, documents: int, seed: int = 0) -> float:
     """Store ``documents`` tiny documents in bulk; returns the seconds it took."""
     rng = np.random.default_rng(seed)
-    writer = store.writer
     started = time.perf_counter()
     for first in range(0, documents, BUILD_BATCH):
-        entities = []
+        batch = []
         for doc in range(first, min(first + BUILD_BATCH, documents)):
             source = f"/bench/stored/doc-{doc:06}.txt"
             text = f"Stored document {doc} about item {doc * 7919 % 100003}."
@@ -43,12 +42,8 @@ def build(store: MilvusStore, documents: int, seed: int = 0) -> float:
             vector = rng.normal(size=store.dim).astype(np.float32)
             row = Row(doc_id, "doc", 0, 1, 0, len(text), text, source, "", {}, content_hash,
                       vector / np.linalg.norm(vector))  # fmt: skip
-            entities.append(writer._entity(version, row))
-            entities += writer._text_rows(version)
-            kinds = {"doc": {"rows": 1, "options": {}}, "text": {"rows": 1, "options": {}}}
-            state = DocumentState(doc_id, source, "", content_hash, kinds=kinds)
-            entities.append(writer._state_entity(state))
-        writer._upsert(entities)
+            batch.append((version, [row]))
+        store.seed(batch)
     store.flush()
     return time.perf_counter() - started
 

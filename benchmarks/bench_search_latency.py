@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from pymilvus import MilvusClient
 from rich.console import Console
 from rich.table import Table
 
@@ -31,10 +32,9 @@ from jrag import Encoder
 from jrag.loading import MINILM_ID
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import search
-from jrag.store import Identity, MilvusStore, Query
+from jrag.store import DocumentVersion, Identity, MilvusStore, Query
 from jrag.store.manifest import HNSW_PARAMS
 from jrag.store.rows import Row, document_id
-from jrag.store.writes import DocumentVersion
 
 DIM = 384  # all-MiniLM-L6-v2
 WINDOWS, LATE = 2, 8
@@ -88,7 +88,8 @@ def _row(version: DocumentVersion, kind, index, count, start, end, vector) -> Ro
 def use_hnsw(store: MilvusStore) -> None:
     """Swap the collection's dense index from Lite's FLAT to HNSW (same parameters as a
     server's)."""
-    client, name = store.conn.client, store.collection
+    # A second client of the same Lite folder (same process), for what jrag never does itself.
+    client, name = MilvusClient(uri=store.uri), store.collection
     client.release_collection(name)
     client.drop_index(name, "vector")
     params = client.prepare_index_params()

@@ -62,7 +62,7 @@ def run(args) -> None:
         per_query = []
         for query, vector in zip(corpus.queries, vectors, strict=True):
             q = Query(vector, query.text, DEPTH, base.kinds, base.full_text_kinds)
-            dense, text = store.ranker.candidates(q)
+            dense, text = store.candidates(q)
             per_query.append((query.query_id, dense, text))
         ids = {r.doc_id for _, dense, text in per_query for r in (*dense, *text)}
         sources = {d: s.source for d, s in store.states(sorted(ids)).items()}

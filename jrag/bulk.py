@@ -32,14 +32,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jrag.errors import StoreError
-from jrag.store import DocumentState, MilvusStore, Row
+from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, Staged
 from jrag.store.filters import ids_in
-from jrag.store.writes import DocumentVersion
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +57,6 @@ POLL_S = 1.0
 ID_CHUNK = 512
 
 
-@dataclass
-class _Pending:
-    version: DocumentVersion
-    ids: list[str]
-    counts: dict[str, int]
-    options: dict[str, dict[str, Any]]
-    committed: DocumentState | None
-
-
 class BulkLoader:
     """Collects documents' rows, imports them in batches, then commits each document."""
 
@@ -75,7 +64,7 @@ class BulkLoader:
         self.store = store
         self.bulk_dir = bulk_dir
         self.s3 = s3
-        self.pending: list[_Pending] = []
+        self.pending: list[Staged] = []
         self.rows = 0
         self.imports = 0
         self._writer: Any = None
@@ -100,22 +89,15 @@ class BulkLoader:
     ) -> None:
         """Queue one document; imports (and commits) when the batch is full. The write lease is
         held from the first document's first step to the batch's commits."""
-        writer = self.store.writer
-        if not writer.hold() and self.pending:
+        if not self.store.hold() and self.pending:
             raise _lost(self.store)
-        if writer.lease is not None:
-            committed = writer.states([version.doc_id]).get(version.doc_id)
-        entities, counts = self.store.writer.entities(version, rows, committed)
-        self.store.writer.begin(version, counts, committed)
-        self.store.record_kinds(rows, options)
+        staged = self.store.stage(version, rows, options, committed)
         if self._writer is None:
             self._writer = self._open_writer()
-        for entity in entities:  # the writer spills to files as it goes
+        for entity in staged.entities:  # the writer spills to files as it goes
             self._writer.append_row(entity)
-        self.rows += len(entities)
-        self.pending.append(
-            _Pending(version, [e["id"] for e in entities], counts, options, committed)
-        )
+        self.rows += len(staged.entities)
+        self.pending.append(staged)
         if self.rows >= BATCH_ROWS:
             self._load()
 
@@ -129,36 +111,27 @@ class BulkLoader:
     def _load(self) -> None:
         pending, writer, local = self.pending, self._writer, self._local
         self.pending, self.rows, self._writer, self._local = [], 0, None, None
-        ids = [i for item in pending for i in item.ids]
+        ids = [e["id"] for item in pending for e in item.entities]
         try:
             writer.commit()
-            batches = [list(files) for files in writer.batch_files]
             # Leftovers of an interrupted earlier load carry the same ids: imports only insert.
-            self._delete_ids(ids)
-            for files in batches:
-                self._run_import(files)
+            self.store.delete_ids(ids)
+            self.store.import_files(writer.batch_files, IMPORT_TIMEOUT_S)
         finally:
             if local is not None:
                 shutil.rmtree(local, ignore_errors=True)
         self._wait_visible(ids)
-        if not self.store.writer.hold():
+        if not self.store.hold():
             raise _lost(self.store)
         for item in pending:
-            self.store.writer.commit(
-                item.version, item.ids, item.counts, item.options, item.committed
-            )
+            self.store.commit(item)
         self.imports += 1
-        self.store.writer.release()
 
     def _open_writer(self) -> Any:
         from pymilvus import CollectionSchema
         from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter, RemoteBulkWriter
 
-        conn, collection = self.store.conn, self.store.collection
-        description = conn.call(
-            f"describe collection '{collection}'", conn.client.describe_collection, collection
-        )
-        schema = CollectionSchema.construct_from_dict(description)
+        schema = CollectionSchema.construct_from_dict(self.store.description())
         self._local = tempfile.mkdtemp(prefix="jrag-bulk-", dir=self.bulk_dir)
         if self.s3 is None:
             return LocalBulkWriter(
@@ -172,24 +145,6 @@ class BulkLoader:
             connect_param=RemoteBulkWriter.S3ConnectParam(**settings),
             file_type=BulkFileType.PARQUET,
         )
-
-    def _run_import(self, files: list[str]) -> None:
-        conn, collection = self.store.conn, self.store.collection
-        handler = conn.client._get_connection()
-        task = conn.call(
-            f"start a bulk import into '{collection}'",
-            handler.do_bulk_insert, collection, "", files,
-        )  # fmt: skip
-        deadline = time.monotonic() + IMPORT_TIMEOUT_S
-        while True:
-            state = conn.call("read a bulk import's state", handler.get_bulk_insert_state, task)
-            if state.state_name == "Completed":
-                return
-            if state.state_name == "Failed":
-                raise StoreError(f"bulk import into '{collection}' failed: {state.failed_reason}")
-            if time.monotonic() > deadline:
-                raise StoreError(f"bulk import into '{collection}' timed out ({state.state_name})")
-            time.sleep(POLL_S)
 
     def _wait_visible(self, ids: list[str]) -> None:
         """Block until every imported row answers a Strong query (commit only after that)."""
@@ -205,14 +160,6 @@ class BulkLoader:
                     f"{VISIBLE_TIMEOUT_S:.0f} s; nothing was committed, re-run to retry"
                 )
             time.sleep(POLL_S)
-
-    def _delete_ids(self, ids: list[str]) -> None:
-        conn, collection = self.store.conn, self.store.collection
-        for i in range(0, len(ids), 4096):
-            conn.call(
-                f"delete from collection '{collection}'",
-                conn.client.delete, collection, ids=ids[i : i + 4096],
-            )  # fmt: skip
 
 
 def _lost(store: MilvusStore) -> StoreError:

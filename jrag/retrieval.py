@@ -169,8 +169,6 @@ def search(
     options = options or SearchOptions(**overrides)
     if options is not None and overrides:
         options = SearchOptions(**{**options.__dict__, **overrides})
-    if store.read_only:
-        _notice_once(store, store.legacy_notice())
     if isinstance(options.rerank, str):  # loaded (once per process) before any search runs
         options = replace(options, rerank=load_reranker(options.rerank, str(encoder.device)))
     vector = embed_query(encoder, query) if vector is None else vector
@@ -390,10 +388,10 @@ def page_at(state: DocumentState, offset: int) -> int | None:
 
 
 def _no_full_text_reason(store: MilvusStore) -> str:
-    if not store.conn.capabilities.bm25:
+    if not store.capabilities.bm25:
         return (
             f"full-text search is off for {store.where}: Milvus "
-            f"{store.conn.capabilities.version} has no BM25 (it needs Milvus ≥ 2.5 or Milvus "
+            f"{store.capabilities.version} has no BM25 (it needs Milvus ≥ 2.5 or Milvus "
             "Lite); searching by vectors only"
         )
     return (

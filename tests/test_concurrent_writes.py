@@ -25,6 +25,7 @@ from jrag.pipeline import IngestOptions, ingest
 from jrag.serve import start_server
 from jrag.store import MilvusStore, Row, document_id
 from jrag.store.lease import WriteLease
+from jrag.store.rows import vector_entity
 from tests.concurrent_writers import run_stress
 from tests.test_serve import MINILM, audit
 
@@ -142,8 +143,7 @@ def test_repair_deletes_rows_no_state_accounts_for(tmp_path: Path) -> None:
             Row(doc, "doc", 0, 1, 0, 4, "lost", "x.txt", "", {}, "f" * 64, [0.1] * store.dim)
             for doc in (document_id(str(folder / "d0.txt")), "1" * 40)
         ]
-        entities = [store.writer._entity(_version(r), r) for r in stray]
-        store.writer._upsert(entities)
+        store.writer.upsert([vector_entity(_version(r), r, store.dim) for r in stray])
         store.flush()
         assert len(audit(store)) == 2
     runner = CliRunner()

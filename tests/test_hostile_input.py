@@ -25,7 +25,7 @@ from jrag.pipeline import IngestOptions, ingest
 from jrag.retrieval import SearchOptions, search
 from jrag.store import MilvusStore
 from jrag.store.filters import check_user_filter
-from jrag.store.rows import quote
+from jrag.store.rows import quote, state_entity
 from jrag.terminal import printable
 from tests.test_serve import REPO_ROOT, child_env
 
@@ -179,16 +179,14 @@ def test_printable_escapes_controls_bidi_and_undecodable_bytes_only() -> None:
 def test_quote_gives_milvus_a_literal_for_every_string(store_uri: str) -> None:
     values = ["t\x01x", "a\x1b[2Jb", f"r{RLO}l", 'q"uo\\te', "new\nline\r", "tab\tx", "ü\x7f"]
     with MilvusStore(store_uri, "quoting", model="m", dim=8) as store:
-        rows = [
-            store.writer._state_entity(_state(f"{i:040d}", value)) for i, value in enumerate(values)
-        ]
-        store.writer._upsert(rows)
+        rows = [state_entity(_state(f"{i:040d}", v), store.dim) for i, v in enumerate(values)]
+        store.writer.upsert(rows)
         store.flush()
         for i, value in enumerate(values):
-            found = list(store.writer.iter_rows(f"source == {quote(value)}", ["doc_id"]))
+            found = list(store.scan(f"source == {quote(value)}", ["doc_id"]))
             assert [r["doc_id"] for r in found] == [f"{i:040d}"], repr(value)
         user = check_user_filter('source == "a\\x1b[2Jb" or source == "r\\u202el"')
-        found = list(store.writer.iter_rows(user, ["doc_id"]))
+        found = list(store.scan(user, ["doc_id"]))
         assert sorted(r["doc_id"] for r in found) == [f"{1:040d}", f"{2:040d}"]
         store.drop()
 

@@ -179,7 +179,7 @@ def test_both_retrievers_pass_rerank_on_by_model_name(two_tenant_lite_store, ber
     where = {"filter": kept, "tenant": "a"}
     expected = search(QUERY, store, encoder, k=2, rerank=reranker, rerank_depth=6, **where)
     store.close()  # Milvus Lite: one client per folder at a time
-    common = {"uri": store.conn.uri, "collection": store.collection, "k": 2,
+    common = {"uri": store.uri, "collection": store.collection, "k": 2,
               "rerank": str(bert_cross_encoder), "rerank_depth": 6, **where}  # fmt: skip
     langchain = LangChainRetriever(**common)
     try:
@@ -209,7 +209,7 @@ def test_jrag_search_rerank_flag_reorders_and_is_off_unless_named(
     expected = search(QUERY, store, encoder, k=2, rerank=reranker, rerank_depth=6, **where)
     plain = search(QUERY, store, encoder, k=2, **where)
     store.close()
-    args = ["search", QUERY, "-k", "2", "--json", "--uri", store.conn.uri, "--collection",
+    args = ["search", QUERY, "-k", "2", "--json", "--uri", store.uri, "--collection",
             store.collection, "--tenant", "a", "--filter", kept]  # fmt: skip
     runner = CliRunner()
     reranked = runner.invoke(app, [*args, "--rerank", str(bert_cross_encoder),

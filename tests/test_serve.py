@@ -22,9 +22,8 @@ from jrag.errors import StoreError
 from jrag.serve import serve, start_server
 from jrag.store import Identity, MilvusStore
 from jrag.store.filters import one_of
-from jrag.store.rows import STATE_KIND, TEXT_KIND, VECTOR_KINDS, quote
-from jrag.store.writes import STATE_FIELDS
-from jrag.store.writes import _state as state_of
+from jrag.store.rows import STATE_FIELDS, STATE_KIND, TEXT_KIND, VECTOR_KINDS, quote
+from jrag.store.rows import read_state as state_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -54,12 +53,12 @@ def audit(store: MilvusStore, sources: list[str] | None = None) -> list[str]:
     problems: list[str] = []
     # Every state row, of every tenant (not ``all_states``: on Milvus 2.3.5 a filter on the
     # partition key ``tenant == ""`` matches nothing).
-    state_rows = list(store.writer.iter_rows(f"kind == {quote(STATE_KIND)}", STATE_FIELDS))
+    state_rows = list(store.scan(f"kind == {quote(STATE_KIND)}", STATE_FIELDS))
     states = {r["doc_id"]: state_of(r) for r in state_rows}
     if sources is not None and sorted(s.source for s in states.values()) != sorted(sources):
         problems.append(f"{len(states)} state rows for {len(sources)} files")
     fields = ["id", "doc_id", "kind", "content_hash", "chunk_index"]
-    rows = list(store.writer.iter_rows(one_of("kind", [*VECTOR_KINDS, TEXT_KIND]), fields))
+    rows = list(store.scan(one_of("kind", [*VECTOR_KINDS, TEXT_KIND]), fields))
     duplicated = [i for i, n in Counter(r["id"] for r in rows).items() if n > 1]
     if duplicated:
         problems.append(f"{len(duplicated)} ids stored twice, e.g. {duplicated[0]}")

@@ -25,6 +25,7 @@ from jrag.store import (
     document_id,
     truncate_utf8,
 )
+from jrag.store.rows import vector_entity
 from jrag.store.writes import DocumentVersion
 
 DIM = 16
@@ -114,7 +115,7 @@ def test_rows_of_an_uncommitted_version_are_never_ranked(store, rng):
     write(store, committed, rs)
     # A half-written new version: rows landed, the commit (state row) did not.
     pending = version("/a.txt", "Pending. " * 30)
-    store.writer._upsert([store.writer._entity(pending, r) for r in rows(pending, rng, {"doc": 1})])
+    store.writer.upsert([vector_entity(pending, r, DIM) for r in rows(pending, rng, {"doc": 1})])
     ranked, states = store.rank(Query(rs[0].vector, "x", 5, ("doc",)))
     assert [r.content_hash for r in ranked] == [committed.content_hash]
     assert states[committed.doc_id].content_hash == committed.content_hash
@@ -122,10 +123,8 @@ def test_rows_of_an_uncommitted_version_are_never_ranked(store, rng):
 
 def interrupted_write(store: MilvusStore, v: DocumentVersion, rs: list[Row]) -> None:
     """Steps 1-2 of the protocol (begin, rows land), then a crash before the commit."""
-    committed = store.states([v.doc_id]).get(v.doc_id)
-    entities, counts = store.writer.entities(v, rs, committed)
-    store.writer.begin(v, counts, committed)
-    store.writer._upsert(entities)
+    staged = store.stage(v, rs, {})
+    store.writer.upsert(staged.entities)
 
 
 def every_row_is_committed(store: MilvusStore) -> bool:
@@ -269,7 +268,7 @@ def test_a_foreign_collection_is_refused_on_open_and_can_still_be_dropped(milvus
         assert not conn.client.has_collection("foreign")
 
 
-def test_a_collection_of_the_older_schema_opens_read_only_with_advice(milvus_lite_uri, rng):
+def test_a_collection_of_the_older_schema_is_refused_with_how_to_rebuild_it(milvus_lite_uri, rng):
     from pymilvus import DataType, MilvusClient
 
     Path(milvus_lite_uri).parent.mkdir(parents=True)
@@ -296,12 +295,11 @@ def test_a_collection_of_the_older_schema_opens_read_only_with_advice(milvus_lit
            "metadata": {}, "vector": vec.tolist()}  # fmt: skip
     client.insert("old", [row])
     client.close()
-    with MilvusStore(milvus_lite_uri, "old", create=False) as s:
-        assert s.read_only and "jrag drop -c old" in s.legacy_notice()
-        ranked, _ = s.rank(Query(vec, "hello", 3, s.manifest.vector_kinds))
-        assert [r.doc_id for r in ranked] == ["d"]  # still searchable, never silently empty
-        with pytest.raises(StoreError, match="older jrag"):
-            s.write_document(version("/s"), [], {})
+    with pytest.raises(StoreError) as err:
+        MilvusStore(milvus_lite_uri, "old", create=False)
+    message = str(err.value)
+    assert "older jrag (schema 1)" in message and "\n" not in message
+    assert "rebuild it with `jrag drop -c old --yes` then `jrag ingest PATH -c old`" in message
 
 
 def test_unreachable_server_fails_fast_without_token() -> None:

@@ -8,11 +8,12 @@ contents), :mod:`~jrag.store.writes` (the versioned write protocol), :mod:`~jrag
 
 from jrag.store.connection import CONNECT_TIMEOUT_S, Capabilities, Connection, display_uri
 from jrag.store.manifest import SCHEMA_VERSION, Identity, Manifest
-from jrag.store.milvus import MilvusStore, check_identity, drop_collection
+from jrag.store.milvus import MilvusStore, Staged, check_identity, drop_collection
 from jrag.store.rows import (
     KINDS,
     VECTOR_KINDS,
     DocumentState,
+    DocumentVersion,
     Hit,
     Row,
     document_id,
@@ -20,7 +21,6 @@ from jrag.store.rows import (
     truncate_utf8,
 )
 from jrag.store.search import RANKERS, Query, RankedRow
-from jrag.store.writes import DocumentVersion
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -39,6 +39,7 @@ __all__ = [
     "Query",
     "RankedRow",
     "Row",
+    "Staged",
     "check_identity",
     "display_uri",
     "document_id",

@@ -20,6 +20,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from jrag.errors import CollectionNotFound, StoreError
 from jrag.logs import quiet_milvus_logs
 
 CONNECT_TIMEOUT_S = 10.0
+IMPORT_POLL_S = 1.0
 # What a Milvus Lite 3 folder holds from its first open on.
 LITE_MARKERS = ("LOCK", "collections", "databases")
 SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
@@ -184,6 +186,31 @@ class Connection:
             raise self.error(f"cannot {what} at {self.display}", e) from None
 
     # -- opening and closing ---------------------------------------------------------------------
+
+    def import_files(self, collection: str, files: list[str], timeout_s: float) -> None:
+        """Run a server-side bulk import of row files into ``collection`` and wait for it.
+
+        pymilvus offers the Import call only through its ORM ``utility``, which needs a named
+        connection: one is opened for the import and closed after."""
+        from pymilvus import connections, utility
+
+        what = f"bulk import into '{collection}'"
+        alias = f"jrag-import-{uuid.uuid4().hex}"
+        self.call(what, connections.connect, alias, uri=self.uri, token=self._token)
+        try:
+            task = self.call(what, utility.do_bulk_insert, collection, files, using=alias)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                state = self.call(what, utility.get_bulk_insert_state, task, using=alias)
+                if state.state_name == "Completed":
+                    return
+                if state.state_name == "Failed":
+                    raise StoreError(f"{what} failed: {self.scrub(str(state.failed_reason))}")
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{what} timed out ({state.state_name})")
+                time.sleep(IMPORT_POLL_S)
+        finally:
+            connections.disconnect(alias)
 
     def _connect_server(self, timeout: float) -> None:
         kwargs = {"alias": f"jrag-{uuid.uuid4().hex}", "timeout": timeout}

@@ -25,6 +25,7 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 from jrag.errors import StoreError
 from jrag.store.connection import Connection
 from jrag.store.rows import (
+    FIELDS,
     MANIFEST_KIND,
     MAX_DOC_ID,
     MAX_HASH,
@@ -36,15 +37,13 @@ from jrag.store.rows import (
     MAX_TITLE,
     VECTOR_KINDS,
     json_metadata,
+    marker_entity,
+    placeholder_vector,  # noqa: F401 (the lease imports it from here)
     quote,
 )
 
 SCHEMA_VERSION = 2
 MANIFEST_ID = "__manifest__"
-REQUIRED_FIELDS = (
-    "id", "doc_id", "tenant", "kind", "chunk_index", "chunk_count", "start", "end", "text",
-    "source", "title", "metadata", "content_hash", "vector",
-)  # fmt: skip
 BM25_FIELD = "sparse"
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 
@@ -72,7 +71,6 @@ class Manifest:
     identity: Identity
     bm25: bool
     kinds: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> ingest options
-    legacy: bool = False  # written by an older schema: readable, not writable
 
     @property
     def vector_kinds(self) -> tuple[str, ...]:
@@ -172,60 +170,22 @@ def write_manifest(
 ) -> None:
     """Upsert the identity row, and the rows of ``kinds`` (default: none)."""
     identity = manifest.identity
-    rows = [
-        _manifest_row(
-            MANIFEST_ID,
-            "",
-            {
-                "schema_version": manifest.schema_version,
-                "model": identity.model,
-                "fingerprint": identity.fingerprint,
-                "dim": identity.dim,
-                "dtype": identity.dtype,
-                "document_prompt": identity.document_prompt,
-                "bm25": manifest.bm25,
-            },
-            identity.dim,
-        )
-    ]
-    for kind in kinds or []:
-        rows.append(
-            _manifest_row(
-                f"{MANIFEST_ID}:kind:{kind}",
-                kind,
-                {"kind": kind, "options": manifest.kinds.get(kind, {})},
-                identity.dim,
-            )
-        )
+    head = {
+        "schema_version": manifest.schema_version, "model": identity.model,
+        "fingerprint": identity.fingerprint, "dim": identity.dim, "dtype": identity.dtype,
+        "document_prompt": identity.document_prompt, "bm25": manifest.bm25,
+    }  # fmt: skip
+    rows = [marker_entity(MANIFEST_ID, MANIFEST_ID, MANIFEST_KIND, identity.dim, metadata=head)]
+    rows += [
+        marker_entity(f"{MANIFEST_ID}:kind:{kind}", MANIFEST_ID, MANIFEST_KIND, identity.dim,
+                      title=kind, metadata={"kind": kind, "options": manifest.kinds.get(kind, {})})
+        for kind in kinds or []
+    ]  # fmt: skip
     conn.call(f"write the manifest of '{name}'", conn.client.upsert, name, rows)
 
 
-def _manifest_row(row_id: str, title: str, data: dict, dim: int) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "doc_id": MANIFEST_ID,
-        "tenant": "",
-        "kind": MANIFEST_KIND,
-        "chunk_index": 0,
-        "chunk_count": 0,
-        "start": 0,
-        "end": 0,
-        "text": "",
-        "source": "",
-        "title": title,
-        "metadata": data,
-        "content_hash": "",
-        "vector": placeholder_vector(dim),
-    }
-
-
-def placeholder_vector(dim: int) -> list[float]:
-    """The vector of rows that are never searched by vector (Milvus needs one on every row)."""
-    return [1.0] + [0.0] * (dim - 1)
-
-
 def read_manifest(conn: Connection, name: str) -> Manifest:
-    """The manifest of an existing collection; older schemas come back ``legacy``."""
+    """The manifest of an existing collection (one of another schema is refused)."""
     info = conn.call(f"describe collection '{name}'", conn.client.describe_collection, name)
     props = info.get("properties") or {}
     fields = {f.get("name"): f for f in info.get("fields", [])}
@@ -242,14 +202,16 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
     vector = fields.get("vector") or {}
     dim = int((vector.get("params") or {}).get("dim", 0) or props.get("jrag.dim", 0))
     if version < SCHEMA_VERSION:
-        _load(conn, name)
-        return _legacy_manifest(conn, name, props, dim, version)
+        raise StoreError(
+            f"{where} was written by an older jrag (schema {version}); rebuild it with `jrag drop "
+            f"-c {name} --yes` then `jrag ingest PATH -c {name}`"
+        )
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{where} was written by a newer jrag (schema {version}; this one knows "
             f"{SCHEMA_VERSION}). Upgrade jrag"
         )
-    missing = [f for f in REQUIRED_FIELDS if f not in fields]
+    missing = [f for f in FIELDS if f not in fields]
     if missing:
         raise StoreError(
             f"{where} carries jrag's properties but lacks its fields ({', '.join(missing)}); it "
@@ -296,34 +258,6 @@ def _load(conn: Connection, name: str) -> None:
         raise ManifestPending(str(err)) from None
 
 
-def _legacy_manifest(conn: Connection, name: str, props: dict, dim: int, version: int) -> Manifest:
-    """A collection of schema 1: its kinds come from three count queries."""
-    kinds: dict[str, dict[str, Any]] = {}
-    for kind in VECTOR_KINDS:
-        rows = conn.call(
-            f"count the rows of '{name}'",
-            conn.client.query,
-            name,
-            filter=f"kind == {quote(kind)}",
-            output_fields=["count(*)"],
-            consistency_level="Strong",
-        )
-        if rows and int(rows[0].get("count(*)", 0)) > 0:
-            kinds[kind] = {}
-    identity = Identity(model=str(props.get("jrag.model", "")), dim=dim)
-    return Manifest(version, identity, bm25=False, kinds=kinds, legacy=True)
-
-
-def legacy_notice(name: str, conn: Connection, manifest: Manifest) -> str:
-    """How to rebuild a collection of an older schema."""
-    return (
-        f"collection '{name}' at {conn.display} was written by an older jrag (schema "
-        f"{manifest.schema_version}; this one writes {SCHEMA_VERSION}). It is open read-only: "
-        f"searches work, without full-text search. To rebuild it: `jrag drop -c {name} --yes`, "
-        f"then `jrag ingest PATH -c {name}` (or ingest into a new --collection)"
-    )
-
-
 def describe(manifest: Manifest) -> dict[str, Any]:
     """The manifest as plain data (for ``jrag stats`` and JSON output)."""
     return {
@@ -335,7 +269,6 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "document_prompt": manifest.identity.document_prompt,
         "kinds": {kind: manifest.kinds[kind] for kind in sorted(manifest.kinds)},
         "full_text_search": manifest.bm25,
-        "read_only": manifest.legacy,
     }
 
 

@@ -14,12 +14,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 from jrag.errors import CollectionNotFound, StoreError
-from jrag.store.connection import CONNECT_TIMEOUT_S, Connection
-from jrag.store.filters import all_of, one_of
+from jrag.store.connection import CONNECT_TIMEOUT_S, Capabilities, Connection
+from jrag.store.filters import all_of
 from jrag.store.lease import WriteLease
 from jrag.store.manifest import (
     Identity,
@@ -28,11 +28,11 @@ from jrag.store.manifest import (
     create_collection,
     describe,
     finish_collection,
-    legacy_notice,
     read_manifest,
     write_manifest,
 )
 from jrag.store.rows import (
+    ROW_FIELDS,
     STATE_KIND,
     TEXT_KIND,
     TEXT_PIECE_CHARS,
@@ -43,18 +43,15 @@ from jrag.store.rows import (
     json_metadata,
     quote,
     row_id,
+    state_entity,
+    text_entities,
+    vector_entity,
     version_ids,
 )
 from jrag.store.search import DocumentRanker, Query, RankedRow
 from jrag.store.writes import DocumentVersion, Writer
 
 logger = logging.getLogger(__name__)
-
-ROW_FIELDS = [
-    "id", "doc_id", "tenant", "kind", "chunk_index", "start", "end", "text", "source", "title",
-    "metadata", "content_hash",
-]  # fmt: skip
-LEGACY_ROW_FIELDS = [f for f in ROW_FIELDS if f != "tenant"]
 
 
 class MilvusStore:
@@ -102,9 +99,7 @@ class MilvusStore:
             self.writer = Writer(
                 self.conn, collection, dim, flush_each_write=self.flush_each_write, lease=lease
             )
-            self.ranker = DocumentRanker(
-                self.conn, collection, self.writer.states, check_versions=not self.read_only
-            )
+            self.ranker = DocumentRanker(self.conn, collection, self.writer.states)
         except BaseException:
             self.conn.close()
             raise
@@ -128,9 +123,13 @@ class MilvusStore:
         return self.conn.is_lite
 
     @property
-    def read_only(self) -> bool:
-        """True for a collection of an older schema: searchable, not writable."""
-        return self.manifest.legacy
+    def uri(self) -> str:
+        return self.conn.uri
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the backend supports (BM25, hybrid search, group-by …)."""
+        return self.conn.capabilities
 
     @property
     def uri_for_display(self) -> str:
@@ -144,9 +143,6 @@ class MilvusStore:
     def full_text(self) -> bool:
         """Whether the collection has BM25 full-text search."""
         return self.manifest.bm25
-
-    def legacy_notice(self) -> str:
-        return legacy_notice(self.collection, self.conn, self.manifest)
 
     def _open(self, identity: Identity | None, create: bool, full_text: bool | None) -> Manifest:
         has = self.conn.client.has_collection
@@ -208,8 +204,6 @@ class MilvusStore:
 
         ``committed`` is the document's state read before (pass it when known, to save a read).
         """
-        if self.read_only:
-            raise StoreError(self.legacy_notice())
         with self.writing():
             if committed is None:
                 committed = self.states([version.doc_id]).get(version.doc_id)
@@ -219,8 +213,6 @@ class MilvusStore:
     def record_kinds(self, rows: Sequence[Row], options: dict[str, dict[str, Any]]) -> None:
         """Record a new kind in the manifest before its first rows land, so it never misses
         one (bulk loads call this before they import rows)."""
-        if self.read_only:
-            raise StoreError(self.legacy_notice())
         new_kinds = sorted({r.kind for r in rows} - set(self.manifest.kinds))
         if new_kinds:
             for kind in new_kinds:
@@ -229,28 +221,94 @@ class MilvusStore:
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         """Delete documents entirely (all versions and kinds); returns the rows deleted."""
-        if self.read_only:
-            raise StoreError(self.legacy_notice())
         with self.writing():
             return self.writer.delete_documents(doc_ids)
+
+    # -- the write protocol step by step, for rows written another way (bulk import) -----------
+
+    def stage(
+        self,
+        version: DocumentVersion,
+        rows: Sequence[Row],
+        options: dict[str, dict[str, Any]],
+        committed: DocumentState | None = None,
+    ) -> Staged:
+        """Step 1 of :mod:`jrag.store.writes` for ``rows`` of ``version``: record its kinds and
+        the version as garbage-to-be; returns the entities the caller must write (all of
+        :data:`~jrag.store.rows.FIELDS`) before :meth:`commit`. Call it holding the lease
+        (inside :meth:`writing`); under a lease the state is read again."""
+        self.writer.hold()
+        if committed is None or self.writer.lease is not None:
+            committed = self.states([version.doc_id]).get(version.doc_id)
+        entities, counts = self.writer.entities(version, rows, committed)
+        self.writer.begin(version, counts, committed)
+        self.record_kinds(rows, options)
+        return Staged(version, entities, counts, options, committed)
+
+    def commit(self, staged: Staged) -> DocumentState:
+        """Commit a staged version once its entities are visible; returns the new state."""
+        ids = [e["id"] for e in staged.entities]
+        return self.writer.commit(staged.version, ids, staged.counts, staged.options,
+                                  staged.committed)  # fmt: skip
+
+    def hold(self) -> bool:
+        """Hold the write lease; False if it had to be taken anew (another writer may have
+        written meanwhile, and deleted staged rows as garbage)."""
+        return self.writer.hold()
+
+    def delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete rows by primary key (ids that do not exist are fine)."""
+        return self.writer.delete_ids(list(ids))
+
+    def seed(self, documents: Sequence[tuple[DocumentVersion, Sequence[Row]]]) -> None:
+        """Store new documents in large upserts, each committed as it lands, without the
+        protocol's per-document steps: only for documents the collection does not hold yet
+        (filling a collection for a benchmark)."""
+        entities: list[dict[str, Any]] = []
+        dim = self.dim
+        for version, rows in documents:
+            pieces = text_entities(version, dim)
+            entities += [vector_entity(version, r, dim) for r in rows] + pieces
+            kinds = {k: {"rows": n, "options": {}} for k, n in _counts(rows).items()}
+            kinds[TEXT_KIND] = {"rows": len(pieces), "options": {}}
+            state = DocumentState(version.doc_id, version.source, version.title,
+                                  version.content_hash, version.tenant, kinds)  # fmt: skip
+            entities.append(state_entity(state, dim))
+        with self.writing():
+            self.writer.hold()
+            self.writer.upsert(entities)
+
+    def import_files(self, files: Sequence[Sequence[str]], timeout_s: float) -> None:
+        """Have the server import row files (one import per inner list), waiting for each."""
+        for batch in files:
+            self.conn.import_files(self.collection, list(batch), timeout_s)
+
+    def description(self) -> dict[str, Any]:
+        """The collection as Milvus describes it (its schema, for writers of row files)."""
+        return self.conn.call(f"describe {self.where}", self.conn.client.describe_collection,
+                              self.collection)  # fmt: skip
+
+    def scan(self, expr: str, fields: list[str]) -> Iterator[dict]:
+        """Every row matching ``expr`` (Strong), page by page: for tools and tests, not search."""
+        return self.writer.iter_rows(expr, fields)
+
+    def candidates(self, query: Query) -> tuple[list[RankedRow], list[RankedRow]]:
+        """The dense and full-text candidates a fusion ranks (for tuning a ranker)."""
+        return self.ranker.candidates(query)
 
     # -- reading -------------------------------------------------------------------------------
 
     def rank(self, query: Query) -> tuple[list[RankedRow], dict[str, DocumentState]]:
         """The best documents for ``query`` (see :mod:`jrag.store.search`)."""
-        if self.read_only:
-            query = replace(query, full_text_kinds=())
         return self.ranker.rank(query)
 
     def top_rows(self, query: Query, limit: int) -> list[RankedRow]:
         """The ``limit`` best rows for ``query``, several per document allowed."""
-        if self.read_only:
-            query = replace(query, full_text_kinds=())
         return self.ranker.top_rows(query, limit)
 
     def rows(self, ids: Sequence[str]) -> list[Hit]:
         """Rows by id, with their text and metadata."""
-        return [_hit(r) for r in self.writer.fetch(ids, self._row_fields)]
+        return [_hit(r) for r in self.writer.fetch(ids, ROW_FIELDS)]
 
     def get_rows(self, doc_ids: Sequence[str], kind: str, *, tenant: str = "") -> list[Hit]:
         """The committed rows of ``kind`` for ``doc_ids``, ordered by (doc_id, chunk_index)."""
@@ -259,29 +317,20 @@ class MilvusStore:
                 f"unknown row kind {kind!r}; expected one of {', '.join(VECTOR_KINDS)}"
             )
         ids = list(dict.fromkeys(doc_ids))
-        if self.read_only:
-            hits = []
-            for i in range(0, len(ids), 512):
-                expr = all_of(one_of("doc_id", ids[i : i + 512]), f"kind == {quote(kind)}")
-                hits += [_hit(r) for r in self.writer.iter_rows(expr, self._row_fields)]
-        else:
-            wanted = [
-                row_id
-                for state in self.states(ids).values()
-                if state.committed and kind in state.kinds
-                for row_id in version_ids(
-                    state.doc_id, state.content_hash, {kind: state.row_counts[kind]}
-                )
-            ]
-            hits = self.rows(wanted)
+        wanted = [
+            row_id
+            for state in self.states(ids).values()
+            if state.committed and kind in state.kinds
+            for row_id in version_ids(
+                state.doc_id, state.content_hash, {kind: state.row_counts[kind]}
+            )
+        ]
+        hits = self.rows(wanted)
         hits.sort(key=lambda h: (h.doc_id, h.chunk_index))
         return hits
 
     def document_text(self, state: DocumentState, start: int = 0, end: int | None = None) -> str:
         """The exact parsed text of a committed document, or of ``[start, end)`` of it."""
-        if self.read_only:
-            rows = self.get_rows([state.doc_id], "doc") or self.get_rows([state.doc_id], "chunk")
-            return _stitch(rows)[start:end]
         pieces = state.row_counts.get(TEXT_KIND, 0)
         end = min(end if end is not None else 1 << 62, pieces * TEXT_PIECE_CHARS)
         if end <= start:
@@ -310,7 +359,7 @@ class MilvusStore:
         """What the collection holds, from its manifest and count queries (never the token)."""
         rows = {kind: self.count(f"kind == {quote(kind)}") for kind in VECTOR_KINDS}
         committed = all_of(f"kind == {quote(STATE_KIND)}", 'content_hash != ""')
-        documents = self.count(committed) if not self.read_only else None
+        documents = self.count(committed)
         return {
             "documents": documents,
             "rows": rows,
@@ -323,10 +372,6 @@ class MilvusStore:
             "index": "FLAT" if self.conn.is_lite else "HNSW",
         }
 
-    @property
-    def _row_fields(self) -> list[str]:
-        return LEGACY_ROW_FIELDS if self.read_only else ROW_FIELDS
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -338,15 +383,11 @@ class MilvusStore:
 
     def collect_garbage(self, doc_ids: Sequence[str]) -> int:
         """Delete what the states of ``doc_ids`` list as garbage (see :mod:`jrag.store.writes`)."""
-        if self.read_only:
-            raise StoreError(self.legacy_notice())
         with self.writing():
             return self.writer.collect_garbage(doc_ids)
 
     def repair(self, *, dry_run: bool = False) -> dict[str, int]:
         """Delete rows no committed version accounts for (see :meth:`Writer.repair`)."""
-        if self.read_only:
-            raise StoreError(self.legacy_notice())
         return self.writer.repair(dry_run=dry_run)
 
     @contextlib.contextmanager
@@ -426,6 +467,24 @@ def _read_new_manifest(conn: Connection, collection: str, identity: Identity | N
             time.sleep(0.2)
 
 
+@dataclass
+class Staged:
+    """A version past step 1 of the write protocol: its entities, and what its commit needs."""
+
+    version: DocumentVersion
+    entities: list[dict[str, Any]]
+    counts: dict[str, int]
+    options: dict[str, dict[str, Any]]
+    committed: DocumentState | None
+
+
+def _counts(rows: Sequence[Row]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    return counts
+
+
 def drop_collection(conn: Connection, collection: str) -> None:
     """Drop ``collection`` whatever created it, without loading it first."""
     conn.call(f"drop collection '{collection}'", conn.client.drop_collection, collection)
@@ -446,12 +505,3 @@ def _hit(r: dict) -> Hit:
         content_hash=r["content_hash"],
         tenant=r.get("tenant", ""),
     )
-
-
-def _stitch(rows: Sequence[Hit]) -> str:
-    """A legacy document's text from rows that cover it, each placed at its own offset."""
-    length = max((r.start + len(r.text) for r in rows), default=0)
-    chars = [" "] * length
-    for row in rows:
-        chars[row.start : row.start + len(row.text)] = row.text
-    return "".join(chars)

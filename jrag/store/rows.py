@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from jrag.errors import StoreError
+
 VECTOR_KINDS = ("doc", "late", "chunk")
 TEXT_KIND = "text"
 STATE_KIND = "state"
@@ -45,6 +47,15 @@ MAX_TITLE = 2048
 MAX_HASH = 128
 # A text piece of this many characters is at most 64,000 UTF-8 bytes, under MAX_TEXT.
 TEXT_PIECE_CHARS = 16000
+
+# The schema's fields, in order (``vector`` is FLOAT_VECTOR of the model's dim; see
+# :func:`jrag.store.manifest.create_collection` for their types), and the subsets read back.
+FIELDS = (
+    "id", "doc_id", "tenant", "kind", "chunk_index", "chunk_count", "start", "end", "text",
+    "source", "title", "metadata", "content_hash", "vector",
+)  # fmt: skip
+ROW_FIELDS = [f for f in FIELDS if f not in ("chunk_count", "vector")]
+STATE_FIELDS = ["doc_id", "tenant", "source", "title", "content_hash", "metadata"]
 
 
 @dataclass
@@ -103,6 +114,19 @@ def stored_name(name: str) -> str:
 
 
 @dataclass
+class DocumentVersion:
+    """One version of one document, as the pipeline hands it to the store."""
+
+    source: str
+    doc_id: str
+    content_hash: str
+    text: str
+    title: str
+    tenant: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)  # doc_type, size, mtime, tokens …
+
+
+@dataclass
 class Hit:
     """One row as read back; ``score`` is the search score (higher is better), 0.0 when read."""
 
@@ -156,6 +180,111 @@ class DocumentState:
     @property
     def tokens(self) -> int:
         return int(self.metadata.get("tokens", 0))
+
+
+# -- row builders: every entity a collection stores is built here ------------------------------
+
+
+def placeholder_vector(dim: int) -> list[float]:
+    """The vector of rows that are never searched by vector (Milvus needs one on every row)."""
+    return [1.0] + [0.0] * (dim - 1)
+
+
+def marker_entity(
+    row_id: str,
+    doc_id: str,
+    kind: str,
+    dim: int,
+    *,
+    title: str = "",
+    metadata: dict | None = None,
+    tenant: str = "",
+    source: str = "",
+    content_hash: str = "",
+) -> dict[str, Any]:
+    """A row that is not searched (state, manifest, lease): the fields that matter, the rest
+    zero."""
+    return {
+        "id": row_id, "doc_id": doc_id, "tenant": tenant, "kind": kind, "chunk_index": 0,
+        "chunk_count": 0, "start": 0, "end": 0, "text": "", "source": source,
+        "title": truncate_utf8(title or "", MAX_TITLE), "metadata": _plain_json(metadata or {}),
+        "content_hash": content_hash, "vector": placeholder_vector(dim),
+    }  # fmt: skip
+
+
+def state_entity(state: DocumentState, dim: int) -> dict[str, Any]:
+    """The state row of ``state`` (its upsert is a commit)."""
+    return marker_entity(
+        state_id(state.doc_id), state.doc_id, STATE_KIND, dim, title=state.title,
+        metadata={"kinds": state.kinds, "garbage": state.garbage, **state.metadata},
+        tenant=state.tenant, source=state.source, content_hash=state.content_hash,
+    )  # fmt: skip
+
+
+def read_state(r: dict) -> DocumentState:
+    """A state row (read with :data:`STATE_FIELDS`) as a :class:`DocumentState`."""
+    meta = json_metadata(r.get("metadata"))
+    kinds = meta.pop("kinds", {}) or {}
+    garbage = meta.pop("garbage", []) or []
+    return DocumentState(
+        doc_id=r["doc_id"], source=r["source"], title=r.get("title", ""),
+        content_hash=r["content_hash"], tenant=r.get("tenant", ""), kinds=kinds, metadata=meta,
+        garbage=garbage,
+    )  # fmt: skip
+
+
+def vector_entity(version: DocumentVersion, row: Row, dim: int) -> dict[str, Any]:
+    """The entity of one vector row of ``version``."""
+    text = row.text or ""
+    clipped = truncate_utf8(text, MAX_TEXT)
+    metadata = dict(row.metadata or {})
+    if len(clipped) < len(text):
+        # Full-text search sees the first 64 KB; passages come from the text pieces.
+        metadata["text_clipped"] = True
+    return {
+        **_version_fields(version), "id": row.id, "kind": row.kind,
+        "chunk_index": int(row.chunk_index), "chunk_count": int(row.chunk_count),
+        "start": int(row.start), "end": int(row.end), "text": clipped,
+        "metadata": _plain_json(metadata), "vector": checked_vector(row.vector, dim),
+    }  # fmt: skip
+
+
+def text_entities(version: DocumentVersion, dim: int) -> list[dict[str, Any]]:
+    """The exact-text pieces of ``version``."""
+    spans = text_pieces(version.text)
+    base = _version_fields(version)
+    return [
+        {
+            **base, "id": row_id(version.doc_id, version.content_hash, TEXT_KIND, i),
+            "kind": TEXT_KIND, "chunk_index": i, "chunk_count": len(spans), "start": s, "end": e,
+            "text": version.text[s:e], "metadata": {}, "vector": placeholder_vector(dim),
+        }
+        for i, (s, e) in enumerate(spans)
+    ]  # fmt: skip
+
+
+def checked_vector(vector: Any, dim: int) -> list[float]:
+    """``vector`` as a list of ``dim`` finite floats, or a StoreError that says why not."""
+    arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if arr.shape[0] != dim:
+        raise StoreError(f"vector has {arr.shape[0]} dimensions; the collection holds dim {dim}")
+    if not np.all(np.isfinite(arr)):
+        raise StoreError("vector contains NaN or infinite values")
+    return arr.tolist()
+
+
+def _version_fields(version: DocumentVersion) -> dict[str, Any]:
+    return {
+        "doc_id": version.doc_id,
+        "tenant": version.tenant,
+        "source": version.source,
+        "title": truncate_utf8(version.title or "", MAX_TITLE),
+        "content_hash": version.content_hash,
+    }
+
+
+def _plain_json(value: dict) -> dict:
+    return json.loads(json.dumps(value, default=str))
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:

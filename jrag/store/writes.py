@@ -31,32 +31,29 @@ it already holds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
-
-import numpy as np
 
 from jrag.errors import StoreError
 from jrag.store.connection import Connection
 from jrag.store.filters import all_of, ids_in, one_of
 from jrag.store.lease import WriteLease
-from jrag.store.manifest import placeholder_vector
 from jrag.store.rows import (
     MAX_SOURCE,
-    MAX_TEXT,
-    MAX_TITLE,
+    STATE_FIELDS,
     STATE_KIND,
     TEXT_KIND,
     VECTOR_KINDS,
     DocumentState,
+    DocumentVersion,
     Row,
-    json_metadata,
     quote,
+    read_state,
+    state_entity,
     state_id,
-    text_pieces,
-    truncate_utf8,
+    text_entities,
+    vector_entity,
     version_ids,
 )
 
@@ -64,21 +61,7 @@ QUERY_PAGE = 4096  # rows per page when listing; Milvus caps offset+limit at 163
 WRITE_BATCH_ROWS = 1000
 WRITE_BATCH_BYTES = 16 * 1024 * 1024  # stay well below gRPC's message size limit
 DELETE_BATCH = 4096
-STATE_FIELDS = ["doc_id", "tenant", "source", "title", "content_hash", "metadata"]
 WRITE_ATTEMPTS = 3
-
-
-@dataclass
-class DocumentVersion:
-    """One version of one document, as the pipeline hands it to the store."""
-
-    source: str
-    doc_id: str
-    content_hash: str
-    text: str
-    title: str
-    tenant: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)  # doc_type, size, mtime, tokens …
 
 
 class Writer:
@@ -152,7 +135,7 @@ class Writer:
         A document whose first write is under way has a placeholder state (``committed`` False).
         """
         rows = self.fetch([state_id(d) for d in doc_ids], STATE_FIELDS)
-        return {r["doc_id"]: _state(r) for r in rows}
+        return {r["doc_id"]: read_state(r) for r in rows}
 
     def all_states(self, tenant: str, *, pending: bool = False) -> Iterator[DocumentState]:
         """Every committed document of ``tenant`` (a scan of state rows: one per document, for
@@ -161,7 +144,7 @@ class Writer:
         of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
         expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant)
         for r in self.iter_rows(expr, STATE_FIELDS):
-            state = _state(r)
+            state = read_state(r)
             if (pending or state.committed) and state.tenant == tenant:
                 yield state
 
@@ -191,7 +174,7 @@ class Writer:
                     return current
             entities, counts = self.entities(version, rows, current)
             self.begin(version, counts, current)  # 1
-            self._upsert(entities)  # 2
+            self.upsert(entities)  # 2
             if not self.hold():
                 continue  # lost the lease meanwhile: another writer may have deleted these rows
             return self.commit(version, [e["id"] for e in entities], counts, options, current)
@@ -206,7 +189,7 @@ class Writer:
         """Step 1: clear the garbage ``committed`` lists, then record ``version`` as garbage
         until it is committed, so that a crash in between leaves nothing unaccounted for."""
         keep = set(_committed_ids(committed))
-        self._delete_ids([i for i in _garbage_ids(committed) if i not in keep])
+        self.delete_ids([i for i in _garbage_ids(committed) if i not in keep])
         intent = {"content_hash": version.content_hash, "rows": counts}
         if committed is not None and committed.committed:
             state = replace(committed, garbage=[intent])
@@ -235,10 +218,10 @@ class Writer:
                 f"source path longer than {MAX_SOURCE} bytes: {version.source[:200]}..."
             )
         same_version = committed is not None and committed.content_hash == version.content_hash
-        new_rows = [self._entity(version, r) for r in rows]
+        new_rows = [vector_entity(version, r, self.dim) for r in rows]
         counts = _count_kinds(rows)
         if not (same_version and committed is not None and TEXT_KIND in committed.kinds):
-            pieces = self._text_rows(version)
+            pieces = text_entities(version, self.dim)
             new_rows += pieces
             counts[TEXT_KIND] = len(pieces)
         ids = [e["id"] for e in new_rows]
@@ -262,7 +245,7 @@ class Writer:
         keep = set(ids)
         if same_version and committed is not None:  # 3: rows beyond the new counts
             old = {k: n for k, n in committed.row_counts.items() if k in counts}
-            self._delete_ids([i for i in version_ids(version.doc_id, version.content_hash, old)
+            self.delete_ids([i for i in version_ids(version.doc_id, version.content_hash, old)
                               if i not in keep])  # fmt: skip
         if self.flush_each_write:  # 4
             self.flush()
@@ -284,7 +267,7 @@ class Writer:
             garbage=replaced,
         )
         self._put_state(state)  # 5: the commit
-        self._delete_ids(_garbage_ids(state))  # 6
+        self.delete_ids(_garbage_ids(state))  # 6
         return state
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
@@ -294,7 +277,7 @@ class Writer:
         ids = [state_id(d) for d in states]
         for state in states.values():
             ids += _committed_ids(state) + _garbage_ids(state)
-        deleted = self._delete_ids(ids)
+        deleted = self.delete_ids(ids)
         if deleted and self.flush_each_write:
             self.flush()
         return len(states)
@@ -307,7 +290,7 @@ class Writer:
         states = [s for s in self.states(doc_ids).values() if s.garbage]
         for state in states:
             keep = set(_committed_ids(state))
-            self._delete_ids([i for i in _garbage_ids(state) if i not in keep])
+            self.delete_ids([i for i in _garbage_ids(state) if i not in keep])
             if state.committed:
                 self._put_state(replace(state, garbage=[]))
         return len(states)
@@ -319,13 +302,13 @@ class Writer:
         self.hold()
         try:
             expr = f"kind == {quote(STATE_KIND)}"
-            states = [_state(r) for r in self.iter_rows(expr, STATE_FIELDS)]
+            states = [read_state(r) for r in self.iter_rows(expr, STATE_FIELDS)]
             live = {i for state in states for i in _committed_ids(state)}
             expr = one_of("kind", [*VECTOR_KINDS, TEXT_KIND])
             orphans = [r["id"] for r in self.iter_rows(expr, ["id"]) if r["id"] not in live]
             unfinished = [state_id(s.doc_id) for s in states if not s.committed]
             if not dry_run and (orphans or unfinished):
-                self._delete_ids(orphans + unfinished)
+                self.delete_ids(orphans + unfinished)
                 self.flush()
         finally:
             self.release()
@@ -339,89 +322,7 @@ class Writer:
         """Seal written data (Lite searches ~20x faster after a flush)."""
         self.conn.call(f"flush '{self.collection}'", self.conn.client.flush, self.collection)
 
-    # -- rows ------------------------------------------------------------------------------------
-
-    def _vector(self, vector: Any) -> list[float]:
-        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if arr.shape[0] != self.dim:
-            raise StoreError(
-                f"vector has {arr.shape[0]} dimensions; collection '{self.collection}' holds "
-                f"dim {self.dim}"
-            )
-        if not np.all(np.isfinite(arr)):
-            raise StoreError("vector contains NaN or infinite values")
-        return arr.tolist()
-
-    def _base(self, version: DocumentVersion) -> dict[str, Any]:
-        return {
-            "doc_id": version.doc_id,
-            "tenant": version.tenant,
-            "source": version.source,
-            "title": truncate_utf8(version.title or "", MAX_TITLE),
-            "content_hash": version.content_hash,
-        }
-
-    def _entity(self, version: DocumentVersion, row: Row) -> dict[str, Any]:
-        text = row.text or ""
-        clipped = truncate_utf8(text, MAX_TEXT)
-        metadata = dict(row.metadata or {})
-        if len(clipped) < len(text):
-            # Full-text search sees the first 64 KB; passages come from the text pieces.
-            metadata["text_clipped"] = True
-        return {
-            **self._base(version),
-            "id": row.id,
-            "kind": row.kind,
-            "chunk_index": int(row.chunk_index),
-            "chunk_count": int(row.chunk_count),
-            "start": int(row.start),
-            "end": int(row.end),
-            "text": clipped,
-            "metadata": _plain_json(metadata),
-            "vector": self._vector(row.vector),
-        }
-
-    def _text_rows(self, version: DocumentVersion) -> list[dict[str, Any]]:
-        spans = text_pieces(version.text)
-        base = self._base(version)
-        return [
-            {
-                **base,
-                "id": Row(version.doc_id, TEXT_KIND, i, len(spans), s, e, "", "", "", {},
-                          version.content_hash).id,
-                "kind": TEXT_KIND,
-                "chunk_index": i,
-                "chunk_count": len(spans),
-                "start": s,
-                "end": e,
-                "text": version.text[s:e],
-                "metadata": {},
-                "vector": placeholder_vector(self.dim),
-            }
-            for i, (s, e) in enumerate(spans)
-        ]  # fmt: skip
-
-    def _state_entity(self, state: DocumentState) -> dict[str, Any]:
-        return {
-            "id": state_id(state.doc_id),
-            "doc_id": state.doc_id,
-            "tenant": state.tenant,
-            "kind": STATE_KIND,
-            "chunk_index": 0,
-            "chunk_count": 0,
-            "start": 0,
-            "end": 0,
-            "text": "",
-            "source": state.source,
-            "title": truncate_utf8(state.title or "", MAX_TITLE),
-            "metadata": _plain_json(
-                {"kinds": state.kinds, "garbage": state.garbage, **state.metadata}
-            ),
-            "content_hash": state.content_hash,
-            "vector": placeholder_vector(self.dim),
-        }
-
-    def _upsert(self, entities: list[dict[str, Any]]) -> None:
+    def upsert(self, entities: list[dict[str, Any]]) -> None:
         batch: list[dict[str, Any]] = []
         size = 0
         for entity in entities:
@@ -441,7 +342,7 @@ class Writer:
         tenant filter (see :meth:`all_states`)."""
         self.conn.call(
             f"write to collection '{self.collection}'", self.conn.client.upsert,
-            self.collection, [self._state_entity(state)],
+            self.collection, [state_entity(state, self.dim)],
         )  # fmt: skip
 
     def _upsert_batch(self, batch: list[dict[str, Any]]) -> None:
@@ -455,7 +356,7 @@ class Writer:
         self.conn.call(what, client.delete, self.collection, ids=ids)
         self.conn.call(what, client.insert, self.collection, batch)
 
-    def _delete_ids(self, ids: Sequence[str]) -> int:
+    def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete rows by primary key (ids that do not exist are fine); returns how many ids."""
         for i in range(0, len(ids), DELETE_BATCH):
             self.conn.call(
@@ -494,28 +395,8 @@ def _garbage_ids(state: DocumentState | None) -> list[str]:
     return ids
 
 
-def _state(r: dict) -> DocumentState:
-    meta = json_metadata(r.get("metadata"))
-    kinds = meta.pop("kinds", {}) or {}
-    garbage = meta.pop("garbage", []) or []
-    return DocumentState(
-        doc_id=r["doc_id"],
-        source=r["source"],
-        title=r.get("title", ""),
-        content_hash=r["content_hash"],
-        tenant=r.get("tenant", ""),
-        kinds=kinds,
-        metadata=meta,
-        garbage=garbage,
-    )
-
-
 def _count_kinds(rows: Sequence[Row]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.kind] = counts.get(r.kind, 0) + 1
     return counts
-
-
-def _plain_json(value: dict) -> dict:
-    return json.loads(json.dumps(value, default=str))
