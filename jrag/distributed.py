@@ -2,15 +2,18 @@
 
 One document flows one way through four stages:
 
-1. **plan** (driver): discover files, hash them, read their committed states from the store in
-   batches and keep only the files :func:`jrag.pipeline.plan_file` says need work;
-2. **parse** (Ray tasks): :func:`jrag.parse.parse_file`; a file that fails becomes a row with
-   an error message, never an exception that sinks the job;
+1. **plan** (driver): :func:`jrag.pipeline.plan_files` reads and hashes each file once and
+   keeps, with its bytes, the files that need work;
+2. **parse** (Ray tasks): :meth:`~jrag.pipeline.Planned.parse`, from the bytes the plan hashed;
+   a file that fails becomes a row with an error message, never an exception that sinks the job;
 3. **embed** (an actor pool, one :class:`~jrag.encoder.Encoder` per actor, on a GPU each when
-   asked): :func:`jrag.pipeline.embed_documents`, in batches bounded by tokens;
-4. **write** (driver): :meth:`MilvusStore.write_document` per document, the versioned protocol,
-   so a killed run can be re-run and every document ends up stored once and complete. With
-   ``bulk=True`` the rows go through Milvus' bulk import instead (see :mod:`jrag.bulk`).
+   asked): :func:`jrag.pipeline.embed_planned`, in batches bounded by tokens;
+4. **write** (driver): :class:`jrag.pipeline.Sink`, the versioned protocol (or bulk import with
+   ``bulk=True``), so a killed run can be re-run and every document ends up stored once and
+   complete.
+
+These are the local engine's steps (:mod:`jrag.pipeline`); this module only decides where each
+runs.
 
 Workers never open the store: Milvus Lite allows one process per ``.db``, and a worker needs
 only the model's name. The store is reached from the driver through a :class:`StoreConfig`.
@@ -29,23 +32,25 @@ from pathlib import Path
 from typing import Any
 
 from jrag.embedding import identity_of, load_encoder
-from jrag.encoder import DEFAULT_BATCH_TOKENS
-from jrag.errors import InputError, JragError, ParseError
-from jrag.parse import ParsedDocument, discover_files, file_sha256, parse_file
+from jrag.encoder import DEFAULT_BATCH_TOKENS, ModelFacts
+from jrag.errors import InputError, ParseError
+from jrag.parse import ParseLimits, discover_files
 from jrag.pipeline import (
+    Embedded,
     IngestOptions,
     IngestReport,
-    _message,
-    _prune,
-    document_version,
-    embed_documents,
-    plan_file,
+    Planned,
+    Sink,
+    embed_planned,
+    failure_message,
+    plan_files,
+    prune_missing,
+    wanted_kinds,
 )
-from jrag.store import DocumentState, MilvusStore, document_id
+from jrag.store import MilvusStore
 
 logger = logging.getLogger(__name__)
 
-PLAN_BATCH = 512  # documents per state query on the driver
 PARSE_TASK_CPUS = 0.25  # parsing is light next to embedding; keep most CPUs for the actors
 MAX_DOCS_PER_BATCH = 64
 
@@ -75,16 +80,6 @@ class Progress:
     @property
     def documents_per_second(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class _Work:
-    """A file the plan says needs work, as it travels through Ray (plain fields only)."""
-
-    source: str
-    doc_id: str
-    kinds: list[str]
-    outcome: str
 
 
 def ingest_ray(
@@ -131,38 +126,44 @@ def ingest_ray(
     started_ray = _start_ray(ray_address)
     report.stage_seconds["ray_start"] = time.perf_counter() - started
     try:
-        encoder = load_encoder(encoder_name, device="cpu", dtype=dtype,
-                               document_prompt=document_prompt)  # fmt: skip
-        wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
+        # The driver needs the model's identity and window, not its weights.
+        encoder = ModelFacts.read(encoder_name, "cpu", dtype, document_prompt=document_prompt)
         with store_config.open(identity=identity_of(encoder)) as store:
             tick = time.perf_counter()
             discovery = discover_files(paths, glob, follow_links=follow_links)
             report.refused = list(discovery.skipped)
             sources = [str(path) for path in discovery.files]
-            work, committed = _plan(sources, store, wanted, tenant, report)
+            done = 0
+
+            def notify(source: str, outcome: str) -> None:
+                nonlocal done
+                done += 1
+                if on_progress:
+                    on_progress(Progress(source, outcome, done, len(sources), _since(started)))
+
+            leftovers: list[str] = []
+            work = list(plan_files(
+                sources, store, wanted_kinds(options, encoder), tenant=tenant,
+                limits=options.limits, report=report, notify=notify, leftovers=leftovers,
+            ))  # fmt: skip
             report.stage_seconds["plan"] = time.perf_counter() - tick
-            done = len(report.skipped) + len(report.failed)
-            if on_progress:
-                for source in report.skipped:
-                    on_progress(Progress(source, "skipped", done, len(sources), _since(started)))
             if work:
                 results = _run_dataset(
                     work, encoder_name, options, tenant, workers, gpus_per_worker, batch_tokens,
                     dtype, document_prompt,
                 )  # fmt: skip
-                writer = _Writer(store, committed, report, bulk=bulk)
+                sink = Sink(store, report, notify, bulk=bulk)
                 with store.writing():  # one holder of the write lease for the whole run
                     for result in results:
-                        outcome = writer.take(result)
-                        done += 1
-                        if on_progress:
-                            on_progress(Progress(
-                                result["source"], outcome, done, len(sources), _since(started)
-                            ))  # fmt: skip
-                    writer.finish()
+                        report.stage_seconds["parse"] += result["parse_s"]
+                        report.stage_seconds["embed"] += result["embed_s"]
+                        sink.write(pickle.loads(result["embedded"]))
+                    sink.finish()
+            if leftovers:
+                store.collect_garbage(leftovers)
             if prune:
                 tick = time.perf_counter()
-                report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
+                report.pruned = prune_missing(paths, sources, glob, store, tenant, report.refused)
                 report.stage_seconds["store"] += time.perf_counter() - tick
             store.flush()
     finally:
@@ -211,46 +212,11 @@ def _since(started: float) -> float:
     return time.perf_counter() - started
 
 
-# -- stage 1: plan (driver) --------------------------------------------------------------------
-
-
-def _plan(
-    sources: list[str],
-    store: MilvusStore,
-    wanted: dict[str, dict[str, Any]],
-    tenant: str,
-    report: IngestReport,
-) -> tuple[list[_Work], dict[str, DocumentState]]:
-    """The files that need work, and the committed states the writes will need."""
-    work: list[_Work] = []
-    committed: dict[str, DocumentState] = {}
-    for i in range(0, len(sources), PLAN_BATCH):
-        batch = sources[i : i + PLAN_BATCH]
-        ids = [document_id(s, tenant) for s in batch]
-        states = store.states(ids)
-        for source, doc_id in zip(batch, ids, strict=True):
-            try:
-                content_hash = file_sha256(source)
-            except OSError as err:
-                report.failed.append((source, _message(err, source)))
-                continue
-            state = states.get(doc_id)
-            plan = plan_file(state, content_hash, wanted)
-            if plan is None:
-                report.skipped.append(source)
-                continue
-            kinds, outcome = plan
-            work.append(_Work(source, doc_id, list(kinds), outcome))
-            if state is not None:
-                committed[doc_id] = state
-    return work, committed
-
-
 # -- stages 2 and 3: parse and embed (Ray) -----------------------------------------------------
 
 
 def _run_dataset(
-    work: list[_Work],
+    work: list[Planned],
     encoder_name: str,
     options: IngestOptions,
     tenant: str,
@@ -274,13 +240,14 @@ def _run_dataset(
     actor_args: dict[str, Any] = {"num_cpus": actor_cpus}
     if gpus_per_worker:
         actor_args["num_gpus"] = gpus_per_worker
-    items = [w.__dict__ for w in work]
+    items = [{"source": p.source, "planned": pickle.dumps(p)} for p in work]
     docs_per_batch = _docs_per_batch(work, batch_tokens, workers)
     blocks = max(1, min(len(items), 4 * cpus))
     dataset = (
         ray.data.from_items(items, override_num_blocks=blocks)
         .map_batches(
-            _parse_batch, batch_size=1, batch_format="pyarrow", num_cpus=PARSE_TASK_CPUS
+            _parse_batch, batch_size=1, batch_format="pyarrow", num_cpus=PARSE_TASK_CPUS,
+            fn_kwargs={"limits": options.limits},
         )
         .map_batches(
             _Embedder,
@@ -305,38 +272,34 @@ def _run_dataset(
         yield from batch.to_pylist()
 
 
-def _docs_per_batch(work: list[_Work], batch_tokens: int, workers: int) -> int:
+def _docs_per_batch(work: list[Planned], batch_tokens: int, workers: int) -> int:
     """Documents per actor call: about ``batch_tokens`` tokens (estimated from file sizes at
     four bytes a token), but never so many that some actor has nothing to do."""
-    sizes = []
-    for w in work:
-        try:
-            sizes.append(Path(w.source).stat().st_size)
-        except OSError:
-            sizes.append(0)
+    sizes = [len(p.data or b"") for p in work]
     mean_tokens = max(1.0, sum(sizes) / max(1, len(sizes)) / 4)
     by_tokens = max(1, int(batch_tokens // mean_tokens))
     spread = max(1, math.ceil(len(work) / (2 * workers)))
     return min(by_tokens, spread, MAX_DOCS_PER_BATCH)
 
 
-def _parse_batch(batch: Any) -> Any:
-    """Parse each file; a failure becomes the row's ``error``, so the job goes on."""
+def _parse_batch(batch: Any, limits: ParseLimits) -> Any:
+    """Parse each planned file from its planned bytes; a failure becomes the row's ``error``,
+    so the job goes on."""
     import pyarrow as pa
 
     out = []
     for item in batch.to_pylist():
         tick = time.perf_counter()
-        document = error = None
+        planned: Planned = pickle.loads(item["planned"])
+        error = None
         try:
-            document = pickle.dumps(parse_file(item["source"]))
+            planned.parse(limits)
         except (ParseError, OSError) as err:
-            error = _message(err, item["source"])
+            error = failure_message(err, planned.source)
         except Exception as err:  # a parser bug on one file must not sink the job
-            error = _message(err, item["source"]) + f" ({type(err).__name__})"
-        out.append(
-            {**item, "document": document, "error": error, "parse_s": time.perf_counter() - tick}
-        )
+            error = failure_message(err, planned.source) + f" ({type(err).__name__})"
+        out.append({"source": planned.source, "planned": pickle.dumps(planned), "error": error,
+                    "parse_s": time.perf_counter() - tick})  # fmt: skip
     return pa.Table.from_pylist(out, schema=_parsed_schema())
 
 
@@ -345,16 +308,9 @@ def _parsed_schema() -> Any:
     import pyarrow as pa
 
     return pa.schema(
-        [
-            ("source", pa.string()),
-            ("doc_id", pa.string()),
-            ("kinds", pa.list_(pa.string())),
-            ("outcome", pa.string()),
-            ("document", pa.binary()),
-            ("error", pa.string()),
-            ("parse_s", pa.float64()),
-        ]
-    )
+        [("source", pa.string()), ("planned", pa.binary()), ("error", pa.string()),
+         ("parse_s", pa.float64())]
+    )  # fmt: skip
 
 
 class _Embedder:
@@ -386,117 +342,15 @@ class _Embedder:
 
         items = batch.to_pylist()
         tick = time.perf_counter()
-        ready = [i for i, item in enumerate(items) if item["error"] is None]
-        documents: list[ParsedDocument] = [pickle.loads(items[i]["document"]) for i in ready]
-        rows = self._embed(documents, [tuple(items[i]["kinds"]) for i in ready])
-        tokens = self.encoder.count_tokens([d.text for d in documents]) if documents else []
+        planned = [pickle.loads(item["planned"]) for item in items]
+        ready = [p for p, item in zip(planned, items, strict=True) if item["error"] is None]
+        embedded = iter(embed_planned(ready, self.encoder, self.options, tenant=self.tenant,
+                                      batch_tokens=self.batch_tokens) if ready else [])  # fmt: skip
         embed_s = (time.perf_counter() - tick) / max(1, len(items))
         out = []
-        for i, item in enumerate(items):
-            result = {
-                "source": item["source"],
-                "doc_id": item["doc_id"],
-                "kinds": item["kinds"],
-                "outcome": item["outcome"],
-                "error": item["error"],
-                "payload": None,
-                "tokens": 0,
-                "parse_s": item["parse_s"],
-                "embed_s": embed_s,
-            }
-            if i in ready:
-                k = ready.index(i)
-                doc, doc_rows = documents[k], rows[k]
-                if isinstance(doc_rows, str):
-                    result["error"] = doc_rows
-                else:
-                    version = document_version(doc, self.tenant, tokens[k])
-                    opts = {
-                        kind: self.options.for_kind(kind, self.encoder) for kind in item["kinds"]
-                    }
-                    result["payload"] = pickle.dumps((version, doc_rows, opts))
-                    result["tokens"] = tokens[k]
-            out.append(result)
+        for p, item in zip(planned, items, strict=True):
+            result = Embedded(p, error=item["error"]) if item["error"] else next(embedded)
+            result.planned.document = None  # its text travels in the version
+            out.append({"source": p.source, "embedded": pickle.dumps(result),
+                        "parse_s": item["parse_s"], "embed_s": embed_s})  # fmt: skip
         return pa.Table.from_pylist(out)
-
-    def _embed(
-        self, documents: list[ParsedDocument], kinds: list[tuple[str, ...]]
-    ) -> list[list[Any] | str]:
-        """Rows per document, or an error message for a document that cannot be embedded."""
-        if not documents:
-            return []
-        embed = self._embed_group
-        try:
-            return list(embed(documents, kinds))
-        except JragError:
-            # One bad document must not sink its batch: one by one, to find it.
-            out: list[list[Any] | str] = []
-            for doc, doc_kinds in zip(documents, kinds, strict=True):
-                try:
-                    out.append(embed([doc], [doc_kinds])[0])
-                except JragError as err:
-                    out.append(_message(err, doc.source))
-            return out
-
-    def _embed_group(
-        self, documents: list[ParsedDocument], kinds: list[tuple[str, ...]]
-    ) -> list[list[Any]]:
-        return embed_documents(
-            documents, self.encoder, self.options, kinds, tenant=self.tenant,
-            batch_tokens=self.batch_tokens,
-        )  # fmt: skip
-
-
-# -- stage 4: write (driver) -------------------------------------------------------------------
-
-
-class _Writer:
-    """Writes results as they arrive, with the versioned protocol (or bulk import)."""
-
-    def __init__(
-        self,
-        store: MilvusStore,
-        committed: dict[str, DocumentState],
-        report: IngestReport,
-        *,
-        bulk: bool,
-    ) -> None:
-        self.store = store
-        self.committed = committed
-        self.report = report
-        self.bulk = None
-        if bulk:
-            from jrag.bulk import BulkLoader
-
-            self.bulk = BulkLoader.for_store(store)
-
-    def take(self, result: dict[str, Any]) -> str:
-        """Record or write one document's result; returns its outcome."""
-        report = self.report
-        report.stage_seconds["parse"] += result["parse_s"]
-        report.stage_seconds["embed"] += result["embed_s"]
-        source = result["source"]
-        if result["error"] is not None:
-            report.failed.append((source, result["error"]))
-            return "failed"
-        version, rows, options = pickle.loads(result["payload"])
-        tick = time.perf_counter()
-        committed = self.committed.get(result["doc_id"])
-        if self.bulk is not None:
-            self.bulk.add(version, rows, options, committed)
-        else:
-            self.store.write_document(version, rows, options, committed)
-        report.stage_seconds["store"] += time.perf_counter() - tick
-        report.tokens += result["tokens"]
-        outcome = result["outcome"]
-        if outcome == "extended":
-            report.extended.append((source, list(result["kinds"])))
-        else:
-            getattr(report, outcome).append(source)
-        return outcome
-
-    def finish(self) -> None:
-        if self.bulk is not None:
-            tick = time.perf_counter()
-            self.bulk.finish()
-            self.report.stage_seconds["store"] += time.perf_counter() - tick

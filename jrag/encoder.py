@@ -211,26 +211,14 @@ class Encoder:
         override the prompts of the checkpoint's config_sentence_transformers.json ("" for
         none).
         """
-        model_dir = resolve_model_dir(name_or_path)
-        config = BertConfig.from_file(model_dir / "config.json")
-        sentence = load_sentence_config(model_dir, config)
+        model_dir, config, sentence, tokenizer, name = _checkpoint(name_or_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        int8 = (dtype or os.environ.get("JRAG_DTYPE")) == "int8"
+        int8 = _int8(dtype, device)
         dtype = torch.float32 if int8 else resolve_dtype(dtype, device)
-        if int8 and device.type != "cpu":
-            raise InputError(f"dtype int8 runs on CPU only, not on {device}")
-        tokenizer = load_tokenizer(model_dir)
         state = load_state_dict(model_dir, allow_pickle=allow_pickle)
         model = build_model(config, state, dtype=dtype, source=str(model_dir))
         if int8:
             model = quantize_linear_layers(model)
-        # A local folder is named by its absolute path, so that a collection's model check does
-        # not depend on the working directory.
-        name = (
-            str(model_dir.resolve())
-            if Path(name_or_path).expanduser().is_dir()
-            else str(name_or_path)
-        )
         return cls(
             model, tokenizer, name=name, device=device, dtype=dtype, sentence=sentence,
             model_dir=model_dir, query_prompt=query_prompt, document_prompt=document_prompt,
@@ -255,8 +243,7 @@ class Encoder:
         the position limit (8,192 for JinaBERT). An explicit ``max_length`` argument may go up to
         the position limit.
         """
-        stated = self.sentence.max_seq_length
-        return min(stated, self.config.max_length) if stated else self.config.max_length
+        return _max_length(self.sentence, self.config)
 
     @property
     def pooling(self) -> str:
@@ -565,6 +552,73 @@ class Encoder:
                 if progress is not None:
                     progress(done, len(windows))
         return results  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a checkpoint records about itself, read without its weights: enough for a
+    collection's identity (:func:`jrag.embedding.identity_of`) and for the window the ingest
+    options record (:meth:`jrag.pipeline.IngestOptions.for_kind`)."""
+
+    name: str
+    dim: int
+    max_length: int
+    special_token_count: int
+    fingerprint: str
+    dtype_name: str
+    document_prompt: str
+
+    @classmethod
+    def read(
+        cls,
+        name_or_path: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        *,
+        document_prompt: str | None = None,
+    ) -> ModelFacts:
+        """The facts of the encoder ``Encoder.from_pretrained`` would build with these
+        arguments, from its config, tokenizer and pooling files only."""
+        model_dir, config, sentence, tokenizer, name = _checkpoint(name_or_path)
+        torch_device = torch.device(device)
+        int8 = _int8(dtype, torch_device)
+        resolved = torch.float32 if int8 else resolve_dtype(dtype, torch_device)
+        prompt = (
+            sentence.prompt(DOCUMENT_PROMPT_NAMES) if document_prompt is None else document_prompt
+        )
+        return cls(
+            name=name, dim=config.hidden_size, max_length=_max_length(sentence, config),
+            special_token_count=tokenizer.post_processor.num_special_tokens_to_add(False),
+            fingerprint=checkpoint_fingerprint(model_dir, sentence.files),
+            dtype_name="int8" if int8 else _DTYPE_NAMES.get(resolved, str(resolved)),
+            document_prompt=_check_prompt(prompt, "document_prompt"),
+        )  # fmt: skip
+
+
+def _checkpoint(
+    name_or_path: str | Path,
+) -> tuple[Path, BertConfig, SentenceConfig, Tokenizer, str]:
+    """A checkpoint's folder, config, pooling config, tokenizer and name, without weights."""
+    model_dir = resolve_model_dir(name_or_path)
+    config = BertConfig.from_file(model_dir / "config.json")
+    sentence = load_sentence_config(model_dir, config)
+    # A local folder is named by its absolute path, so that a collection's model check does
+    # not depend on the working directory.
+    local = Path(name_or_path).expanduser().is_dir()
+    name = str(model_dir.resolve()) if local else str(name_or_path)
+    return model_dir, config, sentence, load_tokenizer(model_dir), name
+
+
+def _int8(dtype: torch.dtype | str | None, device: torch.device) -> bool:
+    int8 = (dtype or os.environ.get("JRAG_DTYPE")) == "int8"
+    if int8 and device.type != "cpu":
+        raise InputError(f"dtype int8 runs on CPU only, not on {device}")
+    return int8
+
+
+def _max_length(sentence: SentenceConfig, config: BertConfig) -> int:
+    stated = sentence.max_seq_length
+    return min(stated, config.max_length) if stated else config.max_length
 
 
 def _special_layout(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:

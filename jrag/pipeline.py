@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from jrag.chunking import Span, SpanPooler, late_chunk_spans, pool_spans
-from jrag.encoder import DEFAULT_BATCH_TOKENS, MAX_WINDOW_OVERLAP, Encoder, Tokens, TokenStates
+from jrag.encoder import (
+    DEFAULT_BATCH_TOKENS,
+    MAX_WINDOW_OVERLAP,
+    Encoder,
+    ModelFacts,
+    Tokens,
+    TokenStates,
+)
 from jrag.errors import InputError, JragError, ParseError
 from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, check_ingest_mode
 from jrag.parse import (
@@ -53,6 +60,7 @@ LATE_STRATEGIES = ("sentence", "tokens")
 _EMBED_GROUP_TOKENS = 65536
 # A document past this many tokens is embedded alone, its windows streamed (bounded memory).
 STREAM_TOKENS = 32768
+PLAN_BATCH = 512  # documents per state query while planning
 
 
 @dataclass
@@ -87,7 +95,7 @@ class IngestOptions:
     def kinds(self) -> tuple[str, ...]:
         return INGEST_MODES[self.mode]
 
-    def for_kind(self, kind: str, encoder: Encoder) -> dict[str, Any]:
+    def for_kind(self, kind: str, encoder: Encoder | ModelFacts) -> dict[str, Any]:
         """The options that built rows of ``kind``: recorded, and compared on re-ingest."""
         window = {"window": encoder.max_length, "overlap": self.overlap(encoder)}
         if kind == "doc":
@@ -100,7 +108,7 @@ class IngestOptions:
             }
         return {"naive_chunk_tokens": min(self.naive_chunk_tokens, encoder.max_length)}
 
-    def overlap(self, encoder: Encoder) -> int:
+    def overlap(self, encoder: Encoder | ModelFacts) -> int:
         if self.window_overlap is not None:
             return self.window_overlap
         return min(MAX_WINDOW_OVERLAP, (encoder.max_length - encoder.special_token_count) // 8)
@@ -126,15 +134,6 @@ class IngestReport:
     @property
     def stored(self) -> int:
         return len(self.added) + len(self.updated) + len(self.extended)
-
-
-@dataclass
-class _Pending:
-    document: ParsedDocument
-    doc_id: str
-    kinds: tuple[str, ...]
-    outcome: str  # added / updated / extended
-    committed: DocumentState | None
 
 
 # -- embedding: documents → rows ---------------------------------------------------------------
@@ -318,6 +317,270 @@ def document_version(doc: ParsedDocument, tenant: str = "", tokens: int = 0) -> 
     )
 
 
+# -- the ingest core: plan → parse → embed → write --------------------------------------------
+
+
+@dataclass
+class Planned:
+    """A document the plan says needs work: the bytes it hashed (or the document in hand), its
+    stored state, and the kinds to write. It crosses processes as plain data (Ray)."""
+
+    source: str
+    doc_id: str
+    content_hash: str
+    kinds: tuple[str, ...]
+    outcome: str  # added / updated / extended
+    committed: DocumentState | None
+    data: bytes | None = None
+    document: ParsedDocument | None = None
+
+    def parse(self, limits: ParseLimits) -> ParsedDocument:
+        """The document, parsed from the very bytes that were hashed and planned: a file
+        rewritten since is never stored as a version the plan did not see."""
+        if self.document is None:
+            self.document = parse_file(
+                self.source, data=self.data, content_hash=self.content_hash, limits=limits
+            )
+            self.data = None
+        return self.document
+
+
+@dataclass
+class Embedded:
+    """A planned document's rows, ready for a sink, or why it failed."""
+
+    planned: Planned
+    version: DocumentVersion | None = None
+    rows: list[Row] = field(default_factory=list)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> how it was built
+    tokens: int = 0
+    error: str | None = None
+
+
+def plan_files(
+    sources: Sequence[str],
+    store: MilvusStore,
+    wanted: dict[str, dict[str, Any]],
+    *,
+    tenant: str,
+    limits: ParseLimits,
+    report: IngestReport,
+    notify: Callable[[str, str], None],
+    leftovers: list[str],
+) -> Iterator[Planned]:
+    """Read and hash each file once, and plan it against its stored state (read in batches);
+    skipped and unreadable files go to ``report``, unchanged ones with garbage to
+    ``leftovers``."""
+    for first in range(0, len(sources), PLAN_BATCH):
+        batch = sources[first : first + PLAN_BATCH]
+        ids = [document_id(s, tenant) for s in batch]
+        states = store.states(ids)
+        for source, doc_id in zip(batch, ids, strict=True):
+            tick = time.perf_counter()
+            try:
+                data, content_hash = read_file(source, limits)
+            except (ParseError, OSError) as err:
+                report.failed.append((source, failure_message(err, source)))
+                notify(source, "failed")
+                continue
+            finally:
+                report.stage_seconds["parse"] += time.perf_counter() - tick
+            planned = _plan_one(source, doc_id, content_hash, states.get(doc_id), wanted, report,
+                                notify, leftovers)  # fmt: skip
+            if planned is not None:
+                planned.data = data
+                yield planned
+
+
+def plan_documents(
+    documents: Sequence[ParsedDocument],
+    store: MilvusStore,
+    wanted: dict[str, dict[str, Any]],
+    *,
+    tenant: str,
+    report: IngestReport,
+) -> list[Planned]:
+    """Plan documents already in hand, as :func:`plan_files` plans files."""
+    states = store.states([document_id(d.source, tenant) for d in documents])
+    planned = []
+    for doc in documents:
+        doc_id = document_id(doc.source, tenant)
+        item = _plan_one(doc.source, doc_id, doc.content_hash, states.get(doc_id), wanted, report,
+                         _ignore, [])  # fmt: skip
+        if item is not None:
+            item.document = doc
+            planned.append(item)
+    return planned
+
+
+def _plan_one(
+    source: str,
+    doc_id: str,
+    content_hash: str,
+    committed: DocumentState | None,
+    wanted: dict[str, dict[str, Any]],
+    report: IngestReport,
+    notify: Callable[[str, str], None],
+    leftovers: list[str],
+) -> Planned | None:
+    plan = plan_file(committed, content_hash, wanted)
+    if plan is None:
+        if committed is not None and committed.garbage:
+            leftovers.append(doc_id)
+        report.skipped.append(source)
+        notify(source, "skipped")
+        return None
+    kinds, outcome = plan
+    return Planned(source, doc_id, content_hash, kinds, outcome, committed)
+
+
+def embed_planned(
+    items: Sequence[Planned],
+    encoder: Encoder,
+    options: IngestOptions,
+    *,
+    tenant: str = "",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    on_windows: Callable[[str, int, int], None] | None = None,
+) -> list[Embedded]:
+    """Rows for a group of parsed, planned documents, sharing forward batches; each document is
+    tokenized once. A document that cannot be embedded fails alone."""
+    documents = [item.parse(options.limits) for item in items]
+    tokens = encoder.tokenize([doc.text for doc in documents])  # once: windows, chunks, counts
+
+    def embed(docs: list[ParsedDocument], doc_kinds: list, doc_tokens: list) -> list[list[Row]]:
+        return embed_documents(
+            docs, encoder, options, doc_kinds, tenant=tenant, tokens=doc_tokens,
+            batch_tokens=batch_tokens, on_windows=on_windows,
+        )  # fmt: skip
+
+    out = [Embedded(item) for item in items]
+    try:
+        rows = embed(documents, [item.kinds for item in items], tokens)
+        for result, doc_rows in zip(out, rows, strict=True):
+            result.rows = doc_rows
+    except JragError:
+        # One bad document must not sink its group: one by one, to find it.
+        for result, doc, doc_tokens in zip(out, documents, tokens, strict=True):
+            try:
+                result.rows = embed([doc], [result.planned.kinds], [doc_tokens])[0]
+            except JragError as err:
+                result.error = failure_message(err, doc.source)
+    for result, doc, doc_tokens in zip(out, documents, tokens, strict=True):
+        if result.error is None:
+            result.tokens = len(doc_tokens) + encoder.special_token_count
+            result.version = document_version(doc, tenant, result.tokens)
+            result.options = wanted_kinds(options, encoder, result.planned.kinds)
+    return out
+
+
+class Sink:
+    """Where embedded documents go: the store's versioned protocol, or bulk import. Keeps the
+    run's outcomes in ``report``."""
+
+    def __init__(
+        self,
+        store: MilvusStore,
+        report: IngestReport,
+        notify: Callable[[str, str], None] = lambda *_: None,
+        *,
+        bulk: bool = False,
+    ) -> None:
+        self.store = store
+        self.report = report
+        self.notify = notify
+        self.bulk = None
+        if bulk:
+            from jrag.bulk import BulkLoader
+
+            self.bulk = BulkLoader.for_store(store)
+
+    def write(self, result: Embedded) -> str:
+        """Write (or record the failure of) one document; returns its outcome."""
+        planned, report = result.planned, self.report
+        if result.error is not None or result.version is None:
+            report.failed.append((planned.source, result.error or "not embedded"))
+            self.notify(planned.source, "failed")
+            return "failed"
+        tick = time.perf_counter()
+        if self.bulk is not None:
+            self.bulk.add(result.version, result.rows, result.options, planned.committed)
+        else:
+            self.store.write_document(
+                result.version, result.rows, result.options, planned.committed
+            )
+        report.stage_seconds["store"] += time.perf_counter() - tick
+        logger.debug("stored %s (%d rows)", planned.source, len(result.rows))
+        report.tokens += result.tokens
+        if planned.outcome == "extended":
+            report.extended.append((planned.source, list(planned.kinds)))
+        else:
+            getattr(report, planned.outcome).append(planned.source)
+        self.notify(planned.source, planned.outcome)
+        return planned.outcome
+
+    def finish(self) -> None:
+        if self.bulk is not None:
+            tick = time.perf_counter()
+            self.bulk.finish()
+            self.report.stage_seconds["store"] += time.perf_counter() - tick
+
+
+def run_groups(
+    planned: Iterable[Planned],
+    sink: Sink,
+    encoder: Encoder,
+    options: IngestOptions,
+    *,
+    tenant: str = "",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    on_windows: Callable[[str, int, int], None] | None = None,
+) -> None:
+    """The local engine: parse each planned document here, embed them in groups of about
+    ``_EMBED_GROUP_TOKENS`` tokens, and write each group under one hold of the write lease."""
+    report = sink.report
+    group: list[Planned] = []
+    group_tokens = 0
+
+    def flush() -> None:
+        nonlocal group, group_tokens
+        if group:
+            tick = time.perf_counter()
+            results = embed_planned(group, encoder, options, tenant=tenant,
+                                    batch_tokens=batch_tokens, on_windows=on_windows)  # fmt: skip
+            report.stage_seconds["embed"] += time.perf_counter() - tick
+            with sink.store.writing():  # the lease for this group; other writers go on between
+                for result in results:
+                    sink.write(result)
+        group, group_tokens = [], 0
+
+    for item in planned:
+        tick = time.perf_counter()
+        try:
+            document = item.parse(options.limits)
+        except (ParseError, OSError) as err:
+            sink.write(Embedded(item, error=failure_message(err, item.source)))
+            continue
+        finally:
+            report.stage_seconds["parse"] += time.perf_counter() - tick
+        group.append(item)
+        group_tokens += len(document.text) // 4  # a cheap estimate is enough for grouping
+        if group_tokens >= _EMBED_GROUP_TOKENS:
+            flush()
+    flush()
+    sink.finish()
+
+
+def wanted_kinds(
+    options: IngestOptions, encoder: Encoder | ModelFacts, kinds: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The options each kind to write is built with (default: the mode's kinds)."""
+    return {
+        kind: options.for_kind(kind, encoder)
+        for kind in (options.kinds if kinds is None else kinds)
+    }
+
+
 # -- ingest: files → store ---------------------------------------------------------------------
 
 
@@ -347,65 +610,24 @@ def ingest(
     batch (rows × longest row).
     """
     options = options or IngestOptions()
-    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
-        raise InputError(f"batch_tokens must be a positive whole number, not {batch_tokens!r}")
+    check_batch_tokens(batch_tokens)
     report = IngestReport()
     started = time.perf_counter()
     if discovery is None:
         discovery = discover_files(paths, glob, follow_links=follow_links)
     report.refused = list(discovery.skipped)
     sources = [str(path) for path in discovery.files]
-    states = store.states([document_id(s, tenant) for s in sources])
-    pending: list[_Pending] = []
-    pending_tokens = 0
+    notify = on_file or _ignore
     leftovers: list[str] = []  # unchanged documents whose state still lists garbage
-
-    def notify(path: str, outcome: str) -> None:
-        if on_file:
-            on_file(path, outcome)
-
-    def flush_pending() -> None:
-        nonlocal pending, pending_tokens
-        if pending:
-            _embed_and_store(
-                pending, store, encoder, options, report, notify, tenant, batch_tokens, on_windows
-            )
-        pending, pending_tokens = [], 0
-
-    wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
-    for source in sources:
-        doc_id = document_id(source, tenant)
-        tick = time.perf_counter()
-        try:
-            data, content_hash = read_file(source, options.limits)
-            committed = states.get(doc_id)
-            plan = plan_file(committed, content_hash, wanted)
-            if plan is None:
-                if committed is not None and committed.garbage:
-                    leftovers.append(doc_id)
-                report.skipped.append(source)
-                notify(source, "skipped")
-                continue
-            kinds, outcome = plan
-            document = parse_file(
-                source, data=data, content_hash=content_hash, limits=options.limits
-            )
-        except (ParseError, OSError) as err:
-            report.failed.append((source, _message(err, source)))
-            notify(source, "failed")
-            continue
-        finally:
-            report.stage_seconds["parse"] += time.perf_counter() - tick
-        pending.append(_Pending(document, doc_id, kinds, outcome, committed))
-        pending_tokens += len(document.text) // 4  # a cheap estimate is enough for grouping
-        if pending_tokens >= _EMBED_GROUP_TOKENS:
-            flush_pending()
-    flush_pending()
+    planned = plan_files(sources, store, wanted_kinds(options, encoder), tenant=tenant,
+                         limits=options.limits, report=report, notify=notify,
+                         leftovers=leftovers)  # fmt: skip
+    run_groups(planned, Sink(store, report, notify), encoder, options, tenant=tenant,
+               batch_tokens=batch_tokens, on_windows=on_windows)  # fmt: skip
     if leftovers:
         store.collect_garbage(leftovers)
-
     if prune:
-        report.pruned = _prune(paths, sources, glob, store, tenant, report.refused)
+        report.pruned = prune_missing(paths, sources, glob, store, tenant, report.refused)
     store.flush()
     report.seconds = time.perf_counter() - started
     return report
@@ -433,26 +655,19 @@ def ingest_documents(
     options: IngestOptions | None = None,
     tenant: str = "",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    kinds: Sequence[str] | None = None,
 ) -> IngestReport:
     """Store documents already in hand (texts sent by id, uploads parsed by the caller), planned,
     embedded and written as :func:`ingest` does: the same content is skipped, a changed one
-    replaces its old version at once."""
+    replaces its old version at once. ``kinds`` (default: the mode's) are the kinds to write."""
     options = options or IngestOptions()
     report = IngestReport()
     started = time.perf_counter()
-    wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
-    states = store.states([document_id(d.source, tenant) for d in documents])
-    pending = []
-    for document in documents:
-        doc_id = document_id(document.source, tenant)
-        plan = plan_file(states.get(doc_id), document.content_hash, wanted)
-        if plan is None:
-            report.skipped.append(document.source)
-            continue
-        pending.append(_Pending(document, doc_id, plan[0], plan[1], states.get(doc_id)))
-    if pending:
-        _embed_and_store(pending, store, encoder, options, report, lambda *_: None, tenant,
-                         batch_tokens)  # fmt: skip
+    wanted = wanted_kinds(options, encoder, kinds)
+    planned = plan_documents(documents, store, wanted, tenant=tenant, report=report)
+    if planned:
+        run_groups(planned, Sink(store, report), encoder, options, tenant=tenant,
+                   batch_tokens=batch_tokens)  # fmt: skip
         store.flush()
     report.seconds = time.perf_counter() - started
     return report
@@ -472,78 +687,16 @@ def plan_file(
     return tuple(dict.fromkeys([*wanted, *held])), "updated"
 
 
-def _embed_and_store(
-    pending: list[_Pending],
-    store: MilvusStore,
-    encoder: Encoder,
-    options: IngestOptions,
-    report: IngestReport,
-    notify: Callable[[str, str], None],
-    tenant: str,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    on_windows: Callable[[str, int, int], None] | None = None,
-) -> None:
-    documents = [p.document for p in pending]
-    kinds = [p.kinds for p in pending]
-    tick = time.perf_counter()
-    tokens = encoder.tokenize([doc.text for doc in documents])  # once: windows, chunks, counts
-
-    def embed(docs: list[ParsedDocument], doc_kinds: list, doc_tokens: list) -> list[list[Row]]:
-        return embed_documents(
-            docs, encoder, options, doc_kinds, tenant=tenant, tokens=doc_tokens,
-            batch_tokens=batch_tokens, on_windows=on_windows,
-        )  # fmt: skip
-
-    try:
-        rows_per_doc: list[list[Row] | None] = list(embed(documents, kinds, tokens))
-    except JragError:
-        # One bad document must not sink its batch: retry one by one to find it.
-        rows_per_doc = []
-        for doc, doc_kinds, doc_tokens in zip(documents, kinds, tokens, strict=True):
-            try:
-                rows_per_doc.append(embed([doc], [doc_kinds], [doc_tokens])[0])
-            except JragError as err:
-                rows_per_doc.append(None)
-                report.failed.append((doc.source, _message(err, doc.source)))
-                notify(doc.source, "failed")
-    report.stage_seconds["embed"] += time.perf_counter() - tick
-    token_counts = [len(t) + encoder.special_token_count for t in tokens]
-    with store.writing():  # the lease for this batch; other writers go on between batches
-        _store_all(pending, rows_per_doc, token_counts, store, encoder, options, report, notify,
-                   tenant)  # fmt: skip
+def check_batch_tokens(batch_tokens: int) -> None:
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise InputError(f"batch_tokens must be a positive whole number, not {batch_tokens!r}")
 
 
-def _store_all(
-    pending: list[_Pending],
-    rows_per_doc: list[list[Row] | None],
-    token_counts: list[int],
-    store: MilvusStore,
-    encoder: Encoder,
-    options: IngestOptions,
-    report: IngestReport,
-    notify: Callable[[str, str], None],
-    tenant: str,
-) -> None:
-    for item, rows, tokens in zip(pending, rows_per_doc, token_counts, strict=True):
-        if rows is None:
-            continue
-        doc = item.document
-        tick = time.perf_counter()
-        options_by_kind = {kind: options.for_kind(kind, encoder) for kind in item.kinds}
-        store.write_document(
-            document_version(doc, tenant, tokens), rows, options_by_kind, item.committed
-        )
-        report.stage_seconds["store"] += time.perf_counter() - tick
-        logger.debug("stored %s (%d rows)", doc.source, len(rows))
-        report.tokens += tokens
-        if item.outcome == "extended":
-            report.extended.append((doc.source, list(item.kinds)))
-        else:
-            getattr(report, item.outcome).append(doc.source)
-        notify(doc.source, item.outcome)
+def _ignore(*_: object) -> None:
+    """A notification nobody listens to."""
 
 
-def _prune(
+def prune_missing(
     roots: Sequence[str | Path],
     present: Sequence[str],
     glob: str | None,
@@ -578,6 +731,7 @@ def _prune(
     return sorted(s.source for s in gone)
 
 
-def _message(err: Exception, source: str) -> str:
+def failure_message(err: Exception, source: str) -> str:
+    """``err`` as one line that names ``source``."""
     text, shown = str(err), display_path(source)
     return text if shown in text else f"{shown}: {text}"

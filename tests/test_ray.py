@@ -61,7 +61,7 @@ def write_corpus(folder: Path, count: int = 40) -> list[Path]:
 
 def all_rows(store: MilvusStore) -> dict[str, dict]:
     """Every row but the manifest, by id."""
-    rows = store.writer.iter_rows('kind != "manifest"', ROW_FIELDS)
+    rows = store.scan('kind != "manifest"', ROW_FIELDS)
     return {r["id"]: r for r in rows}
 
 
@@ -193,7 +193,7 @@ def test_a_killed_worker_leaves_every_document_stored_once(
         assert len(states) == 40
         for state in states.values():
             for kind in ("late", "text"):
-                rows = store.writer.iter_rows(
+                rows = store.scan(
                     f'doc_id == "{state.doc_id}" and kind == "{kind}"', ["id", "content_hash"]
                 )
                 ids = [r["id"] for r in rows]
@@ -285,7 +285,8 @@ def test_a_file_rewritten_between_plan_and_parse_keeps_every_kind(
     The document must never be stored as a version that lacks the kinds it held."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    victim, bystander = corpus / "victim.txt", corpus / "bystander.txt"
+    # Planned in name order: the victim first, then the bystander, whose skip is the hook.
+    victim, bystander = corpus / "a_victim.txt", corpus / "b_bystander.txt"
     victim.write_text("Version A.\n\n" + long_text(90), encoding="utf-8")
     bystander.write_text("Bystander.\n\n" + long_text(40), encoding="utf-8")
     uri = str(tmp_path / "lite" / "jrag.db")
@@ -306,13 +307,13 @@ def test_a_file_rewritten_between_plan_and_parse_keeps_every_kind(
                on_progress=rewrite_after_plan)  # fmt: skip
     assert victim.read_text() == rewritten
     with config.open(create=False) as store:
-        (state,) = [s for s in store.all_states() if s.source.endswith("victim.txt")]
+        (state,) = [s for s in store.all_states() if s.source.endswith("a_victim.txt")]
         assert {"doc", "late", "text"} <= set(state.kinds)
         text = store.document_text(state)
         assert text.startswith("Version A.") or text.startswith("Version B")
     again = ingest_ray([corpus], config, MINILM_ID, dtype=DTYPE, options=late, workers=1)
     assert again.stored == 1 or (again.stored == 0 and text.startswith("Version B"))
     with config.open(create=False) as store:
-        (state,) = [s for s in store.all_states() if s.source.endswith("victim.txt")]
+        (state,) = [s for s in store.all_states() if s.source.endswith("a_victim.txt")]
         assert {"doc", "late", "text"} <= set(state.kinds)
         assert store.document_text(state) == rewritten

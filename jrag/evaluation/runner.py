@@ -1,8 +1,8 @@
 """Index each corpus once, rank documents for every query in every variant, score the ranking.
 
 Every variant goes through the same code as ``jrag ingest`` / ``jrag search``: rows come from
-:func:`jrag.pipeline.embed_documents` and are written with the store's versioned protocol into
-one collection per corpus holding every row kind the variants need; documents are ranked by
+:func:`jrag.pipeline.ingest_documents` (the ingest core, with its versioned writes) into one
+collection per corpus holding every row kind the variants need; documents are ranked by
 :meth:`jrag.store.MilvusStore.rank`, the primitive behind ``jrag search`` and the retrievers.
 A variant names the row kinds of its dense leg and of its BM25 leg (see :data:`VARIANTS`).
 """
@@ -28,8 +28,8 @@ from jrag.evaluation.corpus import Corpus, EvalDocument
 from jrag.evaluation.metrics import evaluate
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS, full_text_kinds
 from jrag.parse import ParsedDocument
-from jrag.pipeline import IngestOptions, document_version, embed_documents
-from jrag.store import MilvusStore, Query
+from jrag.pipeline import IngestOptions, ingest_documents
+from jrag.store import VECTOR_KINDS, MilvusStore, Query
 from jrag.store.search import RRF_K
 
 
@@ -93,8 +93,6 @@ MODES = tuple(VARIANTS)
 Inspect = Callable[[MilvusStore, Corpus, np.ndarray], None]
 
 DEPTH = 10  # documents ranked per query: enough for every @10 metric
-# Documents embedded together, in tokens (estimated): bounds the token states held in memory.
-_EMBED_GROUP_TOKENS = 65536
 _MAX_SEARCH_ROWS = 16384  # Milvus's cap on one search's limit
 
 
@@ -158,32 +156,14 @@ def as_parsed(doc: EvalDocument) -> ParsedDocument:
 def index_corpus(
     store: MilvusStore, corpus: Corpus, encoder: Encoder, kinds: set[str]
 ) -> dict[str, int]:
-    """Embed and write every document of ``corpus`` with rows of ``kinds``; rows per kind."""
-    options = IngestOptions(mode="late")
-    wanted = tuple(k for k in ("doc", "late", "chunk") if k in kinds)
-    written: dict[str, int] = {}
-    group: list[ParsedDocument] = []
-    group_tokens = 0
-
-    def flush_group() -> None:
-        nonlocal group, group_tokens
-        rows_per_doc = embed_documents(group, encoder, options, [wanted] * len(group))
-        for doc, rows in zip(group, rows_per_doc, strict=True):
-            by_kind = {kind: options.for_kind(kind, encoder) for kind in wanted}
-            store.write_document(document_version(doc), rows, by_kind)
-            for row in rows:
-                written[row.kind] = written.get(row.kind, 0) + 1
-        group, group_tokens = [], 0
-
-    for doc in corpus.documents:
-        group.append(as_parsed(doc))
-        group_tokens += len(doc.text) // 4  # a cheap estimate is enough for grouping
-        if group_tokens >= _EMBED_GROUP_TOKENS:
-            flush_group()
-    if group:
-        flush_group()
-    store.flush()
-    return written
+    """Embed and write every document of ``corpus`` with rows of ``kinds`` (the ingest core,
+    as `jrag ingest` runs it); rows per kind."""
+    wanted = [k for k in VECTOR_KINDS if k in kinds]
+    documents = [as_parsed(doc) for doc in corpus.documents]
+    report = ingest_documents(documents, store, encoder, options=IngestOptions(), kinds=wanted)
+    if report.failed:
+        raise InputError(f"{corpus.label}: {len(report.failed)} failed, {report.failed[0][1]}")
+    return {kind: n for kind, n in store.stats()["rows"].items() if n}
 
 
 def _collection_name(task: str, mode: str, label: str) -> str:
