@@ -1,7 +1,11 @@
 """The ingest pipeline: discover → read and hash → parse → embed → store.
 
-This is the one place that knows how a file becomes Milvus rows; the CLI, the adapters and the
-eval all call into it. Each file is read once and hashed once, each document tokenized once.
+This is the one place that knows how a file becomes Milvus rows. Its core is four steps:
+:func:`plan_files` reads and hashes each file once and carries its bytes, stored state and the
+kinds to write (a :class:`Planned`); :meth:`Planned.parse` parses those very bytes;
+:func:`embed_planned` turns a group into rows, tokenizing each document once; a :class:`Sink`
+writes them. The local engine (:func:`ingest`, :func:`ingest_documents`), the Ray engine
+(:mod:`jrag.distributed`) and the eval's indexer only decide where each step runs.
 What each mode writes is in :mod:`jrag.modes`; how a version is written and committed is in
 :mod:`jrag.store.writes`.
 
