@@ -195,15 +195,6 @@ class ParsedDocument:
         return max(1, bisect.bisect_right(self.page_starts, char_offset))
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes: the content hash that decides whether a file changed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def display_path(path: str | Path) -> str:
     """``path`` for a one-line message, safe for a terminal (:func:`jrag.terminal.printable`)."""
     return printable(str(path))

@@ -44,8 +44,6 @@ from jrag.store.rows import (
     quote,
     row_id,
     state_entity,
-    text_entities,
-    vector_entity,
     version_ids,
 )
 from jrag.store.search import DocumentRanker, Query, RankedRow
@@ -265,15 +263,12 @@ class MilvusStore:
         protocol's per-document steps: only for documents the collection does not hold yet
         (filling a collection for a benchmark)."""
         entities: list[dict[str, Any]] = []
-        dim = self.dim
         for version, rows in documents:
-            pieces = text_entities(version, dim)
-            entities += [vector_entity(version, r, dim) for r in rows] + pieces
-            kinds = {k: {"rows": n, "options": {}} for k, n in _counts(rows).items()}
-            kinds[TEXT_KIND] = {"rows": len(pieces), "options": {}}
+            new, counts = self.writer.entities(version, rows, None)
+            kinds = {kind: {"rows": n, "options": {}} for kind, n in counts.items()}
             state = DocumentState(version.doc_id, version.source, version.title,
                                   version.content_hash, version.tenant, kinds)  # fmt: skip
-            entities.append(state_entity(state, dim))
+            entities += [*new, state_entity(state, self.dim)]
         with self.writing():
             self.writer.hold()
             self.writer.upsert(entities)
@@ -476,13 +471,6 @@ class Staged:
     counts: dict[str, int]
     options: dict[str, dict[str, Any]]
     committed: DocumentState | None
-
-
-def _counts(rows: Sequence[Row]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.kind] = counts.get(r.kind, 0) + 1
-    return counts
 
 
 def drop_collection(conn: Connection, collection: str) -> None:
