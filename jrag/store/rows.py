@@ -1,6 +1,8 @@
 """What one jrag collection holds, row by row, and the plain data types that cross its boundary.
 
-A collection is one Milvus collection with one schema. Every row has a ``kind``:
+A collection is one Milvus collection with one schema (:data:`FIELDS`); every entity written
+to it is built by a builder here (:func:`vector_entity`, :func:`text_entities`,
+:func:`state_entity`, :func:`marker_entity`). Every row has a ``kind``:
 
 - ``doc``, ``late``, ``chunk``: *vector rows*, the ones a search ranks. ``doc`` is a whole
   document (or one overlapping window of a document past the model's limit), ``late`` a late
