@@ -3,8 +3,9 @@
 One document flows one way through four stages:
 
 1. **plan** (driver): :func:`jrag.pipeline.plan_files` reads and hashes each file once and
-   keeps, with its bytes, the files that need work;
-2. **parse** (Ray tasks): :meth:`~jrag.pipeline.Planned.parse`, from the bytes the plan hashed;
+   keeps the files that need work (not their bytes: the driver never holds the corpus);
+2. **parse** (Ray tasks): :meth:`~jrag.pipeline.Planned.parse` reads the file again; one changed
+   since its plan is re-planned as new content, with every kind it holds;
    a file that fails becomes a row with an error message, never an exception that sinks the job;
 3. **embed** (an actor pool, one :class:`~jrag.encoder.Encoder` per actor, on a GPU each when
    asked): :func:`jrag.pipeline.embed_planned`, in batches bounded by tokens;
@@ -146,6 +147,8 @@ def ingest_ray(
                 sources, store, wanted_kinds(options, encoder), tenant=tenant,
                 limits=options.limits, report=report, notify=notify, leftovers=leftovers,
             ))  # fmt: skip
+            for planned in work:  # each parse reads its file again; the driver holds no corpus
+                planned.data = None
             report.stage_seconds["plan"] = time.perf_counter() - tick
             if work:
                 results = _run_dataset(
@@ -275,7 +278,7 @@ def _run_dataset(
 def _docs_per_batch(work: list[Planned], batch_tokens: int, workers: int) -> int:
     """Documents per actor call: about ``batch_tokens`` tokens (estimated from file sizes at
     four bytes a token), but never so many that some actor has nothing to do."""
-    sizes = [len(p.data or b"") for p in work]
+    sizes = [p.size for p in work]
     mean_tokens = max(1.0, sum(sizes) / max(1, len(sizes)) / 4)
     by_tokens = max(1, int(batch_tokens // mean_tokens))
     spread = max(1, math.ceil(len(work) / (2 * workers)))

@@ -337,13 +337,22 @@ class Planned:
     committed: DocumentState | None
     data: bytes | None = None
     document: ParsedDocument | None = None
+    size: int = 0  # the planned file's bytes
+    changed_kinds: tuple[str, ...] = ()  # what to write if the file has changed by its parse
 
     def parse(self, limits: ParseLimits) -> ParsedDocument:
-        """The document, parsed from the very bytes that were hashed and planned: a file
-        rewritten since is never stored as a version the plan did not see."""
+        """The document, parsed from the bytes the plan hashed, or, where the plan let them go
+        (a Ray driver keeps no corpus in memory), from the file read again: a file rewritten
+        since its plan is re-planned as new content, never stored as a partial version."""
         if self.document is None:
+            data = self.data
+            if data is None:
+                data, content_hash = read_file(self.source, limits)
+                if content_hash != self.content_hash:
+                    self.content_hash, self.kinds = content_hash, self.changed_kinds
+                    self.outcome = "updated" if self.committed and self.committed.committed else "added"
             self.document = parse_file(
-                self.source, data=self.data, content_hash=self.content_hash, limits=limits
+                self.source, data=data, content_hash=self.content_hash, limits=limits
             )
             self.data = None
         return self.document
@@ -392,7 +401,7 @@ def plan_files(
             planned = _plan_one(source, doc_id, content_hash, states.get(doc_id), wanted, report,
                                 notify, leftovers)  # fmt: skip
             if planned is not None:
-                planned.data = data
+                planned.data, planned.size = data, len(data)
                 yield planned
 
 
@@ -435,7 +444,10 @@ def _plan_one(
         notify(source, "skipped")
         return None
     kinds, outcome = plan
-    return Planned(source, doc_id, content_hash, kinds, outcome, committed)
+    changed = plan_file(committed, "", wanted)  # "" is no content's hash: the plan if it changes
+    changed_kinds = changed[0] if changed else kinds
+    return Planned(source, doc_id, content_hash, kinds, outcome, committed,
+                   changed_kinds=changed_kinds)  # fmt: skip
 
 
 def embed_planned(
