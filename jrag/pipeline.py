@@ -350,7 +350,8 @@ class Planned:
                 data, content_hash = read_file(self.source, limits)
                 if content_hash != self.content_hash:
                     self.content_hash, self.kinds = content_hash, self.changed_kinds
-                    self.outcome = "updated" if self.committed and self.committed.committed else "added"
+                    held = self.committed is not None and self.committed.committed
+                    self.outcome = "updated" if held else "added"
             self.document = parse_file(
                 self.source, data=data, content_hash=self.content_hash, limits=limits
             )
