@@ -15,11 +15,10 @@ A document's stored state decides what happens to its file:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,12 @@ from jrag.parse import (
     read_file,
     resolve_root,
 )
+from jrag.records import RecordFormat, content_hash, read_jsonl, text_document
 from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
+from jrag.store.metadata import USER_KEY, check_metadata
 from jrag.store.rows import stored_name
+
+__all__ = ["IngestOptions", "IngestReport", "ingest", "ingest_documents", "text_document"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +279,7 @@ def _rows(
         "size": doc.size,
         "mtime": doc.mtime,
         "page_count": doc.page_count,
+        **_user(doc),
     }
     return [
         Row(
@@ -314,8 +318,14 @@ def document_version(doc: ParsedDocument, tenant: str = "", tokens: int = 0) -> 
             "page_starts": list(doc.page_starts),
             "tokens": tokens,
             "length": len(doc.text),
+            **_user(doc),
         },
     )
+
+
+def _user(doc: ParsedDocument) -> dict[str, Any]:
+    """The document's own metadata, under its key apart from jrag's (see jrag.store.metadata)."""
+    return {USER_KEY: doc.metadata} if doc.metadata else {}
 
 
 # -- ingest: files → store ---------------------------------------------------------------------
@@ -335,8 +345,15 @@ def ingest(
     discovery: Discovery | None = None,
     on_file: Callable[[str, str], None] | None = None,
     on_windows: Callable[[str, int, int], None] | None = None,
+    metadata: dict[str, Any] | None = None,
+    records: RecordFormat | None = None,
 ) -> IngestReport:
     """Bring the store up to date with the files under ``paths``.
+
+    A JSON Lines file (``.jsonl``) holds a document per line, read as ``records`` says (a bad
+    line fails alone, as ``file:line``). ``metadata`` adds fields to every document of the run
+    (a document's own fields, from front matter or its record, win); it is part of a document's
+    content hash, so changing it re-writes the documents.
 
     Symlinks that leave a folder are refused (listed in ``report.refused``) unless
     ``follow_links``. ``discovery`` is :func:`jrag.parse.discover_files`'s result when the caller
@@ -349,6 +366,7 @@ def ingest(
     options = options or IngestOptions()
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise InputError(f"batch_tokens must be a positive whole number, not {batch_tokens!r}")
+    metadata = check_metadata(metadata, "--metadata")
     report = IngestReport()
     started = time.perf_counter()
     if discovery is None:
@@ -376,10 +394,27 @@ def ingest(
     for source in sources:
         doc_id = document_id(source, tenant)
         tick = time.perf_counter()
+        if source.lower().endswith(".jsonl"):
+            try:
+                documents, failed = read_jsonl(source, records or RecordFormat(), options.limits,
+                                               metadata)  # fmt: skip
+            except ParseError as err:
+                documents, failed = [], [(source, _message(err, source))]
+            for where, message in failed:
+                report.failed.append((where, message))
+                notify(where, "failed")
+            report.stage_seconds["parse"] += time.perf_counter() - tick
+            planned = _plan_documents(documents, store, wanted, tenant, report, notify)
+            pending += planned
+            pending_tokens += sum(len(p.document.text) // 4 for p in planned)
+            if pending_tokens >= _EMBED_GROUP_TOKENS:
+                flush_pending()
+            continue
         try:
-            data, content_hash = read_file(source, options.limits)
+            data, file_hash = read_file(source, options.limits)
+            hashed = content_hash(file_hash, metadata)
             committed = states.get(doc_id)
-            plan = plan_file(committed, content_hash, wanted)
+            plan = plan_file(committed, hashed, wanted)
             if plan is None:
                 if committed is not None and committed.garbage:
                     leftovers.append(doc_id)
@@ -387,9 +422,9 @@ def ingest(
                 notify(source, "skipped")
                 continue
             kinds, outcome = plan
-            document = parse_file(
-                source, data=data, content_hash=content_hash, limits=options.limits
-            )
+            document = parse_file(source, data=data, content_hash=hashed, limits=options.limits)
+            if metadata:
+                document = replace(document, metadata={**metadata, **document.metadata})
         except (ParseError, OSError) as err:
             report.failed.append((source, _message(err, source)))
             notify(source, "failed")
@@ -411,20 +446,6 @@ def ingest(
     return report
 
 
-def text_document(key: str, text: str, title: str | None = None) -> ParsedDocument:
-    """A document handed over as text under ``key``, its source (hashed as a file's bytes are)."""
-    if not isinstance(key, str) or not key.strip():
-        raise InputError("a document's id must be a non-empty string")
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(f"document {key!r} has no text")
-    data = text.encode("utf-8")
-    return ParsedDocument(
-        source=key, text=text, title=title or key, doc_type="text", size=len(data),
-        mtime=time.time(), content_hash=hashlib.sha256(data).hexdigest(), page_count=None,
-        page_starts=(),
-    )  # fmt: skip
-
-
 def ingest_documents(
     documents: Sequence[ParsedDocument],
     store: MilvusStore,
@@ -441,21 +462,39 @@ def ingest_documents(
     report = IngestReport()
     started = time.perf_counter()
     wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
-    states = store.states([document_id(d.source, tenant) for d in documents])
-    pending = []
-    for document in documents:
-        doc_id = document_id(document.source, tenant)
-        plan = plan_file(states.get(doc_id), document.content_hash, wanted)
-        if plan is None:
-            report.skipped.append(document.source)
-            continue
-        pending.append(_Pending(document, doc_id, plan[0], plan[1], states.get(doc_id)))
+    pending = _plan_documents(documents, store, wanted, tenant, report)
     if pending:
         _embed_and_store(pending, store, encoder, options, report, lambda *_: None, tenant,
                          batch_tokens)  # fmt: skip
         store.flush()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _plan_documents(
+    documents: Sequence[ParsedDocument],
+    store: MilvusStore,
+    wanted: dict[str, dict[str, Any]],
+    tenant: str,
+    report: IngestReport,
+    notify: Callable[[str, str], None] | None = None,
+) -> list[_Pending]:
+    """The documents in hand that need writing (the others are reported skipped)."""
+    doc_ids = [document_id(d.source, tenant) for d in documents]
+    if len(set(doc_ids)) != len(doc_ids):
+        seen = {d.source for i, d in enumerate(documents) if doc_ids.index(doc_ids[i]) != i}
+        raise InputError(f"documents repeat the id {sorted(seen)[0]!r} in one batch")
+    states = store.states(doc_ids) if documents else {}
+    pending = []
+    for document, doc_id in zip(documents, doc_ids, strict=True):
+        plan = plan_file(states.get(doc_id), document.content_hash, wanted)
+        if plan is None:
+            report.skipped.append(document.source)
+            if notify:
+                notify(document.source, "skipped")
+            continue
+        pending.append(_Pending(document, doc_id, plan[0], plan[1], states.get(doc_id)))
+    return pending
 
 
 def plan_file(

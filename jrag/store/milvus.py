@@ -192,10 +192,13 @@ class MilvusStore:
         """Committed state of each document that has one: O(len(doc_ids)), never a scan."""
         return self.writer.states(doc_ids)
 
-    def all_states(self, tenant: str = "", *, pending: bool = False) -> Iterator[DocumentState]:
+    def all_states(
+        self, tenant: str = "", *, pending: bool = False, where: str | None = None
+    ) -> Iterator[DocumentState]:
         """Every committed document of ``tenant`` (one row each); with ``pending``, also those
-        whose first write was cut short (their rows are garbage to delete)."""
-        return self.writer.all_states(tenant, pending=pending)
+        whose first write was cut short (their rows are garbage to delete). ``where`` narrows
+        by the state rows' fields (:func:`jrag.store.metadata.compile_where` builds one)."""
+        return self.writer.all_states(tenant, pending=pending, where=where)
 
     def write_document(
         self,
