@@ -12,12 +12,14 @@ model's limit), or of its rows of the best kind it has (late chunks, then naive 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jrag.errors import InputError
-from jrag.store import DocumentState, MilvusStore
-from jrag.store.rows import version_ids
+
+if TYPE_CHECKING:  # the CLI reads DEFAULT_MMR_LAMBDA without loading pymilvus
+    from jrag.store import DocumentState, MilvusStore
 
 DEFAULT_MMR_LAMBDA = 0.5
 # Candidates MMR chooses from: this many, or 4 k if more.
@@ -55,10 +57,10 @@ def maximal_marginal_relevance(
     return chosen
 
 
-def document_vectors(
-    store: MilvusStore, states: Sequence[DocumentState]
-) -> dict[str, np.ndarray]:
+def document_vectors(store: MilvusStore, states: Sequence[DocumentState]) -> dict[str, np.ndarray]:
     """Each committed document's vector (see the module docstring), read by primary key."""
+    from jrag.store.rows import version_ids
+
     wanted: dict[str, list[str]] = {}
     for state in states:
         kind = next((k for k in _KIND_ORDER if k in state.kinds), None)
