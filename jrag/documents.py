@@ -10,8 +10,8 @@ A document's id is its key (its ``source`` in the store; a file's id is its path
 
 - adding an id with changed text or metadata replaces the document;
 - adding it with the same text and metadata skips it (nothing is embedded);
-- without ids, ids are derived from the content (:func:`jrag.records.content_id`), so adding
-  the same text twice stores it once.
+- without ids, ids are derived from the text (:func:`jrag.records.content_id`), so adding
+  the same text twice stores it once (with the metadata it was last added with).
 
 User metadata is stored apart from jrag's own fields and filtered by structured filters (see
 :mod:`jrag.store.metadata`)::
@@ -34,6 +34,7 @@ from typing import Any
 
 from jrag.encoder import Encoder
 from jrag.errors import InputError
+from jrag.parse import ParsedDocument
 from jrag.pipeline import IngestOptions, ingest_documents
 from jrag.records import text_document
 from jrag.store import DocumentState, MilvusStore, document_id
@@ -89,10 +90,15 @@ def add_texts(
         text_document(key, text, title, metadata)
         for key, text, title, metadata in zip(ids, texts, titles, metadatas, strict=True)
     ]
-    report = ingest_documents(documents, store, encoder, options=options, tenant=tenant)
+    unique: dict[str, ParsedDocument] = {}
+    for document in documents:  # the same document twice is stored once
+        first = unique.setdefault(document.source, document)
+        if first.content_hash != document.content_hash:
+            raise InputError(f"documents repeat the id {document.source!r} with other content")
+    report = ingest_documents(list(unique.values()), store, encoder, options=options, tenant=tenant)
     if report.failed:
         failed = "; ".join(message for _, message in report.failed[:5])
-        raise InputError(f"{len(report.failed)} of {len(documents)} documents failed: {failed}")
+        raise InputError(f"{len(report.failed)} of {len(unique)} documents failed: {failed}")
     return [d.source for d in documents]
 
 

@@ -44,9 +44,10 @@ def content_hash(base_hash: str, metadata: Mapping[str, Any] | None) -> str:
     return hashlib.sha256(f"{base_hash}\0{canonical}".encode()).hexdigest()
 
 
-def content_id(text: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """The id of a document given without one: derived from its text and metadata."""
-    return text_hash(text, metadata)[:CONTENT_ID_CHARS]
+def content_id(text: str) -> str:
+    """The id of a document given without one: derived from its text alone, so that adding the
+    same text with other metadata replaces its metadata."""
+    return text_hash(text)[:CONTENT_ID_CHARS]
 
 
 def text_hash(text: str, metadata: Mapping[str, Any] | None = None) -> str:
@@ -65,7 +66,7 @@ def text_document(
         raise InputError(f"document {key!r} has no text")
     fields = check_metadata(metadata, f"metadata of document {key!r}")
     if key is None:
-        key = content_id(text, fields)
+        key = content_id(text)
     if not isinstance(key, str) or not key.strip():
         raise InputError("a document's id must be a non-empty string")
     return ParsedDocument(
