@@ -835,8 +835,12 @@ def _split_front_matter(markdown: str, shown: str) -> tuple[str, dict]:
     block = [line for line in lines[1:end] if line.strip()]
     if block and not _YAML_KEY.match(block[0]):
         return markdown, {}  # a horizontal rule, not front matter
+    block_text = "\n".join(lines[1:end])
     try:
-        fields = yaml.safe_load("\n".join(lines[1:end])) or {}
+        # An alias (*name) can make a few lines expand exponentially once written out as JSON.
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(block_text, yaml.SafeLoader)):
+            raise ParseError(f"{shown} has front matter with YAML aliases (*name); spell them out")
+        fields = yaml.safe_load(block_text) or {}
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" (line {where.line + 2})" if where is not None else ""

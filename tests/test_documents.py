@@ -50,6 +50,13 @@ def store(store_uri, minilm):
         opened.drop()
 
 
+@pytest.fixture
+def lite_store(milvus_lite_uri, minilm):
+    """For behaviour that does not depend on the backend."""
+    with MilvusStore(milvus_lite_uri, "lite", model=minilm.name, dim=minilm.dim) as opened:
+        yield opened
+
+
 def assert_one_version(store: MilvusStore, key: str, tenant: str = "") -> None:
     """The document ``key`` has one committed version, and no row of any other."""
     doc_id = document_id(key, tenant)
@@ -102,7 +109,8 @@ def test_add_replace_skip_and_delete_by_id_keep_one_committed_version(store, min
     assert [d.id for d in list_documents(store)] == ["horn", "vane"]
 
 
-def test_texts_without_ids_get_ids_from_their_content(store, minilm):
+def test_texts_without_ids_get_ids_from_their_content(lite_store, minilm):
+    store = lite_store
     first = add_texts(store, minilm, ["Moths navigate by the moon.", "Moths navigate by the moon."])
     assert first[0] == first[1] and len(first[0]) == 32
     other = add_documents(store, minilm, [("Moths navigate by the moon.", {"lab": "b"})])
@@ -111,7 +119,8 @@ def test_texts_without_ids_get_ids_from_their_content(store, minilm):
     assert_one_version(store, first[0])
 
 
-def test_a_bad_entry_is_refused_by_name_before_anything_is_stored(store, minilm):
+def test_a_bad_entry_is_refused_by_name_before_anything_is_stored(lite_store, minilm):
+    store = lite_store
     with pytest.raises(InputError, match=r"metadata of document 'b'"):
         add_texts(store, minilm, ["one text", "two"], [{}, {"x": float("nan")}], ids=["a", "b"])
     with pytest.raises(InputError, match="ids has 1 entries for 2 texts"):
@@ -139,7 +148,7 @@ with MilvusStore(uri, collection, model=encoder.name, dim=encoder.dim) as store:
 
 def test_kill_9_halfway_then_rerun_leaves_one_version_of_each_document(store_uri, minilm):
     collection = f"k_{uuid.uuid4().hex[:12]}"
-    count, kill_after = 16, 5
+    count, kill_after = 6, 2
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD.format(model=MINILM_ID), store_uri, collection, str(count)],
@@ -258,10 +267,15 @@ def library(store, minilm):
 
 
 def test_every_filter_operator_selects_exactly_the_matching_documents(library, minilm):
+    # Every filter lists; searches (slow on the 2.3.5 server, which has no grouped search)
+    # try every filter on Lite and every sixth on the server.
+    searched = FILTERS if library.is_lite else FILTERS[::6]
     for where in FILTERS:
         expected = sorted(k for k, (meta, _) in LIBRARY.items() if matches(meta, where))
         listed = [d.id for d in list_documents(library, where, tenant="t1")]
         assert listed == expected, where
+        if where not in searched:
+            continue
         options = SearchOptions(k=10, where=where, tenant="t1", mode="auto")
         found = sorted(r.source for r in search("notes", library, minilm, options))
         assert found == expected, where
@@ -343,7 +357,10 @@ def test_mmr_picks_by_relevance_then_difference():
     assert maximal_marginal_relevance(query, candidates, 2, 0.5) == [0, 2]
 
 
-def test_search_with_mmr_returns_different_documents_rather_than_near_duplicates(store, minilm):
+def test_search_with_mmr_returns_different_documents_rather_than_near_duplicates(
+    lite_store, minilm
+):
+    store = lite_store
     owl = "The barn owl hunts voles at night over the water meadows near the river."
     texts = [owl, owl.replace("voles", "mice"), owl.replace("river", "stream"),
              "Owls nest in church towers; the tawny owl calls at dusk in the woods."]  # fmt: skip
@@ -462,3 +479,23 @@ def test_cli_ingest_metadata_and_search_where(tmp_path):
     assert '"source": "k2"' in result.stdout and '"k1"' not in result.stdout
     result = runner.invoke(app, ["search", "swifts", "--uri", db, "--where", '{"a b": 1}'])
     assert result.exit_code == 1 and "metadata filter key 'a b'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("front", "message"),
+    [
+        ("team: [unclosed", "malformed YAML front matter"),
+        ("a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: [*b, *b, *b, *b]", "YAML aliases"),
+        ("n: .nan", "JSON cannot hold"),
+        ("code: !!python/object/apply:os.system ['true']", "malformed YAML front matter"),
+    ],
+)
+def test_hostile_front_matter_fails_its_file_by_name(tmp_path, front, message):
+    from jrag.errors import ParseError
+    from jrag.parse import parse_file
+
+    path = tmp_path / "post.md"
+    path.write_text(f"---\n{front}\n---\n\nBody text.\n", encoding="utf-8")
+    with pytest.raises(ParseError, match=message) as caught:
+        parse_file(path)
+    assert "post.md" in str(caught.value)
