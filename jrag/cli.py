@@ -387,7 +387,7 @@ def _where(text: str | None) -> dict | None:
         return None
     try:
         where = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise InputError(f"--where is not JSON: {err}") from None
     if not isinstance(where, dict):
         raise InputError('--where must be a JSON object, e.g. \'{"author": "ann"}\'')

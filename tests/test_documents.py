@@ -317,6 +317,13 @@ def test_filters_cannot_reach_other_tenants_or_kinds(library, minilm):
     assert [r.source for r in narrowed] == ["c"]
 
 
+def _nested(depth: int) -> dict:
+    where: dict = {"year": 1}
+    for _ in range(depth):
+        where = {"$or": [where]}
+    return where
+
+
 @pytest.mark.parametrize(
     ("where", "message"),
     [
@@ -330,6 +337,8 @@ def test_filters_cannot_reach_other_tenants_or_kinds(library, minilm):
         ({"year": 2**70}, "unsupported value"),
         ({"$or": {"year": 1}}, "takes a non-empty list"),
         ({"year": {}}, "has no operator"),
+        ({"year": {"$in": list(range(2000))}}, "more than 1024 conditions"),
+        (_nested(40), "nested deeper than 32 levels"),
     ],
 )
 def test_a_filter_it_cannot_take_is_an_input_error_naming_it(where, message):
@@ -479,6 +488,9 @@ def test_cli_ingest_metadata_and_search_where(tmp_path):
     assert '"source": "k2"' in result.stdout and '"k1"' not in result.stdout
     result = runner.invoke(app, ["search", "swifts", "--uri", db, "--where", '{"a b": 1}'])
     assert result.exit_code == 1 and "metadata filter key 'a b'" in result.output
+    deep = '{"$or": [' * 100_000 + "{}" + "]}" * 100_000
+    result = runner.invoke(app, ["search", "swifts", "--uri", db, "--where", deep])
+    assert result.exit_code == 1 and "--where is not JSON" in result.output
 
 
 @pytest.mark.parametrize(

@@ -41,8 +41,9 @@ COMPARISONS = {"$eq": "==", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "
 MEMBERSHIP = {"$in": ("$eq", "or"), "$nin": ("$ne", "and")}
 LOGICAL = ("$and", "$or")
 OPERATORS = (*COMPARISONS, *MEMBERSHIP, *LOGICAL)
-# A filter nested deeper than this is refused rather than recursed into.
+# A filter nested deeper than this, or with more conditions, is refused rather than sent.
 MAX_DEPTH = 32
+MAX_CONDITIONS = 1024
 # Parameter names are prefixed so they cannot meet a name a caller's raw filter uses.
 PARAM_PREFIX = "jrag_p"
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -94,6 +95,7 @@ class _Compiler:
     def __init__(self, params: bool) -> None:
         self.params = params
         self.values: dict[str, Any] = {}
+        self.conditions = 0
 
     def filter(self, where: Any, depth: int) -> str | None:
         if not isinstance(where, Mapping):
@@ -142,6 +144,9 @@ class _Compiler:
 
     def compare(self, path: str, key: str, operator: str, value: Any) -> str:
         _check_scalar(key, operator, value)
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise InputError(f"metadata filter has more than {MAX_CONDITIONS} conditions")
         return f"{path} {COMPARISONS[operator]} {self.literal(value)}"
 
     def member(self, path: str, key: str, operator: str, values: Any) -> str | None:
