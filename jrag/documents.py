@@ -32,10 +32,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from jrag.encoder import Encoder
 from jrag.errors import InputError
 from jrag.parse import ParsedDocument
-from jrag.pipeline import IngestOptions, ingest_documents
+from jrag.pipeline import IngestOptions, _rows, document_version, ingest_documents, plan_file
 from jrag.records import text_document
 from jrag.store import DocumentState, MilvusStore, document_id
 from jrag.store.metadata import USER_KEY, compile_where
@@ -43,6 +45,7 @@ from jrag.store.metadata import USER_KEY, compile_where
 __all__ = [
     "StoredDocument",
     "add_documents",
+    "add_embedded",
     "add_texts",
     "delete",
     "get_by_ids",
@@ -79,26 +82,56 @@ def add_texts(
     is written (an InputError names the bad entry); a text that then fails to embed is reported
     by an InputError after the others are stored.
     """
-    texts = list(texts)
-    metadatas = _per_text(metadatas, len(texts), "metadatas")
-    ids = _per_text(ids, len(texts), "ids")
-    titles = _per_text(titles, len(texts), "titles")
-    for i, key in enumerate(ids):
-        if key is not None and not isinstance(key, str):
-            raise InputError(f"ids[{i}] must be a string, not {type(key).__name__}")
-    documents = [
-        text_document(key, text, title, metadata)
-        for key, text, title, metadata in zip(ids, texts, titles, metadatas, strict=True)
-    ]
-    unique: dict[str, ParsedDocument] = {}
-    for document in documents:  # the same document twice is stored once
-        first = unique.setdefault(document.source, document)
-        if first.content_hash != document.content_hash:
-            raise InputError(f"documents repeat the id {document.source!r} with other content")
-    report = ingest_documents(list(unique.values()), store, encoder, options=options, tenant=tenant)
+    documents = _documents(list(texts), metadatas, ids, titles)
+    unique = _unique(documents)
+    report = ingest_documents(unique, store, encoder, options=options, tenant=tenant)
     if report.failed:
         failed = "; ".join(message for _, message in report.failed[:5])
         raise InputError(f"{len(report.failed)} of {len(unique)} documents failed: {failed}")
+    return [d.source for d in documents]
+
+
+# How a whole-document row embedded elsewhere is recorded in its state (compared on re-add).
+EXTERNAL_OPTIONS = {"embedding": "external"}
+
+
+def add_embedded(
+    store: MilvusStore,
+    texts: Iterable[str],
+    vectors: Sequence[Sequence[float]] | np.ndarray,
+    metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ids: Sequence[str | None] | None = None,
+    *,
+    tenant: str = "",
+    titles: Sequence[str | None] | None = None,
+) -> list[str]:
+    """Store texts whose vectors were computed elsewhere (any embedding model, one vector per
+    whole text): one ``doc`` row each, with its text, metadata and BM25 where the collection
+    has it, written by the same versioned protocol and keyed by id as :func:`add_texts`. Late
+    chunks need jrag's own encoder, so there are none. Returns the ids."""
+    documents = _documents(list(texts), metadatas, ids, titles)
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or len(matrix) != len(documents) or matrix.shape[1] != store.dim:
+        raise InputError(
+            f"vectors must be {len(documents)} rows of {store.dim} numbers (the collection's "
+            f"dimension), not an array of shape {matrix.shape}"
+        )
+    if not np.isfinite(matrix).all():
+        raise InputError("vectors hold NaN or infinite numbers")
+    by_id = {d.source: i for i, d in enumerate(documents)}
+    unique = _unique(documents)
+    wanted = {"doc": EXTERNAL_OPTIONS}
+    doc_ids = [document_id(d.source, tenant) for d in unique]
+    states = store.states(doc_ids)
+    with store.writing():
+        for document, doc_id in zip(unique, doc_ids, strict=True):
+            committed = states.get(doc_id)
+            if plan_file(committed, document.content_hash, wanted) is None:
+                continue  # the same text and metadata, from the same kind of embedding
+            vector = matrix[by_id[document.source]]
+            rows = _rows(document, "doc", [(0, len(document.text))], [vector], tenant)
+            store.write_document(document_version(document, tenant), rows, wanted, committed)
+    store.flush()
     return [d.source for d in documents]
 
 
@@ -185,6 +218,34 @@ def _key(key: Any) -> str:
     if not isinstance(key, str) or not key.strip():
         raise InputError(f"a document id must be a non-empty string, not {key!r:.80}")
     return key
+
+
+def _documents(
+    texts: list[str],
+    metadatas: Sequence[Mapping[str, Any] | None] | None,
+    ids: Sequence[str | None] | None,
+    titles: Sequence[str | None] | None,
+) -> list[ParsedDocument]:
+    metadatas = _per_text(metadatas, len(texts), "metadatas")
+    ids = _per_text(ids, len(texts), "ids")
+    titles = _per_text(titles, len(texts), "titles")
+    for i, key in enumerate(ids):
+        if key is not None and not isinstance(key, str):
+            raise InputError(f"ids[{i}] must be a string, not {type(key).__name__}")
+    return [
+        text_document(key, text, title, metadata)
+        for key, text, title, metadata in zip(ids, texts, titles, metadatas, strict=True)
+    ]
+
+
+def _unique(documents: list[ParsedDocument]) -> list[ParsedDocument]:
+    """Each id once: the same document twice is stored once; other content is an error."""
+    unique: dict[str, ParsedDocument] = {}
+    for document in documents:
+        first = unique.setdefault(document.source, document)
+        if first.content_hash != document.content_hash:
+            raise InputError(f"documents repeat the id {document.source!r} with other content")
+    return list(unique.values())
 
 
 def _per_text(values: Sequence[Any] | None, count: int, name: str) -> list[Any]:

@@ -21,6 +21,7 @@ from jrag.diversity import maximal_marginal_relevance
 from jrag.documents import (
     StoredDocument,
     add_documents,
+    add_embedded,
     add_texts,
     delete,
     get_by_ids,
@@ -511,3 +512,23 @@ def test_hostile_front_matter_fails_its_file_by_name(tmp_path, front, message):
     with pytest.raises(ParseError, match=message) as caught:
         parse_file(path)
     assert "post.md" in str(caught.value)
+
+
+def test_texts_embedded_elsewhere_are_stored_by_id_and_found_by_their_vectors(lite_store):
+    store = lite_store
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3, store.dim)).astype(np.float32)
+    texts = ["Swifts sleep on the wing.", "Herons stand in the shallows.", "Rooks nest early."]
+    ids = add_embedded(store, texts, vectors, [{"k": i} for i in range(3)], ids=["s", "h", "r"])
+    before = store.states([document_id("h")])[document_id("h")]
+    assert add_embedded(store, texts[1:2], vectors[1:2], [{"k": 1}], ids=["h"]) == ["h"]
+    assert store.states([document_id("h")])[document_id("h")] == before  # skipped
+    options = SearchOptions(k=2, content="document", where={"k": {"$gte": 1}})
+    found = search("herons", store, None, options, vector=vectors[1])
+    assert [r.source for r in found] == ["h", "r"] and found[0].text == texts[1]
+    add_embedded(store, ["Herons fish at dawn."], vectors[1:2], ids=["h"])
+    assert get_by_ids(store, ["h"])[0] == StoredDocument("h", "Herons fish at dawn.", {}, "h", "h")
+    for key in ids:
+        assert_one_version(store, key)
+    with pytest.raises(InputError, match=f"vectors must be 1 rows of {store.dim} numbers"):
+        add_embedded(store, ["x"], vectors[:, :5][:1])
