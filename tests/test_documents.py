@@ -118,6 +118,10 @@ def test_texts_without_ids_get_ids_from_their_content(lite_store, minilm):
     assert other == first[:1]
     assert [(d.id, d.metadata) for d in list_documents(store)] == [(first[0], {"lab": "b"})]
     assert_one_version(store, first[0])
+    long = "".join(f"Line {i}: the tide came in at {i % 12} o'clock.\n" for i in range(1200))
+    assert len(long) > 2 * 16000  # several text pieces, read back in one batch
+    (key,) = add_texts(store, minilm, [long], options=IngestOptions(mode="whole"))
+    assert get_by_ids(store, [key, first[0]])[0].text == long
 
 
 def test_a_bad_entry_is_refused_by_name_before_anything_is_stored(lite_store, minilm):
