@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from jrag.console import console, errors, fail, load_encoder, safe, state, warn
 from jrag.defaults import DEFAULT_MODEL
+from jrag.diversity import DEFAULT_MMR_LAMBDA
 from jrag.errors import CollectionNotFound, InputError, JragError
 from jrag.modes import (
     DEFAULT_INGEST_MODE,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from jrag.distributed import Progress as RayProgress
     from jrag.parse import Discovery
     from jrag.pipeline import IngestOptions, IngestReport
+    from jrag.records import RecordFormat
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -316,11 +318,30 @@ def ingest(
             "(needs JRAG_BULK_DIR or the JRAG_BULK_S3_* settings; otherwise upserts).",
         ),
     ] = False,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            help="key=value: a field added to every document of this run (repeatable; a "
+            "document's own front matter or JSON Lines fields win).",
+        ),
+    ] = None,
+    text_field: Annotated[
+        str, typer.Option(help="JSON Lines (.jsonl): the field that holds a document's text.")
+    ] = "text",
+    id_field: Annotated[
+        str,
+        typer.Option(
+            help="JSON Lines: the field that holds a document's id (none: derived from the "
+            "content). The other fields become the document's metadata."
+        ),
+    ] = "id",
 ) -> None:
     """Parse, embed and store documents. Unchanged files are skipped; changed ones replaced."""
     from jrag.encoder import DEFAULT_BATCH_TOKENS
     from jrag.parse import DEFAULT_LIMITS, discover_files
     from jrag.pipeline import IngestOptions
+    from jrag.records import RecordFormat
 
     try:
         limits = replace(DEFAULT_LIMITS, max_file_bytes=int(max_file_size * 2**20))
@@ -328,11 +349,15 @@ def ingest(
         _check_dtype(dtype)
         _check_engine(engine, ray_address=ray_address, workers=workers,
                       gpus_per_worker=gpus_per_worker, bulk=bulk)  # fmt: skip
+        fields = _metadata_fields(metadata or [])
+        if fields and engine == "ray":
+            raise InputError("--metadata is not taken by --engine ray yet; use --engine local")
         run = _IngestRun(
             paths=paths, uri=uri, collection=collection, token=token, model=model,
             options=options, glob=glob, prune=prune, tenant=tenant, follow_links=follow_links,
             dtype=dtype, batch_tokens=batch_tokens or DEFAULT_BATCH_TOKENS,
-            document_prompt=document_prompt,
+            document_prompt=document_prompt, metadata=fields,
+            records=RecordFormat(text_field=text_field, id_field=id_field),
         )  # fmt: skip
         if engine == "ray":
             report, where = run.ray(ray_address, workers, gpus_per_worker, bulk)
@@ -343,6 +368,30 @@ def ingest(
     _print_ingest_report(report, f"ingest → {collection} @ {where} ({mode})")
     if report.failed:
         raise typer.Exit(code=2)
+
+
+def _metadata_fields(pairs: list[str]) -> dict[str, str]:
+    """``--metadata key=value`` options as a dict (values are text)."""
+    fields = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--metadata takes key=value, not {pair!r}")
+        fields[key.strip()] = value
+    return fields
+
+
+def _where(text: str | None) -> dict | None:
+    """``--where`` JSON as a structured metadata filter."""
+    if text is None or not text.strip():
+        return None
+    try:
+        where = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"--where is not JSON: {err}") from None
+    if not isinstance(where, dict):
+        raise InputError('--where must be a JSON object, e.g. \'{"author": "ann"}\'')
+    return where
 
 
 def _check_dtype(dtype: str) -> None:
@@ -394,6 +443,8 @@ class _IngestRun:
     dtype: str
     batch_tokens: int
     document_prompt: str | None = None
+    metadata: dict[str, str] | None = None  # --metadata: fields for every document
+    records: RecordFormat | None = None  # how JSON Lines records are read
     stored: int = 0  # documents stored completely so far, for the interrupt message
 
     def _progress(self) -> Progress:
@@ -469,6 +520,7 @@ class _IngestRun:
                     self.paths, store, encoder, options=self.options, glob=self.glob,
                     prune=self.prune, tenant=self.tenant, batch_tokens=self.batch_tokens,
                     discovery=discovery, on_file=on_file, on_windows=on_windows,
+                    metadata=self.metadata, records=self.records,
                 )  # fmt: skip
             except KeyboardInterrupt:
                 raise self._interrupted(progress) from None
@@ -542,13 +594,15 @@ def _print_ingest_report(report: IngestReport, title: str) -> None:
 
 
 def _search_options(
-    k, mode, filter, hybrid, ranker, weights, content, tenant, rerank=None, rerank_depth=20
-):
+    k, mode, filter, hybrid, ranker, weights, content, tenant, rerank=None, rerank_depth=20,
+    where=None, mmr=False, mmr_lambda=DEFAULT_MMR_LAMBDA,
+):  # fmt: skip
     from jrag.retrieval import SearchOptions
 
     return SearchOptions(
         k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
         content=content, tenant=tenant, rerank=rerank, rerank_depth=rerank_depth,
+        where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
     )  # fmt: skip
 
 
@@ -574,6 +628,21 @@ def search(
     content: ContentOpt = "passage",
     rerank: RerankOpt = None,
     rerank_depth: RerankDepthOpt = 20,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False,
+            help='A metadata filter as JSON: {"author": "ann", "year": {"$gte": 2020}, '
+            '"$or": [...]} ($eq $ne $gt $gte $lt $lte $in $nin $and $or; a.b for nested keys).',
+        ),
+    ] = None,
+    mmr: Annotated[
+        bool,
+        typer.Option("--mmr", help="Re-rank by maximal marginal relevance: k different documents."),
+    ] = False,
+    mmr_lambda: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="With --mmr: 1 relevance only, 0 diversity.")
+    ] = DEFAULT_MMR_LAMBDA,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     collection: CollectionOpt = "jrag",
     uri: UriOpt = DEFAULT_URI,
@@ -591,6 +660,8 @@ def search(
         if server:
             _no_rerank_on_server(rerank)
             _no_prompts_on_server(query_prompt, document_prompt)
+            if where or mmr:
+                raise InputError("--where and --mmr are not sent to a --server yet")
             from types import SimpleNamespace
 
             from jrag.client import Client
@@ -605,7 +676,7 @@ def search(
             from jrag.retrieval import search as run_search
 
             options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant,
-                                      rerank, rerank_depth)  # fmt: skip
+                                      rerank, rerank_depth, where, mmr, mmr_lambda)  # fmt: skip
             _check_dtype(dtype)
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
                                                 query_prompt, document_prompt)  # fmt: skip

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import importlib
 import io
+import json
 import logging
 import os
 import re
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import yaml
 
 from jrag.errors import ParseError
 from jrag.terminal import printable
@@ -47,6 +50,7 @@ SUPPORTED_SUFFIXES: dict[str, str] = {
     ".txt": "txt",
     ".text": "txt",
     ".rst": "txt",
+    ".jsonl": "jsonl",  # one document per line: read by jrag.records, not parsed here
 }
 
 _SEPARATOR = "\n\n"
@@ -167,7 +171,6 @@ _BLOCK_TAGS = _HEADING_TAGS | frozenset(
 )
 _IO_OBJECT = re.compile(r"<_io\.\w+ object at 0x[0-9a-f]+>")  # how a BytesIO names itself
 _YAML_KEY = re.compile(r"[A-Za-z_][\w-]*[ \t]*:")
-_YAML_TITLE = re.compile(r"title[ \t]*:[ \t]*(.+)$")
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,9 @@ class ParsedDocument:
     content_hash: str
     page_count: int | None
     page_starts: tuple[int, ...]
+    # The user's own fields (front matter, a JSON Lines record's other fields, --metadata):
+    # stored apart from jrag's, see jrag.store.metadata.
+    metadata: dict = field(default_factory=dict)
 
     def page_at(self, char_offset: int) -> int | None:
         """The 1-based page holding ``char_offset``; None if pages are unknown or it is outside.
@@ -457,6 +463,8 @@ def parse_file(
     path = Path(os.path.abspath(Path(path).expanduser()))
     shown = display_path(path)
     doc_type = _doc_type(path)
+    if doc_type == "jsonl":
+        raise ParseError(f"{shown} is JSON Lines (a document per line): use `jrag ingest`")
     if data is None:
         data, st = _read_regular_file(path, limits.max_file_bytes)
     else:
@@ -466,11 +474,12 @@ def parse_file(
 
     page_count: int | None = None
     page_starts: tuple[int, ...] = ()
+    metadata: dict = {}
     if doc_type == "txt":
         text = _normalize_plain_text(_decode_text(path, data))
         title = _plain_text_title(text) or path.stem
     elif doc_type in ("html", "md"):
-        text, title = _parse_markup(path, doc_type, data)
+        text, title, metadata = _parse_markup(path, doc_type, data)
         title = title or path.stem
     else:
         if doc_type == "pdf":
@@ -498,6 +507,7 @@ def parse_file(
         content_hash=content_hash or hashlib.sha256(data).hexdigest(),
         page_count=page_count,
         page_starts=page_starts,
+        metadata=metadata,
     )
 
 
@@ -752,8 +762,8 @@ def _partition(path: Path, doc_type: str, data: bytes) -> list[Element]:
         return partition_docx(file=io.BytesIO(data), languages=["eng"])
 
 
-def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str]:
-    """The text and title of an HTML or Markdown file.
+def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str, dict]:
+    """The text, title and front matter (Markdown's, as metadata) of an HTML or Markdown file.
 
     unstructured's elements are used where it can read the file. HTML nested deeper than lxml
     parses, or markup in which unstructured finds no text (or hits Python's recursion limit), is
@@ -763,9 +773,10 @@ def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str]:
     text = _decode_text(path, data)
     if not text.strip():
         raise ParseError(f"{shown} is empty")
-    front_title = ""
+    front_title, front = "", {}
     if doc_type == "md":
-        text, front_title = _split_front_matter(text)
+        text, front = _split_front_matter(text, shown)
+        front_title = front["title"] if isinstance(front.get("title"), str) else ""
         if not text.strip():
             raise ParseError(f"{shown} yielded no text: it holds only front matter")
     depth = _html_depth(text) if doc_type == "html" else 0
@@ -781,12 +792,12 @@ def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str]:
             elements, why = [], "unstructured hit Python's recursion limit"
         joined, title, _ = _join_elements(elements)
         if joined.strip():
-            return joined, front_title or title
+            return joined, front_title or title, front
     html = text if doc_type == "html" else _render_markdown(text)
     flat, title = _flat_html_text(html) if html is not None else (_normalize_plain_text(text), "")
     if flat.strip():
         logger.warning("%s: %s; reading its text without structure", shown, why)
-    return flat, front_title or title
+    return flat, front_title or title, front
 
 
 def _partition_markup(path: Path, doc_type: str, text: str) -> list[Element]:
@@ -803,19 +814,36 @@ def _partition_markup(path: Path, doc_type: str, text: str) -> list[Element]:
         return partition_md(text=text, languages=["eng"])
 
 
-def _split_front_matter(markdown: str) -> tuple[str, str]:
-    """Markdown without a leading YAML front matter block, and the block's ``title:`` if any."""
+def _split_front_matter(markdown: str, shown: str) -> tuple[str, dict]:
+    """Markdown without a leading YAML front matter block, and the block's fields as plain JSON
+    (dates as ISO text). Malformed front matter is a ParseError naming the file ``shown``."""
     lines = markdown.split("\n")
     if lines[0].strip() != "---":
-        return markdown, ""
+        return markdown, {}
     end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
     if end is None:
-        return markdown, ""
+        return markdown, {}
     block = [line for line in lines[1:end] if line.strip()]
     if block and not _YAML_KEY.match(block[0]):
-        return markdown, ""  # a horizontal rule, not front matter
-    title = next((m.group(1) for m in map(_YAML_TITLE.match, block) if m), "")
-    return "\n".join(lines[end + 1 :]), title.strip().strip("\"'")
+        return markdown, {}  # a horizontal rule, not front matter
+    block_text = "\n".join(lines[1:end])
+    try:
+        # An alias (*name) can make a few lines expand exponentially once written out as JSON.
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(block_text, yaml.SafeLoader)):
+            raise ParseError(f"{shown} has front matter with YAML aliases (*name); spell them out")
+        fields = yaml.safe_load(block_text) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 2})" if where is not None else ""
+        raise ParseError(f"{shown} has malformed YAML front matter{at}: {_reason(err)}") from None
+    if not isinstance(fields, dict):
+        raise ParseError(f"{shown} has front matter that is not a set of `name: value` fields")
+    try:
+        plain = json.dumps({str(k): v for k, v in fields.items()}, default=str, allow_nan=False)
+        front = json.loads(plain)
+    except ValueError as err:  # NaN or infinity (.nan / .inf in YAML)
+        raise ParseError(f"{shown} has front matter JSON cannot hold: {err}") from None
+    return "\n".join(lines[end + 1 :]), front
 
 
 def _render_markdown(text: str) -> str | None:

@@ -19,11 +19,10 @@ A document's stored state decides what happens to its file:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,12 @@ from jrag.parse import (
     read_file,
     resolve_root,
 )
+from jrag.records import RecordFormat, content_hash, read_jsonl, text_document
 from jrag.store import DocumentState, DocumentVersion, MilvusStore, Row, document_id
+from jrag.store.metadata import USER_KEY, check_metadata
 from jrag.store.rows import stored_name
+
+__all__ = ["IngestOptions", "IngestReport", "ingest", "ingest_documents", "text_document"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +185,7 @@ def embed_documents(
             doc = documents[i]
             if "doc" in kinds[i]:
                 vectors = [w.pooled() for w in windows]
-                rows[i] += _rows(doc, "doc", [w.span for w in windows], vectors, tenant)
+                rows[i] += kind_rows(doc, "doc", [w.span for w in windows], vectors, tenant)
             if "late" in kinds[i]:
                 rows[i] += _late_chunk_rows(doc, encodings[i], windows, options, tenant)
     chunked = [i for i, ks in enumerate(kinds) if "chunk" in ks and i not in huge]
@@ -198,7 +201,8 @@ def embed_documents(
         )
         for i, windows in zip(chunked, windows_per_doc, strict=True):
             spans = [w.span for w in windows]
-            rows[i] += _rows(documents[i], "chunk", spans, [w.pooled() for w in windows], tenant)
+            pooled = [w.pooled() for w in windows]
+            rows[i] += kind_rows(documents[i], "chunk", spans, pooled, tenant)
     return rows
 
 
@@ -232,17 +236,17 @@ def _streamed_rows(
             if pooler is not None:
                 pooler.add(window)
         if "doc" in kinds:
-            rows += _rows(doc, "doc", spans, vectors, tenant)
+            rows += kind_rows(doc, "doc", spans, vectors, tenant)
         if pooler is not None:
             late, kept = pooler.result()
-            rows += _rows(doc, "late", [late_spans[i] for i in kept], list(late), tenant)
+            rows += kind_rows(doc, "late", [late_spans[i] for i in kept], list(late), tenant)
     if "chunk" in kinds:
         windows = encoder.iter_windows(
             encoding=encoding, max_length=min(options.naive_chunk_tokens, encoder.max_length),
             overlap=0, batch_tokens=batch_tokens, progress=progress,
         )  # fmt: skip
         pairs = [(w.span, w.pooled()) for w in windows]
-        rows += _rows(doc, "chunk", [p[0] for p in pairs], [p[1] for p in pairs], tenant)
+        rows += kind_rows(doc, "chunk", [p[0] for p in pairs], [p[1] for p in pairs], tenant)
     return rows
 
 
@@ -262,16 +266,17 @@ def _late_chunk_rows(
 ) -> list[Row]:
     spans = _late_spans(doc, encoding, options)
     vectors, kept = pool_spans(windows, spans)
-    return _rows(doc, "late", [spans[i] for i in kept], list(vectors), tenant)
+    return kind_rows(doc, "late", [spans[i] for i in kept], list(vectors), tenant)
 
 
-def _rows(
+def kind_rows(
     doc: ParsedDocument,
     kind: str,
     spans: Sequence[tuple[int, int]],
     vectors: Sequence[np.ndarray],
     tenant: str,
 ) -> list[Row]:
+    """One row of ``kind`` per span of ``doc``, with its vector."""
     doc_id = document_id(doc.source, tenant)
     # Document facts on every row, so that a user filter (metadata["doc_type"] == "pdf") works.
     base = {
@@ -279,6 +284,7 @@ def _rows(
         "size": doc.size,
         "mtime": doc.mtime,
         "page_count": doc.page_count,
+        **_user(doc),
     }
     return [
         Row(
@@ -317,11 +323,21 @@ def document_version(doc: ParsedDocument, tenant: str = "", tokens: int = 0) -> 
             "page_starts": list(doc.page_starts),
             "tokens": tokens,
             "length": len(doc.text),
+            **_user(doc),
         },
     )
 
 
+def _user(doc: ParsedDocument) -> dict[str, Any]:
+    """The document's own metadata, under its key apart from jrag's (see jrag.store.metadata)."""
+    return {USER_KEY: doc.metadata} if doc.metadata else {}
+
+
 # -- the ingest core: plan → parse → embed → write --------------------------------------------
+
+
+def _ignore(*_: object) -> None:
+    """A notification nobody listens to."""
 
 
 @dataclass
@@ -339,6 +355,7 @@ class Planned:
     document: ParsedDocument | None = None
     size: int = 0  # the planned file's bytes
     changed_kinds: tuple[str, ...] = ()  # what to write if the file has changed by its parse
+    metadata: dict[str, Any] = field(default_factory=dict)  # the run's, under the file's own
 
     def parse(self, limits: ParseLimits) -> ParsedDocument:
         """The document, parsed from the bytes the plan hashed, or, where the plan let them go
@@ -347,15 +364,17 @@ class Planned:
         if self.document is None:
             data = self.data
             if data is None:
-                data, content_hash = read_file(self.source, limits)
-                if content_hash != self.content_hash:
-                    self.content_hash, self.kinds = content_hash, self.changed_kinds
+                data, file_hash = read_file(self.source, limits)
+                if (hashed := content_hash(file_hash, self.metadata)) != self.content_hash:
+                    self.content_hash, self.kinds = hashed, self.changed_kinds
                     held = self.committed is not None and self.committed.committed
                     self.outcome = "updated" if held else "added"
-            self.document = parse_file(
+            document = parse_file(
                 self.source, data=data, content_hash=self.content_hash, limits=limits
             )
-            self.data = None
+            if self.metadata:
+                document = replace(document, metadata={**self.metadata, **document.metadata})
+            self.document, self.data = document, None
         return self.document
 
 
@@ -381,29 +400,71 @@ def plan_files(
     report: IngestReport,
     notify: Callable[[str, str], None],
     leftovers: list[str],
+    metadata: dict[str, Any] | None = None,
+    records: RecordFormat | None = None,
 ) -> Iterator[Planned]:
     """Read and hash each file once, and plan it against its stored state (read in batches);
     skipped and unreadable files go to ``report``, unchanged ones with garbage to
-    ``leftovers``."""
+    ``leftovers``. A JSON Lines file is a document per line, read as ``records`` says (a bad
+    line fails alone, as ``file:line``); ``metadata`` (the run's) is part of each content hash,
+    so changing it re-writes the documents."""
+    record_files: dict[str, str] = {}  # JSON Lines ids seen in this run -> their file
     for first in range(0, len(sources), PLAN_BATCH):
         batch = sources[first : first + PLAN_BATCH]
         ids = [document_id(s, tenant) for s in batch]
         states = store.states(ids)
         for source, doc_id in zip(batch, ids, strict=True):
             tick = time.perf_counter()
+            if source.lower().endswith(".jsonl"):
+                documents = _records(source, records, limits, metadata, record_files, report,
+                                     notify)  # fmt: skip
+                report.stage_seconds["parse"] += time.perf_counter() - tick
+                yield from plan_documents(documents, store, wanted, tenant=tenant, report=report,
+                                          notify=notify)  # fmt: skip
+                continue
             try:
-                data, content_hash = read_file(source, limits)
+                data, file_hash = read_file(source, limits)
             except (ParseError, OSError) as err:
                 report.failed.append((source, failure_message(err, source)))
                 notify(source, "failed")
                 continue
             finally:
                 report.stage_seconds["parse"] += time.perf_counter() - tick
-            planned = _plan_one(source, doc_id, content_hash, states.get(doc_id), wanted, report,
+            hashed = content_hash(file_hash, metadata)
+            planned = _plan_one(source, doc_id, hashed, states.get(doc_id), wanted, report,
                                 notify, leftovers)  # fmt: skip
             if planned is not None:
-                planned.data, planned.size = data, len(data)
+                planned.data, planned.size, planned.metadata = data, len(data), metadata or {}
                 yield planned
+
+
+def _records(
+    source: str,
+    records: RecordFormat | None,
+    limits: ParseLimits,
+    metadata: dict[str, Any] | None,
+    seen: dict[str, str],
+    report: IngestReport,
+    notify: Callable[[str, str], None],
+) -> list[ParsedDocument]:
+    """A JSON Lines file's documents; its bad lines, and ids an earlier file of the run holds,
+    fail alone."""
+    try:
+        documents, failed = read_jsonl(source, records or RecordFormat(), limits, metadata)
+    except ParseError as err:
+        documents, failed = [], [(source, failure_message(err, source))]
+    fresh = []
+    for document in documents:
+        if document.source in seen:
+            where = f"{display_path(source)}: id {document.source!r}"
+            failed.append((where, f"{where} is also in {seen[document.source]}"))
+        else:
+            seen[document.source] = display_path(source)
+            fresh.append(document)
+    for where, message in failed:
+        report.failed.append((where, message))
+        notify(where, "failed")
+    return fresh
 
 
 def plan_documents(
@@ -413,14 +474,19 @@ def plan_documents(
     *,
     tenant: str,
     report: IngestReport,
+    notify: Callable[[str, str], None] = _ignore,
 ) -> list[Planned]:
-    """Plan documents already in hand, as :func:`plan_files` plans files."""
-    states = store.states([document_id(d.source, tenant) for d in documents])
+    """Plan documents already in hand, as :func:`plan_files` plans files; their ids must
+    differ."""
+    doc_ids = [document_id(d.source, tenant) for d in documents]
+    if len(set(doc_ids)) != len(doc_ids):
+        seen = {d.source for i, d in enumerate(documents) if doc_ids.index(doc_ids[i]) != i}
+        raise InputError(f"documents repeat the id {sorted(seen)[0]!r} in one batch")
+    states = store.states(doc_ids) if documents else {}
     planned = []
-    for doc in documents:
-        doc_id = document_id(doc.source, tenant)
+    for doc, doc_id in zip(documents, doc_ids, strict=True):
         item = _plan_one(doc.source, doc_id, doc.content_hash, states.get(doc_id), wanted, report,
-                         _ignore, [])  # fmt: skip
+                         notify, [])  # fmt: skip
         if item is not None:
             item.document = doc
             planned.append(item)
@@ -615,8 +681,15 @@ def ingest(
     discovery: Discovery | None = None,
     on_file: Callable[[str, str], None] | None = None,
     on_windows: Callable[[str, int, int], None] | None = None,
+    metadata: dict[str, Any] | None = None,
+    records: RecordFormat | None = None,
 ) -> IngestReport:
     """Bring the store up to date with the files under ``paths``.
+
+    A JSON Lines file (``.jsonl``) holds a document per line, read as ``records`` says (a bad
+    line fails alone, as ``file:line``). ``metadata`` adds fields to every document of the run
+    (a document's own fields, from front matter or its record, win); it is part of a document's
+    content hash, so changing it re-writes the documents.
 
     Symlinks that leave a folder are refused (listed in ``report.refused``) unless
     ``follow_links``. ``discovery`` is :func:`jrag.parse.discover_files`'s result when the caller
@@ -628,6 +701,7 @@ def ingest(
     """
     options = options or IngestOptions()
     check_batch_tokens(batch_tokens)
+    metadata = check_metadata(metadata, "--metadata")
     report = IngestReport()
     started = time.perf_counter()
     if discovery is None:
@@ -638,7 +712,7 @@ def ingest(
     leftovers: list[str] = []  # unchanged documents whose state still lists garbage
     planned = plan_files(sources, store, wanted_kinds(options, encoder), tenant=tenant,
                          limits=options.limits, report=report, notify=notify,
-                         leftovers=leftovers)  # fmt: skip
+                         leftovers=leftovers, metadata=metadata, records=records)  # fmt: skip
     run_groups(planned, Sink(store, report, notify), encoder, options, tenant=tenant,
                batch_tokens=batch_tokens, on_windows=on_windows)  # fmt: skip
     if leftovers:
@@ -648,20 +722,6 @@ def ingest(
     store.flush()
     report.seconds = time.perf_counter() - started
     return report
-
-
-def text_document(key: str, text: str, title: str | None = None) -> ParsedDocument:
-    """A document handed over as text under ``key``, its source (hashed as a file's bytes are)."""
-    if not isinstance(key, str) or not key.strip():
-        raise InputError("a document's id must be a non-empty string")
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(f"document {key!r} has no text")
-    data = text.encode("utf-8")
-    return ParsedDocument(
-        source=key, text=text, title=title or key, doc_type="text", size=len(data),
-        mtime=time.time(), content_hash=hashlib.sha256(data).hexdigest(), page_count=None,
-        page_starts=(),
-    )  # fmt: skip
 
 
 def ingest_documents(
@@ -707,10 +767,6 @@ def plan_file(
 def check_batch_tokens(batch_tokens: int) -> None:
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise InputError(f"batch_tokens must be a positive whole number, not {batch_tokens!r}")
-
-
-def _ignore(*_: object) -> None:
-    """A notification nobody listens to."""
 
 
 def prune_missing(

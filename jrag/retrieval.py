@@ -28,6 +28,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from jrag.diversity import (
+    DEFAULT_MMR_LAMBDA,
+    check_lambda,
+    document_vectors,
+    maximal_marginal_relevance,
+    mmr_depth,
+)
 from jrag.encoder import Encoder
 from jrag.errors import InputError
 from jrag.modes import (
@@ -41,7 +48,8 @@ from jrag.modes import (
 )
 from jrag.rerank import Reranker, load_reranker
 from jrag.store import RANKERS, DocumentState, MilvusStore, Query, RankedRow
-from jrag.store.filters import all_of, one_of
+from jrag.store.filters import all_of, check_user_filter, one_of
+from jrag.store.metadata import compile_where
 
 logger = logging.getLogger("jrag")
 
@@ -95,6 +103,9 @@ class SearchOptions:
     full_text_kinds: tuple[str, ...] | None = None  # None: by measurement (jrag.modes)
     rerank: str | Reranker | None = None  # a cross-encoder (model name or loaded), off if None
     rerank_depth: int = DEFAULT_RERANK_DEPTH
+    where: dict | None = None  # a structured metadata filter (jrag.store.metadata)
+    mmr: bool = False  # re-rank the fused candidates by maximal marginal relevance
+    mmr_lambda: float = DEFAULT_MMR_LAMBDA  # 1: relevance only; lower: more diversity
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -117,6 +128,8 @@ class SearchOptions:
         depth = self.rerank_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 1000:
             raise InputError(f"rerank_depth must be between 1 and 1000, not {depth!r}")
+        check_lambda(self.mmr_lambda)
+        compile_where(self.where, params=False)  # a bad key or value fails here, by name
 
 
 def embed_query(encoder: Encoder, query: str) -> np.ndarray:
@@ -131,6 +144,7 @@ def build_query(
 ) -> Query:
     """The store query for ``options``: kinds from the mode, BM25 where available."""
     kinds = search_kinds(options.mode, store.manifest.vector_kinds, store.where)
+    where, params = compile_where(options.where, params=store.capabilities.filter_params)
     text_kinds: tuple[str, ...] = ()
     if options.hybrid:
         if store.full_text:
@@ -148,8 +162,9 @@ def build_query(
         full_text_kinds=text_kinds,
         ranker=options.ranker,
         weights=tuple(options.weights),
-        filter=options.filter,
+        filter=all_of(check_user_filter(options.filter), where),
         tenant=options.tenant,
+        filter_params=params or None,
     )
 
 
@@ -195,9 +210,13 @@ def _search_once(
         if options.rerank is None
         else replace(options, k=max(options.k, options.rerank_depth))
     )
+    if options.mmr:
+        first = replace(first, k=max(first.k, mmr_depth(options.k)))
     ranked, states = store.rank(build_query(store, query, vector, first))
     if not ranked:
         return []
+    if options.mmr:  # k diverse documents of the candidates; a reranker then orders them
+        ranked = _diverse(store, vector, ranked, states, options)
     passages = _best_passages(store, query, vector, ranked, states, first)
     spans: dict[str, tuple[int, int]] = {}
     if options.rerank is not None:
@@ -207,6 +226,23 @@ def _search_once(
                 spans.get(row.doc_id))
         for row in ranked
     ]  # fmt: skip
+
+
+def _diverse(
+    store: MilvusStore,
+    vector: np.ndarray,
+    ranked: Sequence[RankedRow],
+    states: dict[str, DocumentState],
+    options: SearchOptions,
+) -> list[RankedRow]:
+    """The ``k`` documents of ``ranked`` that maximal marginal relevance picks, in its order."""
+    vectors = document_vectors(store, [states[r.doc_id] for r in ranked if r.doc_id in states])
+    kept = [r for r in ranked if r.doc_id in vectors]  # an older schema has no states: as is
+    if not kept:
+        return list(ranked[: options.k])
+    matrix = np.stack([vectors[r.doc_id] for r in kept])
+    order = maximal_marginal_relevance(vector, matrix, options.k, options.mmr_lambda)
+    return [kept[i] for i in order]
 
 
 def _reranked(

@@ -406,4 +406,5 @@ def test_supported_suffixes_map_to_doc_types() -> None:
         ".txt": "txt",
         ".text": "txt",
         ".rst": "txt",
+        ".jsonl": "jsonl",
     }

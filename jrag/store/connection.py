@@ -61,6 +61,9 @@ class Capabilities:
     # Before 2.4, upsert routed rows by the wrong field, so that a partition-key filter
     # (``tenant == "a"``) missed them (milvus-io/milvus#30607): write with delete + insert.
     upsert_by_partition_key: bool = True
+    # Filter templating (values passed apart from the expression): servers from 2.5 on; Milvus
+    # Lite 3's parser refuses ``{name}`` placeholders (measured), so values are quoted there.
+    filter_params: bool = False
 
     @classmethod
     def from_version(cls, version: str) -> Capabilities:
@@ -80,6 +83,7 @@ class Capabilities:
             hybrid=release >= (2, 4),
             bm25=release >= (2, 5),
             upsert_by_partition_key=release >= (2, 4),
+            filter_params=release >= (2, 5),
         )
 
 

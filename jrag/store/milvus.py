@@ -186,10 +186,13 @@ class MilvusStore:
         """Committed state of each document that has one: O(len(doc_ids)), never a scan."""
         return self.writer.states(doc_ids)
 
-    def all_states(self, tenant: str = "", *, pending: bool = False) -> Iterator[DocumentState]:
+    def all_states(
+        self, tenant: str = "", *, pending: bool = False, where: str | None = None
+    ) -> Iterator[DocumentState]:
         """Every committed document of ``tenant`` (one row each); with ``pending``, also those
-        whose first write was cut short (their rows are garbage to delete)."""
-        return self.writer.all_states(tenant, pending=pending)
+        whose first write was cut short (their rows are garbage to delete). ``where`` narrows
+        by the state rows' fields (:func:`jrag.store.metadata.compile_where` builds one)."""
+        return self.writer.all_states(tenant, pending=pending, where=where)
 
     def write_document(
         self,
@@ -304,6 +307,10 @@ class MilvusStore:
     def rows(self, ids: Sequence[str]) -> list[Hit]:
         """Rows by id, with their text and metadata."""
         return [_hit(r) for r in self.writer.fetch(ids, ROW_FIELDS)]
+
+    def fetch(self, ids: Sequence[str], fields: list[str]) -> list[dict]:
+        """The named fields of the rows with these ids that exist (by primary key, Strong)."""
+        return self.writer.fetch(ids, fields)
 
     def get_rows(self, doc_ids: Sequence[str], kind: str, *, tenant: str = "") -> list[Hit]:
         """The committed rows of ``kind`` for ``doc_ids``, ordered by (doc_id, chunk_index)."""

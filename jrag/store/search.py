@@ -89,6 +89,8 @@ class Query:
     filter: str | None = None
     tenant: str = ""
     rrf_k: int = RRF_K  # the ``rrf`` ranker's constant
+    # Values the filter names as ``{name}`` (Milvus filter templating, where the backend has it).
+    filter_params: dict[str, Any] | None = None
 
 
 @dataclass
@@ -258,7 +260,7 @@ class DocumentRanker:
         result = self.conn.client.search(
             self.collection, data=data, filter=expr, limit=limit, output_fields=self._fields(),
             search_params=params, anns_field=field, consistency_level="Strong",
-            **_grouping(group),
+            **_grouping(group), **_templated(query),
         )  # fmt: skip
         return _ranked_rows(result)
 
@@ -272,10 +274,11 @@ class DocumentRanker:
         legs = [
             AnnSearchRequest(
                 [self._vector(query)], "vector", self._dense_params(limit, group), leg_limit,
-                expr=dense_expr,
+                expr=dense_expr, expr_params=query.filter_params or None,
             ),
             AnnSearchRequest(
-                [query.text], BM25_FIELD, {"metric_type": "BM25"}, leg_limit, expr=text_expr
+                [query.text], BM25_FIELD, {"metric_type": "BM25"}, leg_limit, expr=text_expr,
+                expr_params=query.filter_params or None,
             ),
         ]  # fmt: skip
         ranker = (
@@ -359,6 +362,10 @@ def _ranked_row(hit: dict) -> RankedRow:
 @dataclass
 class _Row(RankedRow):
     tenant: str | None = None  # None: the older schema has no tenant field
+
+
+def _templated(query: Query) -> dict[str, Any]:
+    return {"filter_params": query.filter_params} if query.filter_params else {}
 
 
 def _grouping(group: bool) -> dict[str, Any]:

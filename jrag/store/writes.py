@@ -137,12 +137,15 @@ class Writer:
         rows = self.fetch([state_id(d) for d in doc_ids], STATE_FIELDS)
         return {r["doc_id"]: read_state(r) for r in rows}
 
-    def all_states(self, tenant: str, *, pending: bool = False) -> Iterator[DocumentState]:
+    def all_states(
+        self, tenant: str, *, pending: bool = False, where: str | None = None
+    ) -> Iterator[DocumentState]:
         """Every committed document of ``tenant`` (a scan of state rows: one per document, for
-        prune); with ``pending``, also the placeholders of first writes cut short."""
+        prune); with ``pending``, also the placeholders of first writes cut short. ``where``
+        (a checked filter over the state rows' fields) narrows the scan."""
         by_key = self.conn.capabilities.upsert_by_partition_key
         of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
-        expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant)
+        expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant, where)
         for r in self.iter_rows(expr, STATE_FIELDS):
             state = read_state(r)
             if (pending or state.committed) and state.tenant == tenant:
