@@ -122,6 +122,7 @@ def test_rows_of_an_uncommitted_version_are_never_ranked(store, rng):
 
 def interrupted_write(store: MilvusStore, v: DocumentVersion, rs: list[Row]) -> None:
     """Steps 1-2 of the protocol (begin, rows land), then a crash before the commit."""
+    store.writer.hold()  # as every writer of a shared collection does before its first step
     committed = store.states([v.doc_id]).get(v.doc_id)
     entities, counts = store.writer.entities(v, rs, committed)
     store.writer.begin(v, counts, committed)
