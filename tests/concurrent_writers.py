@@ -8,6 +8,10 @@ kills one writer with SIGKILL at a random moment (it is started again for the ne
 reader thread searches each file's own token, restricted to that file by ``--filter``, all the
 time: a document that existed before a round began must be found by every search. After the
 rounds, one quiet run by one writer, then the audit.
+
+Each miss is reported with what its search ranked, the states it read, and the document's state,
+rows and lease holder read right after; with ``JRAG_STRESS_TRACE=<file>`` every writer also logs
+each of its deletes, inserts, state writes and lease claims there, timed, to set beside them.
 """
 
 from __future__ import annotations
