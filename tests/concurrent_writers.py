@@ -8,11 +8,16 @@ kills one writer with SIGKILL at a random moment (it is started again for the ne
 reader thread searches each file's own token, restricted to that file by ``--filter``, all the
 time: a document that existed before a round began must be found by every search. After the
 rounds, one quiet run by one writer, then the audit.
+
+Each miss is reported with what its search ranked, the states it read, and the document's state,
+rows and lease holder read right after; with ``JRAG_STRESS_TRACE=<file>`` every writer also logs
+each of its deletes, inserts, state writes and lease claims there, timed, to set beside them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -89,6 +94,8 @@ def writer_main(uri: str, collection: str) -> None:
 
     encoder = load_encoder(MINILM)
     with MilvusStore(uri, collection, identity=identity_of(encoder)) as store:
+        if os.environ.get(TRACE_ENV):
+            _trace_writes(store, os.environ[TRACE_ENV])
         print("ready", flush=True)
         for line in sys.stdin:
             try:
@@ -97,6 +104,44 @@ def writer_main(uri: str, collection: str) -> None:
                 print("done", len(report.added) + len(report.updated), flush=True)
             except JragError as err:
                 print("error", str(err).replace("\n", " "), flush=True)
+
+
+TRACE_ENV = "JRAG_STRESS_TRACE"  # a file: writers append each store operation, timed
+
+
+def _trace_writes(store: MilvusStore, path: str) -> None:
+    """Log each delete, insert, upsert and state write of ``store``'s writer (diagnosis only)."""
+    writer = store.writer
+    pid = os.getpid()
+
+    def log(op: str, detail: str) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"{time.time():.3f} {pid} {op} {detail}\n")
+
+    def wrap(name: str, describe) -> None:
+        inner = getattr(writer, name)
+
+        def traced(*args, **kwargs):
+            log(name + ">", describe(*args))
+            result = inner(*args, **kwargs)
+            log(name + "<", describe(*args))
+            return result
+
+        setattr(writer, name, traced)
+
+    wrap("_delete_ids", lambda ids: ",".join(i[:60] for i in ids))
+    wrap("_upsert_batch", lambda batch: ",".join(e["id"][:60] for e in batch))
+    wrap(
+        "_put_state",
+        lambda st: (
+            f"{st.doc_id[:12]} hash={st.content_hash[:8]} "
+            f"kinds={sorted(st.kinds)} garbage={[g['content_hash'][:8] for g in st.garbage]}"
+        ),
+    )
+    lease = writer.lease
+    if lease is not None:
+        claim = lease._claim
+        lease._claim = lambda: (claim(), log("claim", lease.owner))[0]
 
 
 class WriterProcess:
@@ -155,6 +200,21 @@ class Reader(threading.Thread):
         self.expected: set[Path] = set()  # documents committed before the round began
         self.stop = threading.Event()
         self.error: BaseException | None = None
+        self._seen: list[str] = []  # what the last search ranked and which states it read
+        ranker = self.store.ranker
+        search_once, read_states = ranker._search, ranker.states
+
+        def traced_search(*args, **kwargs):
+            rows = search_once(*args, **kwargs)
+            self._seen.append("ranked " + str([(r.kind, r.content_hash[:8]) for r in rows]))
+            return rows
+
+        def traced_states(doc_ids):
+            states = read_states(doc_ids)
+            self._seen.append("states " + str([s.content_hash[:8] for s in states.values()]))
+            return states
+
+        ranker._search, ranker.states = traced_search, traced_states
 
     def run(self) -> None:
         try:
@@ -164,15 +224,40 @@ class Reader(threading.Thread):
                         continue
                     options = SearchOptions(k=1, mode="whole", hybrid=False,
                                             filter=f"source == {quote(str(path))}")  # fmt: skip
+                    self._seen = []
                     found = search(token(n), self.store, self.encoder, options)
                     self.figures.searches += 1
                     time.sleep(READER_PAUSE_S)
                     if not found or found[0].source != str(path):
-                        self.figures.misses.append(f"round {self.figures.rounds}: {path.name}")
+                        self.figures.misses.append(
+                            f"round {self.figures.rounds}: {path.name} {self._diagnose(path)}"
+                        )
         except BaseException as err:  # reported by the driver
             self.error = err
         finally:
             self.store.close()
+
+    def _diagnose(self, path: Path) -> str:
+        """What the store held just after a miss: the state row, the rows of each version, the
+        lease holder (read at once, so a commit may have landed since)."""
+        doc = document_id(str(path))
+        writer = self.store.writer
+        state = writer.states([doc]).get(doc)
+        rows = writer.iter_rows(f"doc_id == {quote(doc)}", ["id", "kind", "content_hash"])
+        versions: dict[str, list[str]] = {}
+        for r in rows:
+            versions.setdefault(r["content_hash"][:8], []).append(r["kind"])
+        lease = writer.lease._read() if writer.lease is not None else {}
+        said = (
+            "no state" if state is None else
+            f"state={state.content_hash[:8]} committed={state.committed} "
+            f"kinds={sorted(state.kinds)} garbage={[g['content_hash'][:8] for g in state.garbage]}"
+        )  # fmt: skip
+        return (
+            f"search: {'; '.join(self._seen)} | then at {time.time():.3f} doc={doc[:12]} {said} "
+            f"rows={versions} "
+            f"lease={lease.get('owner', '-')}"
+        )
 
 
 def _log(started: float, what: str) -> None:

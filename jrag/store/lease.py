@@ -13,13 +13,15 @@ is still ours. Two writers that both saw it free both write within a moment of r
 after the wait each reads the same, last, claim: exactly one wins. This holds as long as no
 process stalls longer than ``SETTLE_S`` between its read and its write.
 
-A holder checks its claim before each step of a write and renews it once half its time is
-gone (a plain write while it is unexpired, so no wait), and gives the lease back when its batch
-is written. A killed holder's lease expires after ``seconds`` (at once if it ran on this host
-and its process is gone); the next writer takes it over and cleans up what the killed one left
-(its garbage is recorded in the state rows, see :mod:`jrag.store.writes`). Clocks of writers on
-different hosts must agree to well within ``seconds``. A local Milvus Lite ``.db`` needs none
-of this: its file lock already admits one process.
+A holder reads its claim back before each write of a state row (:meth:`WriteLease.verify`), so
+a writer that lost the lease by stalling changes and deletes nothing a reader relies on; it
+renews the claim once half its time is gone (a plain write while it is unexpired, so no wait),
+and gives the lease back when its batch is written. A killed holder's lease expires after
+``seconds`` (at once if it ran on this host and its process is gone); the next writer takes it
+over and cleans up what the killed one left (its garbage is recorded in the state rows, see
+:mod:`jrag.store.writes`). Clocks of writers on different hosts must agree to well within
+``seconds``. A local Milvus Lite ``.db`` needs none of this: its file lock already admits one
+process.
 """
 
 from __future__ import annotations
@@ -96,6 +98,16 @@ class WriteLease:
                     "its write lease. Re-run when it is done"
                 )
             time.sleep(POLL_S)
+
+    def verify(self) -> bool:
+        """True if our claim is still the recorded one, by a real read. A writer that stalled
+        past ``SETTLE_S`` while taking the lease may have lost it to another without knowing;
+        checked before each state write, it finds out before it changes anything a reader sees
+        (unless it stalls again, past ``SETTLE_S``, between this read and that write)."""
+        if self._expires - time.time() > SETTLE_S and self._read().get("owner") == self.owner:
+            return True
+        self._expires = 0.0
+        return False
 
     def release(self) -> None:
         """Give the lease back, if it is ours (others then need not wait for it to expire)."""

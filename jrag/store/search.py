@@ -100,6 +100,7 @@ class _Call:
     user: str | None
     excluded: list[tuple[str, str, str]] = field(default_factory=list)  # (doc_id, hash, kind)
     states: dict[str, DocumentState] = field(default_factory=dict)
+    reread: set[str] = field(default_factory=set)  # documents whose state was read twice
 
 
 @dataclass
@@ -173,7 +174,7 @@ class DocumentRanker:
         self, rows: Sequence[RankedRow], query: Query, call: _Call, ranked: dict[str, RankedRow]
     ) -> bool:
         """Add each new document's first visible row; True if some rows were not visible."""
-        call.states.update(self._states_of(rows, call.states))
+        self._read_states(rows, call)
         invisible = False
         for row in rows:
             self._check_restriction(row, query)
@@ -193,7 +194,7 @@ class DocumentRanker:
         kept: list[RankedRow] = []
         for _ in range(MAX_ROUNDS):
             rows = self._search(query, call.user, _exclusion(call.excluded), limit, group=False)
-            call.states.update(self._states_of(rows, call.states))
+            self._read_states(rows, call)
             kept = []
             for row in rows:
                 self._check_restriction(row, query)
@@ -313,13 +314,22 @@ class DocumentRanker:
 
     # -- visibility ------------------------------------------------------------------------------
 
-    def _states_of(
-        self, rows: Sequence[RankedRow], known: dict[str, DocumentState]
-    ) -> dict[str, DocumentState]:
+    def _read_states(self, rows: Sequence[RankedRow], call: _Call) -> None:
+        """Read the states of the documents of ``rows`` not read yet in this call, and read
+        again, once, those that hide the very rows just found: a row is excluded for good only
+        if two reads agree. Milvus 2.3.5, amid writes, now and then answers a read by primary key
+        with a state row's deleted copy (seen: its first write's placeholder, tens of seconds
+        and several commits later), which would hide a committed document."""
         if not self.check_versions:
-            return {}
-        missing = [r.doc_id for r in rows if r.doc_id not in known]
-        return self.states(missing) if missing else {}
+            return
+        missing = list(dict.fromkeys(r.doc_id for r in rows if r.doc_id not in call.states))
+        if missing:
+            call.states.update(self.states(missing))
+            hiding = {r.doc_id for r in rows if not self._visible(r, call.states.get(r.doc_id))}
+            again = [d for d in missing if d in hiding and d not in call.reread]
+            if again:
+                call.reread.update(again)
+                call.states.update(self.states(again))
 
     def _visible(self, row: RankedRow, state: DocumentState | None) -> bool:
         if not self.check_versions:

@@ -17,9 +17,13 @@ this order:
 
 Writers of a shared collection take turns: each write happens under the collection's write
 lease and starts from the document's state re-read under it (see :mod:`jrag.store.lease`), so
-no writer commits over a state it has not seen. If the lease was lost between the first step
-and the commit (the writer stalled past its expiry), the write starts over: another writer may
-have deleted its rows as garbage meanwhile.
+no writer commits over a state it has not seen. Before each state write (steps 1 and 5) and
+each delete of rows of the committed version (step 3) the writer reads its claim back; if the
+lease was lost (the writer stalled past its expiry, or past Fischer's wait while taking it), the
+write starts over: another writer may have deleted its rows as garbage meanwhile. A version that
+another writer has already stored, with the same kinds and rows, is not written again: rewriting
+committed rows in place is, on Milvus < 2.4, a delete then an insert, a moment in which the
+document cannot be found.
 
 Every delete is by primary key, with ids derived from recorded row counts: no write scans the
 collection, so its cost does not grow with the collection. A crash anywhere leaves the last
@@ -164,8 +168,9 @@ class Writer:
 
         ``options[kind]`` records how each written kind was built. ``committed`` is the
         document's state the caller planned from (from :meth:`states`), or None. Under a lease
-        the state is read again, and rows embedded to extend a version that another writer has
-        since replaced are dropped.
+        the state is read again: a version another writer already stored as these rows is not
+        written again, and rows embedded to extend a version that another writer has since
+        replaced are dropped.
         """
         for _ in range(WRITE_ATTEMPTS):
             self.hold()
@@ -176,11 +181,20 @@ class Writer:
                     assert current is not None
                     return current
             entities, counts = self.entities(version, rows, current)
-            self.begin(version, counts, current)  # 1
-            self.upsert(entities)  # 2
-            if not self.hold():
-                continue  # lost the lease meanwhile: another writer may have deleted these rows
-            return self.commit(version, [e["id"] for e in entities], counts, options, current)
+            if _already_stored(version, counts, options, current):
+                # Another writer stored this very version meanwhile. Writing it again would
+                # replace its committed rows in place: on Milvus < 2.4 a delete, then an insert,
+                # with the document unsearchable in between (lost for good if killed there).
+                assert current is not None
+                return current
+            try:
+                self.begin(version, counts, current)  # 1
+                self.upsert(entities)  # 2
+                if not self.hold():
+                    continue  # lost the lease meanwhile: another writer may have deleted rows
+                return self.commit(version, [e["id"] for e in entities], counts, options, current)
+            except LeaseLost:
+                continue  # another writer holds it now: start over from the state it leaves
         raise StoreError(
             f"could not keep the write lease of collection '{self.collection}' through one write "
             f"of {version.source}; is another writer stalling it? Re-run to retry"
@@ -191,6 +205,7 @@ class Writer:
     ) -> None:
         """Step 1: clear the garbage ``committed`` lists, then record ``version`` as garbage
         until it is committed, so that a crash in between leaves nothing unaccounted for."""
+        self._verify_lease()
         keep = set(_committed_ids(committed))
         self.delete_ids([i for i in _garbage_ids(committed) if i not in keep])
         intent = {"content_hash": version.content_hash, "rows": counts}
@@ -248,8 +263,11 @@ class Writer:
         keep = set(ids)
         if same_version and committed is not None:  # 3: rows beyond the new counts
             old = {k: n for k, n in committed.row_counts.items() if k in counts}
-            self.delete_ids([i for i in version_ids(version.doc_id, version.content_hash, old)
-                              if i not in keep])  # fmt: skip
+            beyond = [i for i in version_ids(version.doc_id, version.content_hash, old)
+                      if i not in keep]  # fmt: skip
+            if beyond:
+                self._verify_lease()
+                self.delete_ids(beyond)
         if self.flush_each_write:  # 4
             self.flush()
         for kind in sorted(counts):
@@ -269,6 +287,7 @@ class Writer:
             metadata=dict(version.metadata),
             garbage=replaced,
         )
+        self._verify_lease()
         self._put_state(state)  # 5: the commit
         self.delete_ids(_garbage_ids(state))  # 6
         return state
@@ -359,6 +378,14 @@ class Writer:
         self.conn.call(what, client.delete, self.collection, ids=ids)
         self.conn.call(what, client.insert, self.collection, batch)
 
+    def _verify_lease(self) -> None:
+        """Raise :class:`LeaseLost` unless this writer still holds the lease (read back)."""
+        if self.lease is not None and not self.lease.verify():
+            raise LeaseLost(
+                f"lost the write lease of collection '{self.collection}' to another writer "
+                "in the middle of a write; nothing of it was committed. Re-run to retry"
+            )
+
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete rows by primary key (ids that do not exist are fine); returns how many ids."""
         for i in range(0, len(ids), DELETE_BATCH):
@@ -369,6 +396,29 @@ class Writer:
                 ids=list(ids[i : i + DELETE_BATCH]),
             )
         return len(ids)
+
+
+class LeaseLost(StoreError):
+    """The write lease passed to another writer during a write (this one stalled)."""
+
+
+def _already_stored(
+    version: DocumentVersion,
+    counts: dict[str, int],
+    options: dict[str, dict[str, Any]],
+    current: DocumentState | None,
+) -> bool:
+    """True if ``current`` is ``version`` with every kind to be written, in these row counts
+    and built with these options: the write would change nothing."""
+    return (
+        current is not None
+        and current.committed
+        and current.content_hash == version.content_hash
+        and all(
+            current.row_counts.get(kind) == n and current.holds(kind, options.get(kind, {}))
+            for kind, n in counts.items()
+        )
+    )
 
 
 def _superseded(
