@@ -129,7 +129,7 @@ def _trace_writes(store: MilvusStore, path: str) -> None:
 
         setattr(writer, name, traced)
 
-    wrap("_delete_ids", lambda ids: ",".join(i[:60] for i in ids))
+    wrap("delete_ids", lambda ids: ",".join(i[:60] for i in ids))
     wrap("_upsert_batch", lambda batch: ",".join(e["id"][:60] for e in batch))
     wrap(
         "_put_state",

@@ -101,7 +101,7 @@ def test_a_version_another_writer_already_stored_stays_searchable_while_written_
 
             return call
 
-        for step in ("_upsert_batch", "_delete_ids"):
+        for step in ("_upsert_batch", "delete_ids"):
             setattr(second.writer, step, counted(step))
         thread = threading.Thread(target=search_all_the_time, daemon=True)
         thread.start()
