@@ -41,6 +41,7 @@ from jrag.pipeline import IngestOptions, _rows, document_version, ingest_documen
 from jrag.records import text_document
 from jrag.store import DocumentState, MilvusStore, document_id
 from jrag.store.metadata import USER_KEY, compile_where
+from jrag.store.rows import TEXT_KIND, version_ids
 
 __all__ = [
     "StoredDocument",
@@ -184,8 +185,8 @@ def get_by_ids(store: MilvusStore, ids: Iterable[str], *, tenant: str = "") -> l
     for key in keys:
         state = states.get(document_id(key, tenant))
         if state is not None and state.committed and state.tenant == tenant:
-            found.append(_stored(store, state))
-    return found
+            found.append(state)
+    return _stored_documents(store, found)
 
 
 def list_documents(
@@ -201,17 +202,34 @@ def list_documents(
         raise InputError(f"limit must be a whole number ≥ 0, not {limit!r}")
     where, _ = compile_where(filter, params=False)  # a scan of state rows: values quoted
     states = sorted(store.all_states(tenant, where=where), key=lambda s: s.source)
-    return [_stored(store, state) for state in states[:limit]]
+    return _stored_documents(store, states[:limit])
 
 
-def _stored(store: MilvusStore, state: DocumentState) -> StoredDocument:
-    return StoredDocument(
-        id=state.source,
-        text=store.document_text(state),
-        metadata=dict(state.metadata.get(USER_KEY) or {}),
-        source=state.source,
-        title=state.title,
-    )
+def _stored_documents(store: MilvusStore, states: Sequence[DocumentState]) -> list[StoredDocument]:
+    """The documents of ``states`` with their exact text, read in batches by primary key (a
+    version replaced meanwhile is read alone, as it now is)."""
+    wanted = {
+        state.doc_id: version_ids(
+            state.doc_id, state.content_hash, {TEXT_KIND: state.row_counts.get(TEXT_KIND, 0)}
+        )
+        for state in states
+    }
+    pieces = {
+        r["id"]: r["text"]
+        for r in store.writer.fetch([i for ids in wanted.values() for i in ids], ["id", "text"])
+    }
+    documents = []
+    for state in states:
+        ids = wanted[state.doc_id]
+        if all(i in pieces for i in ids):
+            text = "".join(pieces[i] for i in ids)  # ids run in piece order
+        else:
+            text = store.document_text(state)
+        documents.append(StoredDocument(
+            id=state.source, text=text, metadata=dict(state.metadata.get(USER_KEY) or {}),
+            source=state.source, title=state.title,
+        ))  # fmt: skip
+    return documents
 
 
 def _key(key: Any) -> str:

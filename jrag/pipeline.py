@@ -391,6 +391,7 @@ def ingest(
         pending, pending_tokens = [], 0
 
     wanted = {kind: options.for_kind(kind, encoder) for kind in options.kinds}
+    record_files: dict[str, str] = {}  # JSON Lines ids seen in this run -> their file
     for source in sources:
         doc_id = document_id(source, tenant)
         tick = time.perf_counter()
@@ -400,6 +401,15 @@ def ingest(
                                                metadata)  # fmt: skip
             except ParseError as err:
                 documents, failed = [], [(source, _message(err, source))]
+            fresh = []
+            for document in documents:  # an id of an earlier file of this run fails here
+                if document.source in record_files:
+                    where = f"{display_path(source)}: id {document.source!r}"
+                    failed.append((where, f"{where} is also in {record_files[document.source]}"))
+                else:
+                    record_files[document.source] = display_path(source)
+                    fresh.append(document)
+            documents = fresh
             for where, message in failed:
                 report.failed.append((where, message))
                 notify(where, "failed")

@@ -118,6 +118,10 @@ def test_texts_without_ids_get_ids_from_their_content(lite_store, minilm):
     assert other == first[:1]
     assert [(d.id, d.metadata) for d in list_documents(store)] == [(first[0], {"lab": "b"})]
     assert_one_version(store, first[0])
+    long = "".join(f"Line {i}: the tide came in at {i % 12} o'clock.\n" for i in range(1200))
+    assert len(long) > 2 * 16000  # several text pieces, read back in one batch
+    (key,) = add_texts(store, minilm, [long], options=IngestOptions(mode="whole"))
+    assert get_by_ids(store, [key, first[0]])[0].text == long
 
 
 def test_a_bad_entry_is_refused_by_name_before_anything_is_stored(lite_store, minilm):
@@ -259,12 +263,21 @@ def _holds(value, op, arg) -> bool:
             "$lt": value < arg, "$lte": value <= arg}[op]  # fmt: skip
 
 
-@pytest.fixture
-def library(store, minilm):
-    for tenant in ("t1", "t2"):
-        add_texts(store, minilm, [t for _, t in LIBRARY.values()], [m for m, _ in LIBRARY.values()],
-                  ids=list(LIBRARY), tenant=tenant, options=IngestOptions(mode="late"))  # fmt: skip
-    return store
+@pytest.fixture(scope="module", params=["lite", pytest.param("server", marks=pytest.mark.server)])
+def library(request, minilm, tmp_path_factory):
+    """LIBRARY under the same ids in tenants t1 and t2; shared by the tests that only read it."""
+    if request.param == "lite":
+        uri = str(tmp_path_factory.mktemp("library") / "jrag.db")
+    else:
+        uri = request.getfixturevalue("milvus_server_uri")
+    collection = f"lib_{uuid.uuid4().hex[:12]}"
+    with MilvusStore(uri, collection, model=minilm.name, dim=minilm.dim) as store:
+        for tenant in ("t1", "t2"):
+            add_texts(store, minilm, [t for _, t in LIBRARY.values()],
+                      [m for m, _ in LIBRARY.values()], ids=list(LIBRARY), tenant=tenant,
+                      options=IngestOptions(mode="late"))  # fmt: skip
+        yield store
+        store.drop()
 
 
 def test_every_filter_operator_selects_exactly_the_matching_documents(library, minilm):
@@ -434,15 +447,18 @@ def test_json_lines_and_front_matter_become_metadata_that_filters(
         encoding="utf-8",
     )
     (folder / "broken.md").write_text("---\nteam: [unclosed\n---\n\nBody text.\n", "utf-8")
+    (folder / "zz.jsonl").write_text('{"id": "r1", "text": "Another r1."}\n', "utf-8")
     with MilvusStore(milvus_lite_uri, "records", model=minilm.name, dim=minilm.dim) as store:
         report = ingest([folder], store, minilm, metadata={"batch": "one", "team": "default"})
         failed = dict(report.failed)
         assert sorted(failed) == sorted(
             [f"{folder / 'records.jsonl'}:4", f"{folder / 'records.jsonl'}:5",
-             f"{folder / 'records.jsonl'}:6", str(folder / "broken.md")]
+             f"{folder / 'records.jsonl'}:6", str(folder / "broken.md"),
+             f"{folder / 'zz.jsonl'}: id 'r1'"]
         )  # fmt: skip
         assert "no text in field 'text'" in failed[f"{folder / 'records.jsonl'}:5"]
         assert "also on line 1" in failed[f"{folder / 'records.jsonl'}:6"]
+        assert "is also in" in failed[f"{folder / 'zz.jsonl'}: id 'r1'"]
         assert "malformed YAML front matter" in failed[str(folder / "broken.md")]
         documents = {d.id: d for d in list_documents(store)}
         assert len(documents) == 4
