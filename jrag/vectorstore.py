@@ -22,6 +22,7 @@ from jrag.errors import CollectionNotFound
 from jrag.retrieval import SearchOptions, SearchResult, search
 from jrag.store import CONNECT_TIMEOUT_S, MilvusStore
 from jrag.store.manifest import Identity
+from jrag.store.metadata import compile_where
 
 
 class DocumentCollection:
@@ -113,6 +114,7 @@ class DocumentCollection:
         limit: int | None = None,
     ) -> list[documents.StoredDocument]:  # fmt: skip
         """The stored documents matching a structured metadata filter."""
+        compile_where(filter, params=False)  # a bad filter fails even before anything is stored
         with self._lock:
             store = self.store()
             if store is None:
