@@ -57,6 +57,8 @@ class DocumentCollection:
                     )  # fmt: skip
                 except CollectionNotFound:
                     return None
+            elif identity is not None:  # opened by a read: writing must still match its model
+                self._store.check_model(identity)
             return self._store
 
     def add_encoded(
