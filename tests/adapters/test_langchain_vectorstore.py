@@ -14,8 +14,8 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_jrag import JragEmbeddings, JragVectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
-from jrag.errors import InputError
-from jrag.store import MilvusStore
+from jrag.errors import InputError, StoreError
+from jrag.store import MilvusStore, document_id
 from tests.adapters import MODEL
 
 
@@ -147,3 +147,45 @@ def test_other_embeddings_warn_once_and_refuse_passages(milvus_lite_uri, caplog)
     with pytest.raises(InputError, match="needs JragEmbeddings"):
         store.similarity_search("one", content="passage")
     store.drop()
+
+
+def test_other_embeddings_keep_one_version_per_id_and_filter_on_both_backends(store_uri):
+    fake = DeterministicFakeEmbedding(size=16)
+    store = JragVectorStore(fake, uri=store_uri, collection=f"b_{uuid.uuid4().hex[:8]}")
+    try:
+        texts, metadatas = zip(*BIRDS, strict=True)
+        store.add_texts(list(texts), list(metadatas), ids=["owl", "heron", "robin"])
+        store.add_texts(["Owls swallow prey whole."], [{"author": "cy"}], ids=["owl"])
+        states = store._collection.store().states
+        before = states([document_id("owl")])
+        store.add_texts(["Owls swallow prey whole."], [{"author": "cy"}], ids=["owl"])
+        assert states([document_id("owl")]) == before  # the same text and metadata: skipped
+        vector = fake.embed_query("Owls swallow prey whole.")
+        assert store.similarity_search_by_vector(vector, k=3)[0].id == "owl"
+        assert len(store.similarity_search_by_vector(vector, k=10)) == 3
+        ann = store.similarity_search_by_vector(vector, k=3, filter={"author": {"$in": ["ann"]}})
+        assert sorted(d.id for d in ann) == ["robin"]
+        store.delete(["heron"])
+        assert [d.id for d in store.get_by_ids(["owl", "heron", "robin"])] == ["owl", "robin"]
+    finally:
+        store.drop()
+
+
+def test_filters_cannot_reach_another_tenant_or_mix_models(milvus_lite_uri):
+    fake = DeterministicFakeEmbedding(size=8)
+    a = JragVectorStore(fake, uri=milvus_lite_uri, collection="h", tenant="a")
+    a.add_texts(["secret of a"], [{"k": "v"}], ids=["s"])
+    b = JragVectorStore(fake, uri=milvus_lite_uri, collection="h", tenant="b")
+    b.add_texts(["public of b"], [{"k": "v"}], ids=["p"])
+    for hostile in ['tenant == "a" or true', "1 == 1"]:
+        assert {d.id for d in b.similarity_search("secret of a", k=5, filter=hostile)} <= {"p"}
+    with pytest.raises(InputError, match="unmatched"):
+        b.similarity_search("secret", filter='true) or (tenant == "a"')
+    escape = {"$or": [{"k": "v"}, {"k": {"$ne": 'x" or tenant == "a'}}]}
+    assert [d.id for d in b.similarity_search("secret of a", k=5, filter=escape)] == ["p"]
+    assert b.delete(filter={"k": "v"}) and a.get_by_ids(["s"])[0].page_content == "secret of a"
+    b.close()
+    with pytest.raises(StoreError):
+        JragVectorStore(DeterministicFakeEmbedding(size=4), uri=milvus_lite_uri,
+                        collection="h").add_texts(["x"])  # fmt: skip
+    a.drop()

@@ -112,3 +112,18 @@ def test_unsupported_filters_and_modes_fail_by_name(store):
         store.query(VectorStoreQuery(query_embedding=[0.0] * 384, mode="svm"))
     empty = store.query(VectorStoreQuery(query_embedding=[0.1] * 384, similarity_top_k=2))
     assert empty.nodes == [] and empty.ids == []
+
+
+def test_query_by_node_and_doc_ids_is_narrowed_and_ids_cannot_escape(index, store, embed_model):
+    vector = embed_model.get_query_embedding("foghorn")
+    [gull] = store.get_nodes(filters=MetadataFilters(filters=[eq("place", "gull")]))
+    only = store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=4,
+                                        node_ids=[gull.node_id]))  # fmt: skip
+    assert only.ids == [gull.node_id]
+    hostile = ['x" or source != "', "x' or true or '"]
+    escaped = store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=4,
+                                           node_ids=hostile))  # fmt: skip
+    assert escaped.ids == []
+    by_doc = store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=4,
+                                          doc_ids=["d1", "d2"]))  # fmt: skip
+    assert sorted(n.ref_doc_id for n in by_doc.nodes) == ["d1", "d2"]
