@@ -127,3 +127,19 @@ def test_query_by_node_and_doc_ids_is_narrowed_and_ids_cannot_escape(index, stor
     by_doc = store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=4,
                                           doc_ids=["d1", "d2"]))  # fmt: skip
     assert sorted(n.ref_doc_id for n in by_doc.nodes) == ["d1", "d2"]
+
+
+@pytest.mark.asyncio
+async def test_async_index_and_query_engine_inside_a_running_loop(store, embed_model):
+    documents = [Document(text=t, metadata=m, id_=f"d{i}") for i, (t, m) in enumerate(DOCS)]
+    index = VectorStoreIndex(
+        [], storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=embed_model, use_async=True,
+    )  # fmt: skip
+    for document in documents:
+        await index.ainsert(document)
+    engine = index.as_query_engine(llm=MockLLM(max_tokens=8), similarity_top_k=1)
+    response = await engine.aquery("When was the foghorn recast?")
+    assert response.source_nodes[0].node.ref_doc_id == "d0"
+    await store.adelete("d0")
+    assert await store.aget_nodes(filters=MetadataFilters(filters=[eq("place", "gull")])) == []
