@@ -40,6 +40,18 @@ class TestJragVectorStoreStandard(VectorStoreIntegrationTests):
             store.drop()
 
 
+class TestJragVectorStoreStandardWithJragEmbeddings(TestJragVectorStoreStandard):
+    """jrag's own embeddings (whole documents, late chunks, BM25): the suite's sync tests."""
+
+    @staticmethod
+    def get_embeddings() -> JragEmbeddings:
+        return JragEmbeddings(model=MODEL)
+
+    @property
+    def has_async(self) -> bool:
+        return False
+
+
 @pytest.fixture(scope="module")
 def embeddings() -> JragEmbeddings:
     return JragEmbeddings(model=MODEL)
@@ -161,6 +173,7 @@ def test_other_embeddings_keep_one_version_per_id_and_filter_on_both_backends(st
         store.add_texts(["Owls swallow prey whole."], [{"author": "cy"}], ids=["owl"])
         assert states([document_id("owl")]) == before  # the same text and metadata: skipped
         vector = fake.embed_query("Owls swallow prey whole.")
+        assert store.similarity_search("Owls swallow prey whole.", k=1)[0].id == "owl"
         assert store.similarity_search_by_vector(vector, k=3)[0].id == "owl"
         assert len(store.similarity_search_by_vector(vector, k=10)) == 3
         ann = store.similarity_search_by_vector(vector, k=3, filter={"author": {"$in": ["ann"]}})
