@@ -100,6 +100,16 @@ def test_structured_and_raw_filters_narrow_the_results(jrag_store):
     assert [d.id for d in raw] == ["robin"]
     with pytest.raises(InputError, match="not a plain name"):
         jrag_store.similarity_search("birds", filter={'a"] or true or ["': 1})
+    with pytest.raises(InputError, match=r"\$regex"):
+        jrag_store.similarity_search("birds", filter={"author": {"$regex": "a.*"}})
+
+
+def test_bad_metadata_fails_by_name_and_stores_nothing_of_the_batch(jrag_store):
+    with pytest.raises(InputError, match="not plain JSON"):
+        jrag_store.add_texts(["fine", "bad"], [{"a": 1}, {"when": object()}], ids=["f", "b"])
+    with pytest.raises(InputError, match=r"NaN|not plain JSON"):
+        jrag_store.add_texts(["nan"], [{"x": float("nan")}])
+    assert jrag_store.get_by_ids(["f", "b"]) == []
 
 
 def test_retriever_takes_search_kwargs_and_mmr_returns_k_distinct_documents(jrag_store):
