@@ -82,6 +82,11 @@ class JragVectorStore(VectorStore):
         return self.embedding
 
     @property
+    def documents(self) -> DocumentCollection:
+        """The jrag collection behind this store: its documents API and its Milvus store."""
+        return self._collection
+
+    @property
     def _own_encoder(self) -> bool:
         return isinstance(self.embedding, JragEmbeddings)
 

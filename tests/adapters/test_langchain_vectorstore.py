@@ -78,7 +78,7 @@ def add_birds(store: JragVectorStore) -> list[str]:
 
 def test_jrag_embeddings_store_late_chunks_and_find_the_right_document(jrag_store, embeddings):
     add_birds(jrag_store)
-    with MilvusStore(jrag_store._collection.uri, "notes", create=False) as raw:
+    with MilvusStore(jrag_store.documents.uri, "notes", create=False) as raw:
         assert {"doc", "late"} <= set(raw.manifest.vector_kinds)
     found = jrag_store.similarity_search_with_score("which bird fishes in water?", k=2)
     assert found[0][0] == Document(id="heron", page_content=BIRDS[1][0], metadata=BIRDS[1][1])
@@ -178,7 +178,7 @@ def test_other_embeddings_keep_one_version_per_id_and_filter_on_both_backends(st
         texts, metadatas = zip(*BIRDS, strict=True)
         store.add_texts(list(texts), list(metadatas), ids=["owl", "heron", "robin"])
         store.add_texts(["Owls swallow prey whole."], [{"author": "cy"}], ids=["owl"])
-        states = store._collection.store().states
+        states = store.documents.store().states
         before = states([document_id("owl")])
         store.add_texts(["Owls swallow prey whole."], [{"author": "cy"}], ids=["owl"])
         assert states([document_id("owl")]) == before  # the same text and metadata: skipped
