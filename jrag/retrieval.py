@@ -189,6 +189,15 @@ def search(
 STALE_READ_RETRIES = 10
 
 
+def rank_documents(
+    query: str, store: MilvusStore, options: SearchOptions, vector: np.ndarray
+) -> tuple[list[RankedRow], dict[str, DocumentState]]:
+    """Step 2 alone: the best documents' best rows, and their states (what ``ask`` needs)."""
+    if store.read_only:
+        _notice_once(store, store.legacy_notice())
+    return store.rank(build_query(store, query, vector, options))
+
+
 def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:

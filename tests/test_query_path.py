@@ -106,7 +106,7 @@ def test_searches_during_reingest_return_complete_committed_documents(tmp_path, 
                     return
                 try:
                     results = search("gallery inspected", store, encoder, k=k)
-                except Exception as error:  # noqa: BLE001 - every failure is reported
+                except Exception as error:  # every failure is reported
                     failures.append(repr(error))
                     return
                 if len({r.doc_id for r in results}) != k:
