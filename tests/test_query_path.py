@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from jrag import Encoder
 from jrag.loading import MINILM_ID
 from jrag.pipeline import IngestOptions, ingest
 from jrag.qa import ask
-from jrag.retrieval import search
+from jrag.retrieval import SearchOptions, search
 from jrag.store import MilvusStore
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -125,3 +126,27 @@ def test_searches_during_reingest_return_complete_committed_documents(tmp_path, 
         stop.set()
         threads[0].join(timeout=30)
     assert not failures, failures[:5]
+
+
+def test_front_doors_take_their_search_options_from_search_options():
+    """Both retrievers hand every like-named field to SearchOptions, and share its defaults."""
+    from langchain_jrag import JragRetriever as LangChainRetriever
+    from llama_index.retrievers.jrag import JragRetriever as LlamaIndexRetriever
+
+    chosen = {
+        "mode": "late", "hybrid": False, "ranker": "rrf", "weights": (0.3, 0.7),
+        "content": "document", "tenant": "t1", "rerank_depth": 7, "filter": 'title == "x"',
+    }  # fmt: skip
+    expected = SearchOptions(k=2, **chosen)
+    langchain = LangChainRetriever(uri="unused.db", k=2, **chosen)
+    assert langchain._options(None, None) == expected
+    assert langchain._options(9, None) == replace(expected, k=9)
+    assert LlamaIndexRetriever(uri="unused.db", k=2, **chosen).options == expected
+    defaults = SearchOptions(k=4)
+    assert LangChainRetriever(uri="unused.db")._options(None, None) == defaults
+    assert LlamaIndexRetriever(uri="unused.db").options == defaults
+    with pytest.raises(ValueError, match="unknown ranker 'borda'"):
+        LangChainRetriever(uri="unused.db", ranker="borda")
+    assert SearchOptions.pick({"k": 3, "weights": [1, 0], "unrelated": 1}) == SearchOptions(
+        k=3, weights=(1, 0)
+    )
