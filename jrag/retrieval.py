@@ -194,8 +194,6 @@ def search(
     options = options or SearchOptions(**overrides)
     if options is not None and overrides:
         options = SearchOptions(**{**options.__dict__, **overrides})
-    if store.read_only:
-        _notice_once(store, store.legacy_notice())
     if isinstance(options.rerank, str):  # loaded (once per process) before any search runs
         options = replace(options, rerank=load_reranker(options.rerank, str(encoder.device)))
     vector = embed_query(encoder, query) if vector is None else vector
@@ -231,7 +229,7 @@ def _search_once(
         if options.rerank is None
         else replace(options, k=max(options.k, options.rerank_depth))
     )
-    ranked, states = store.rank(build_query(store, query, vector, first))
+    ranked, states = rank_documents(query, store, first, vector)
     if not ranked:
         return []
     passages = _best_passages(store, query, vector, ranked, states, first)
