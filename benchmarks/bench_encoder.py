@@ -16,6 +16,7 @@ counter (VmHWM) is reset after the model has loaded, so load-time peaks don't hi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -41,14 +42,15 @@ def measure(
     sys.path.insert(0, str(REPO / "benchmarks"))
     from attention_variants import VARIANTS
 
-    import jrag.attention
     from jrag import Encoder
 
     dtype = torch.bfloat16 if variant.endswith("-bf16") else torch.float32
     base = variant.removesuffix("-bf16")
     encoder = Encoder.from_pretrained(model_dir, device=device, dtype=dtype)
     cuda = encoder.device.type == "cuda"
-    jrag.attention.SKIP_FAR_KEYS = base != "jrag-no-skip"
+    encoder.model.kernel = dataclasses.replace(
+        encoder.model.kernel, skip_far_keys=base != "jrag-no-skip"
+    )
     if VARIANTS[base] is not None:
         encoder.model.attention_fn = VARIANTS[base]
     ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(0))

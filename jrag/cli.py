@@ -22,13 +22,16 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from jrag.console import console, errors, fail, load_encoder, safe, state, warn
+from jrag.console import console, errors, fail, loading, safe, state, warn
 from jrag.defaults import DEFAULT_MODEL
 from jrag.diversity import DEFAULT_MMR_LAMBDA
 from jrag.errors import CollectionNotFound, InputError, JragError
 from jrag.modes import (
+    DEFAULT_CONTENT,
     DEFAULT_INGEST_MODE,
+    DEFAULT_K,
     DEFAULT_RANKER,
+    DEFAULT_RERANK_DEPTH,
     DEFAULT_SEARCH_MODE,
     DEFAULT_WEIGHTS,
 )
@@ -471,7 +474,7 @@ class _IngestRun:
 
     def local(self, discovery: Discovery) -> tuple[IngestReport, str]:
         """Ingest in this process; returns the report and the store as displayed."""
-        from jrag.embedding import identity_of
+        from jrag.embedding import identity_of, load_encoder
         from jrag.pipeline import ingest as run_ingest
         from jrag.store import MilvusStore
 
@@ -482,10 +485,11 @@ class _IngestRun:
         except CollectionNotFound:
             store = None
         try:
-            encoder = load_encoder(
-                self.model or (store.model if store else DEFAULT_MODEL), dtype=self.dtype,
-                document_prompt=self.document_prompt,
-            )  # fmt: skip
+            model = self.model or (store.model if store else DEFAULT_MODEL)
+            with loading(model):
+                encoder = load_encoder(
+                    model, dtype=self.dtype, document_prompt=self.document_prompt
+                )
             if store is None:
                 store = MilvusStore(
                     self.uri, self.collection, token=self.token, identity=identity_of(encoder)
@@ -593,17 +597,11 @@ def _print_ingest_report(report: IngestReport, title: str) -> None:
         warn("failed", message)
 
 
-def _search_options(
-    k, mode, filter, hybrid, ranker, weights, content, tenant, rerank=None, rerank_depth=20,
-    where=None, mmr=False, mmr_lambda=DEFAULT_MMR_LAMBDA,
-):  # fmt: skip
+def _search_options(arguments: dict):
+    """The search options among a command's ``arguments`` (its ``locals()``), by name."""
     from jrag.retrieval import SearchOptions
 
-    return SearchOptions(
-        k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
-        content=content, tenant=tenant, rerank=rerank, rerank_depth=rerank_depth,
-        where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
-    )  # fmt: skip
+    return SearchOptions.pick(arguments, where=_where(arguments.get("where")))
 
 
 def _no_rerank_on_server(rerank: str | None) -> None:
@@ -619,15 +617,15 @@ def _no_prompts_on_server(query_prompt: str | None, document_prompt: str | None)
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
-    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many documents.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many documents.")] = DEFAULT_K,
     filter: FilterOpt = None,
     mode: SearchModeOpt = DEFAULT_SEARCH_MODE,
     hybrid: HybridOpt = True,
     ranker: RankerOpt = DEFAULT_RANKER,
     weights: WeightsOpt = DEFAULT_WEIGHTS,
-    content: ContentOpt = "passage",
+    content: ContentOpt = DEFAULT_CONTENT,
     rerank: RerankOpt = None,
-    rerank_depth: RerankDepthOpt = 20,
+    rerank_depth: RerankDepthOpt = DEFAULT_RERANK_DEPTH,
     where: Annotated[
         str | None,
         typer.Option(
@@ -675,8 +673,7 @@ def search(
         else:
             from jrag.retrieval import search as run_search
 
-            options = _search_options(k, mode, filter, hybrid, ranker, weights, content, tenant,
-                                      rerank, rerank_depth, where, mmr, mmr_lambda)  # fmt: skip
+            options = _search_options(locals())
             _check_dtype(dtype)
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
                                                 query_prompt, document_prompt)  # fmt: skip
@@ -717,7 +714,7 @@ def _store_and_encoder(
     The model may run in another dtype than the collection was built with: the vectors differ
     too little to matter (measured), so that is allowed.
     """
-    from jrag.searcher import open_collection
+    from jrag.embedding import open_collection
 
     with console.status("opening the collection and its model"):
         return open_collection(
@@ -739,7 +736,7 @@ def ask(
     ranker: RankerOpt = DEFAULT_RANKER,
     weights: WeightsOpt = DEFAULT_WEIGHTS,
     rerank: RerankOpt = None,
-    rerank_depth: RerankDepthOpt = 20,
+    rerank_depth: RerankDepthOpt = DEFAULT_RERANK_DEPTH,
     no_llm: Annotated[
         bool,
         typer.Option("--no-llm", help="Quote passages even when JRAG_LLM_BASE_URL is set."),
@@ -779,8 +776,7 @@ def ask(
             from jrag.llm import from_env
             from jrag.qa import ask as run_ask
 
-            options = _search_options(k, mode, filter, hybrid, ranker, weights, "passage", tenant,
-                                      rerank, rerank_depth)  # fmt: skip
+            options = _search_options(locals())
             _check_dtype(dtype)
             llm = None if no_llm else from_env()
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype,

@@ -1,4 +1,4 @@
-"""What every ``jrag`` command prints through: the consoles, one-line errors, model loading.
+"""What every ``jrag`` command prints through: the consoles, one-line errors, status lines.
 
 Document text and file paths are always printed as plain text, never as rich markup, so a
 passage holding ``[/]`` or ``[url=…]`` prints as it is, and always through :func:`safe`, so
@@ -7,11 +7,16 @@ that no escape sequence or bidi control from a file reaches the terminal.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from jrag.terminal import printable
+
+if TYPE_CHECKING:
+    from rich.status import Status
 
 console = Console()
 errors = Console(stderr=True)
@@ -36,12 +41,6 @@ def safe(text: str, *, newlines: bool = False, style: str = "") -> Text:
     return Text(printable(text, newlines=newlines), style=style)
 
 
-def load_encoder(model: str, dtype: str | None = None, **prompts: str | None):
-    """The model, loaded once per process, with a status line while it loads.
-
-    ``prompts``: ``query_prompt`` / ``document_prompt`` overrides (None: the checkpoint's).
-    """
-    from jrag.embedding import load_encoder as load
-
-    with console.status(Text(f"loading model {model}")):
-        return load(model, dtype=dtype, **prompts)
+def loading(model: str) -> Status:
+    """The status line shown while ``model`` loads: ``with loading(name): load_encoder(name)``."""
+    return console.status(Text(f"loading model {model}"))

@@ -24,6 +24,7 @@ from tokenizers import Encoding, Tokenizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 from tqdm.auto import tqdm
 
+from jrag.attention import Kernel, choose_kernel
 from jrag.config import BertConfig
 from jrag.errors import InputError
 from jrag.loading import (
@@ -162,8 +163,11 @@ class Encoder:
         model_dir: Path | None = None,
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        kernel: str | None = None,
     ):
         self.model = model.to(device)
+        # The attention kernel: chosen once, here, for this device and dtype (or as given).
+        self.model.kernel = Kernel(kernel or choose_kernel(device.type, dtype))
         self.quantized = any(_is_quantized(m) for m in model.modules())
         self.tokenizer = tokenizer
         self.name = name
@@ -199,6 +203,7 @@ class Encoder:
         allow_pickle: bool = False,
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        kernel: str | None = None,
     ) -> Encoder:
         """Load a local folder in Hugging Face layout, or a hub id (cache first).
 
@@ -209,7 +214,8 @@ class Encoder:
         weights and dynamically quantized activations, the rest in float32. Weights are read
         from safetensors only unless ``allow_pickle``. ``query_prompt`` / ``document_prompt``
         override the prompts of the checkpoint's config_sentence_transformers.json ("" for
-        none).
+        none). ``kernel`` ("sdpa" or "flex") overrides the attention kernel
+        :func:`jrag.attention.choose_kernel` picks for the device and dtype.
         """
         model_dir, config, sentence, tokenizer, name = _checkpoint(name_or_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -222,6 +228,7 @@ class Encoder:
         return cls(
             model, tokenizer, name=name, device=device, dtype=dtype, sentence=sentence,
             model_dir=model_dir, query_prompt=query_prompt, document_prompt=document_prompt,
+            kernel=kernel,
         )  # fmt: skip
 
     @property

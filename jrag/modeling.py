@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from jrag.attention import AlibiBias, alibi_slopes, attention
+from jrag.attention import AlibiBias, Kernel, alibi_slopes, attention
 from jrag.config import BertConfig
 
 # Feed-forward activations run over at most this many token rows at once, which bounds the
@@ -234,6 +234,8 @@ class BertModel(nn.Module):
             "alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False
         )
         self.attention_fn: AttentionFn = attention
+        # Chosen for the device and dtype the model runs on (Encoder); None: chosen per input.
+        self.kernel: Kernel | None = None
 
     def forward(
         self,
@@ -251,7 +253,7 @@ class BertModel(nn.Module):
         if self.config.uses_alibi:
             bias = AlibiBias(
                 self.alibi_slopes, input_ids.shape[1], dtype=hidden.dtype, device=hidden.device,
-                lengths=lengths,
+                lengths=lengths, kernel=self.kernel,
             )  # fmt: skip
         for layer in self.encoder.layer:
             hidden = layer(hidden, lengths, bias, self.attention_fn)

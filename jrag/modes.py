@@ -36,6 +36,12 @@ FULL_TEXT_PREFERENCE: tuple[str, ...] = ("doc", "chunk", "late")
 DEFAULT_RANKER = "adaptive"
 DEFAULT_WEIGHTS: tuple[float, float] = (0.1, 0.9)
 CONTENTS = ("passage", "document")
+# The rest of a search's defaults (jrag.retrieval.SearchOptions), here so that the CLI can show
+# them without importing the search code.
+DEFAULT_K = 5
+DEFAULT_CONTENT = "passage"
+# How many fused documents a reranker scores, when it is on.
+DEFAULT_RERANK_DEPTH = 20
 
 
 def check_ingest_mode(mode: str) -> tuple[str, ...]:

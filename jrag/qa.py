@@ -30,11 +30,11 @@ from jrag.llm import ChatBackend, resolve_llm
 from jrag.pipeline import IngestOptions
 from jrag.retrieval import (
     SearchOptions,
-    SearchResult,
     build_query,
     embed_query,
     late_chunks_of,
     page_at,
+    rank_documents,
     search,
 )
 from jrag.store import DocumentState, MilvusStore
@@ -165,33 +165,37 @@ def retrieve_passages(
         raise InputError(f"passages must be at least 1, not {passages}")
     if vector is None:
         vector = embed_query(encoder, question)  # once, for the documents and their passages
-    results = search(question, store, encoder, options, vector=vector)
-    return find_passages(question, vector, results, store, encoder, passages, options)
+    if options.rerank is None:
+        ranked, states = rank_documents(question, store, options, vector)
+        documents = [states[row.doc_id] for row in ranked if row.doc_id in states]
+    else:  # the cross-encoder's order needs each document's best passage: the full search
+        results = search(question, store, encoder, options, vector=vector)
+        states = store.states([r.doc_id for r in results])
+        documents = [states[r.doc_id] for r in results if r.doc_id in states]
+    return find_passages(question, vector, documents, store, encoder, passages, options)
 
 
 def find_passages(
     question: str,
     vector: np.ndarray,
-    results: Sequence[SearchResult],
+    documents: Sequence[DocumentState],
     store: MilvusStore,
     encoder: Encoder,
     limit: int = 3,
     options: SearchOptions | None = None,
 ) -> list[Citation]:
-    """The ``limit`` passages of the retrieved documents closest to ``question``, numbered from 1.
+    """The ``limit`` passages of the retrieved ``documents`` closest to ``question``, numbered
+    from 1.
 
     Documents with late-chunk rows contribute their best stored late chunks; the others are
     late-chunked again from their exact text. The two lists are merged by rank.
     """
-    if not results:
-        return []
     options = options or SearchOptions()
-    states = store.states([r.doc_id for r in results])
-    with_late = [r for r in results if r.doc_id in states and "late" in states[r.doc_id].kinds]
-    without = [r for r in results if r.doc_id in states and r not in with_late]
+    with_late = [d for d in documents if "late" in d.kinds]
+    without = [d for d in documents if "late" not in d.kinds]
     ranked_lists = [
-        _stored_late_passages(question, vector, with_late, states, store, limit, options),
-        _embedded_passages(vector, without, states, store, encoder, limit),
+        _stored_late_passages(question, vector, with_late, store, limit, options),
+        _embedded_passages(vector, without, store, encoder, limit),
     ]
     merged = sorted(
         ((rank, index, c) for index, cs in enumerate(ranked_lists) for rank, c in enumerate(cs)),
@@ -234,21 +238,17 @@ def extractive_answer(question: str, context: list[Citation]) -> Answer:
 def _stored_late_passages(
     question: str,
     vector: np.ndarray,
-    results: Sequence[SearchResult],
-    states: dict[str, DocumentState],
+    documents: Sequence[DocumentState],
     store: MilvusStore,
     limit: int,
     options: SearchOptions,
 ) -> list[Citation]:
-    if not results:
+    if not documents:
         return []
-    by_doc = {r.doc_id: r for r in results}
+    by_doc = {d.doc_id: d for d in documents}
     inner = late_chunks_of(list(by_doc), options, limit)
     rows = store.top_rows(build_query(store, question, vector, inner), limit)
-    return [
-        _citation(by_doc[row.doc_id], states[row.doc_id], store, row.start, row.end, row.score)
-        for row in rows
-    ]
+    return [_citation(by_doc[row.doc_id], store, row.start, row.end, row.score) for row in rows]
 
 
 # -- passages by embedding the stored document again ---------------------------------------------
@@ -256,36 +256,44 @@ def _stored_late_passages(
 
 def _embedded_passages(
     vector: np.ndarray,
-    results: Sequence[SearchResult],
-    states: dict[str, DocumentState],
+    documents: Sequence[DocumentState],
     store: MilvusStore,
     encoder: Encoder,
     limit: int,
 ) -> list[Citation]:
     """Late-chunk each document's exact text, embedded in one batched pass; rank its spans."""
-    documents = []
-    for result in results:
-        text = store.document_text(states[result.doc_id])
-        if text.strip():
-            documents.append((result, text))
-    if not documents:
+    texts = [(state, store.document_text(state)) for state in documents]
+    texts = [(state, text) for state, text in texts if text.strip()]
+    if not texts:
         return []
-    windows_per_doc = encoder.encode_windows([text for _, text in documents])
+    windows_per_doc = encoder.encode_windows([text for _, text in texts])
     scored = []
-    for (result, text), windows in zip(documents, windows_per_doc, strict=True):
-        encoding = encoder.tokenizer.encode(text, add_special_tokens=False)
-        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-        spans = late_chunk_spans(text, offsets, chunk_tokens=IngestOptions.late_chunk_tokens)
+    for (state, text), windows in zip(texts, windows_per_doc, strict=True):
+        spans = late_spans(store, encoder, text)
         vectors, kept = pool_spans(windows, spans)
         scores = vectors @ vector
         for index in np.argsort(-scores)[:limit]:
             start, end = spans[kept[index]]
-            scored.append((float(scores[index]), result, start, end, text[start:end]))
+            scored.append((float(scores[index]), state, start, end, text[start:end]))
     scored.sort(key=lambda item: -item[0])
     return [
-        _citation(result, states[result.doc_id], store, start, end, score, quote)
-        for score, result, start, end, quote in scored[:limit]
+        _citation(state, store, start, end, score, quote)
+        for score, state, start, end, quote in scored[:limit]
     ]
+
+
+def late_spans(store: MilvusStore, encoder: Encoder, text: str) -> list[tuple[int, int]]:
+    """``text``'s late-chunk spans, cut as this collection's late rows were (its recorded
+    options; the ingest defaults where it holds no late rows)."""
+    recorded = store.manifest.kinds.get("late") or {}
+    defaults = IngestOptions()
+    encoding = encoder.tokenizer.encode(text, add_special_tokens=False)
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    return late_chunk_spans(
+        text, offsets,
+        chunk_tokens=recorded.get("late_chunk_tokens", defaults.late_chunk_tokens),
+        strategy=recorded.get("late_strategy", defaults.late_strategy),
+    )  # fmt: skip
 
 
 def _name(backend: ChatBackend | None) -> str:
@@ -293,7 +301,6 @@ def _name(backend: ChatBackend | None) -> str:
 
 
 def _citation(
-    result: SearchResult,
     state: DocumentState,
     store: MilvusStore,
     start: int,
@@ -303,13 +310,13 @@ def _citation(
 ) -> Citation:
     return Citation(
         number=0,
-        source=result.source,
-        title=result.title,
+        source=state.source,
+        title=state.title,
         start=start,
         end=end,
         page=page_at(state, start),
         page_end=page_at(state, end),
         quote=quote if quote is not None else store.document_text(state, start, end),
         score=score,
-        doc_id=result.doc_id,
+        doc_id=state.doc_id,
     )

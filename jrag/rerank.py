@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from jrag.attention import Kernel, choose_kernel
 from jrag.config import BertConfig
 from jrag.encoder import DEFAULT_BATCH_TOKENS, resolve_dtype, token_budget_batches
 from jrag.errors import InputError, ModelLoadError
@@ -39,6 +40,7 @@ class Reranker:
         max_length: int,
     ):
         self.model = model.to(device)
+        self.model.kernel = Kernel(choose_kernel(device.type, dtype))
         self.tokenizer = tokenizer
         self.name = name
         self.device = device

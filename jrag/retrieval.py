@@ -23,8 +23,9 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,10 @@ from jrag.encoder import Encoder
 from jrag.errors import InputError
 from jrag.modes import (
     CONTENTS,
+    DEFAULT_CONTENT,
+    DEFAULT_K,
     DEFAULT_RANKER,
+    DEFAULT_RERANK_DEPTH,
     DEFAULT_SEARCH_MODE,
     DEFAULT_WEIGHTS,
     SEARCH_MODES,
@@ -54,8 +58,6 @@ from jrag.store.metadata import compile_where
 logger = logging.getLogger("jrag")
 
 DEFAULT_CONTEXT_TOKENS = 384
-# How many fused documents a reranker scores, when it is on.
-DEFAULT_RERANK_DEPTH = 20
 _NOTICES: set[tuple[str, str]] = set()
 _NOTICES_LOCK = threading.Lock()
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
@@ -89,15 +91,19 @@ class SearchResult:
 
 @dataclass
 class SearchOptions:
-    """How to search; the defaults are what ``jrag search`` and the retrievers use."""
+    """How to search; the defaults are what ``jrag search`` and the retrievers use.
 
-    k: int = 5
+    The one declaration of the search options: the CLI, both retrievers and ``ask`` build it
+    with :meth:`pick` from their like-named arguments, so a new field reaches all of them.
+    """
+
+    k: int = DEFAULT_K
     mode: str = DEFAULT_SEARCH_MODE
     filter: str | None = None
     hybrid: bool = True
     ranker: str = DEFAULT_RANKER
     weights: tuple[float, float] = DEFAULT_WEIGHTS
-    content: str = "passage"
+    content: str = DEFAULT_CONTENT
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     tenant: str = ""
     full_text_kinds: tuple[str, ...] | None = None  # None: by measurement (jrag.modes)
@@ -107,7 +113,26 @@ class SearchOptions:
     mmr: bool = False  # re-rank the fused candidates by maximal marginal relevance
     mmr_lambda: float = DEFAULT_MMR_LAMBDA  # 1: relevance only; lower: more diversity
 
+    @classmethod
+    def pick(cls, source: Mapping[str, Any] | object, **overrides: Any) -> SearchOptions:
+        """The options ``source`` names (a mapping such as a command's arguments, or an object
+        such as a retriever, read by field name), then ``overrides`` that are not None; fields
+        ``source`` lacks keep their defaults."""
+        missing = object()
+        values = {}
+        for option in fields(cls):
+            if isinstance(source, Mapping):
+                value = source.get(option.name, missing)
+            else:
+                value = getattr(source, option.name, missing)
+            if value is not missing:
+                values[option.name] = value
+        values.update({name: v for name, v in overrides.items() if v is not None})
+        return cls(**values)
+
     def __post_init__(self) -> None:
+        if isinstance(self.weights, list):
+            self.weights = tuple(self.weights)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise InputError(f"k must be a positive number of documents, not {self.k!r}")
         if self.mode not in SEARCH_MODES:
@@ -202,6 +227,13 @@ def search(
 STALE_READ_RETRIES = 10
 
 
+def rank_documents(
+    query: str, store: MilvusStore, options: SearchOptions, vector: np.ndarray
+) -> tuple[list[RankedRow], dict[str, DocumentState]]:
+    """Step 2 alone: the best documents' best rows, and their states (what ``ask`` needs)."""
+    return store.rank(build_query(store, query, vector, options))
+
+
 def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:
@@ -212,7 +244,7 @@ def _search_once(
     )
     if options.mmr:
         first = replace(first, k=max(first.k, mmr_depth(options.k)))
-    ranked, states = store.rank(build_query(store, query, vector, first))
+    ranked, states = rank_documents(query, store, first, vector)
     if not ranked:
         return []
     if options.mmr:  # k diverse documents of the candidates; a reranker then orders them

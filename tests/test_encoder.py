@@ -335,6 +335,27 @@ def test_max_length_beyond_the_model_limit_is_refused():
         encoder.encode(["text"], max_length=8192)
 
 
+@pytest.mark.parametrize(
+    ("device", "dtype", "kernel"),
+    [
+        ("cuda", torch.bfloat16, "flex"),
+        ("cuda", torch.float16, "flex"),
+        ("cuda", torch.float32, "sdpa"),  # compiled flex in float32 measured 10x slower
+        ("cpu", torch.float32, "sdpa"),
+        ("cpu", torch.bfloat16, "sdpa"),
+    ],
+)
+def test_attention_kernel_is_chosen_from_device_and_dtype(device, dtype, kernel):
+    assert jrag.attention.choose_kernel(device, dtype) == kernel
+
+
+def test_encoder_keeps_the_kernel_chosen_when_it_was_built(tiny_jina):
+    encoder = Encoder.from_pretrained(tiny_jina, device="cpu", dtype="float32")
+    assert encoder.model.kernel == jrag.attention.Kernel("sdpa")
+    with pytest.raises(ValueError, match="unknown attention kernel 'fast'"):
+        Encoder.from_pretrained(tiny_jina, kernel="fast")
+
+
 def test_alibi_reach_is_the_cauchy_schwarz_bound():
     slopes = jrag.attention.alibi_slopes(4)  # 1/4, 1/16, 1/64, 1/256
     bias = jrag.attention.AlibiBias(slopes, 1000, dtype=torch.float32, device="cpu")
@@ -346,20 +367,21 @@ def test_alibi_reach_is_the_cauchy_schwarz_bound():
     assert bias.reach(query, key) == expected == [136, 544, 2176, 8704]
 
 
-def test_skipping_far_keys_changes_nothing(tiny_jina, monkeypatch):
+def test_skipping_far_keys_changes_nothing(tiny_jina):
     encoder = Encoder.from_pretrained(tiny_jina)
     text = make_text(3000, seed=12)
     (states,) = encoder.encode_tokens([text])
     ids = torch.tensor([encoder.tokenizer.encode(text).ids])
     q = torch.randn(1, 6, ids.shape[1], 8)
-    monkeypatch.setattr(jrag.attention, "SKIP_FAR_KEYS", False)
+    encoder.model.kernel = jrag.attention.Kernel("sdpa", skip_far_keys=False)
     (dense,) = encoder.encode_tokens([text])
     assert np.abs(states.hidden - dense.hidden).max() <= 1e-5
     bias = jrag.attention.AlibiBias(
         encoder.model.alibi_slopes, ids.shape[1], dtype=torch.float32, device="cpu"
     )
-    monkeypatch.setattr(jrag.attention, "SKIP_FAR_KEYS", True)
-    assert min(bias.reach(q, q)) < ids.shape[1]  # the skipping path really ran on some heads
+    assert (
+        bias.kernel.skip_far_keys and min(bias.reach(q, q)) < ids.shape[1]
+    )  # the skipping path really ran on some heads
 
 
 # -- the checkpoint's sentence-transformers config -----------------------------------------------
@@ -516,15 +538,14 @@ def test_packed_short_sequences_match_one_at_a_time(tiny_jina, monkeypatch):
         assert np.abs(a.hidden - b.hidden).max() <= 1e-5
 
 
-def test_flex_attention_path_matches_the_reference_on_cpu(tiny_jina, monkeypatch):
+def test_flex_attention_path_matches_the_reference_on_cpu(tiny_jina):
     # The CUDA kernel path (ALiBi as a score_mod, padding as a block mask), run eagerly on CPU.
-    monkeypatch.setattr(jrag.attention, "KERNEL", "flex")
-    encoder = Encoder.from_pretrained(tiny_jina)
+    encoder = Encoder.from_pretrained(tiny_jina, kernel="flex")
     texts = [make_text(n, seed=n) for n in (3, 150, 40)]
     states = encoder.encode_tokens(texts, batch_tokens=10**6)
     bias = jrag.attention.AlibiBias(encoder.model.alibi_slopes, 8, dtype=torch.float32,
-                                    device="cpu")  # fmt: skip
-    assert bias.kernel == "flex" and not hasattr(bias, "base")  # no bias tensor at all
+                                    device="cpu", kernel=encoder.model.kernel)  # fmt: skip
+    assert bias.kernel.name == "flex" and not hasattr(bias, "base")  # no bias tensor at all
     for text, state in zip(texts, states, strict=True):
         expected = reference_hidden_states(tiny_jina, encoder.tokenizer.encode(text).ids)
         assert np.abs(state.hidden - expected).max() <= 1e-4

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
@@ -11,12 +11,13 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
-from jrag.retrieval import DEFAULT_RERANK_DEPTH, SearchOptions, SearchResult
-from jrag.searcher import RemoteSearcher, Searcher, result_metadata
+from jrag.embedding import RemoteSearcher, Searcher, result_metadata
+from jrag.retrieval import SearchOptions, SearchResult
 from jrag.store import CONNECT_TIMEOUT_S
+
+_DEFAULTS = SearchOptions()
 
 
 class JragRetriever(BaseRetriever):
@@ -56,23 +57,24 @@ class JragRetriever(BaseRetriever):
     device: str | None = Field(default=None, description="torch device; default: CUDA if any.")
     k: int = Field(default=4, ge=1, description="How many documents to return.")
     filter: str | None = Field(default=None, description="Milvus filter expression.")
-    mode: Literal["auto", "whole", "late", "chunked"] = Field(
-        default="auto", description="Which rows to search: auto = all the collection holds."
+    # The search options: named and defaulted as SearchOptions' fields, checked by it.
+    mode: str = Field(
+        default=_DEFAULTS.mode, description="Which rows to search: auto = all the collection holds."
     )
-    hybrid: bool = Field(default=True, description="Fuse dense and BM25 full-text search.")
-    ranker: Literal["adaptive", "relative", "dbsf", "rrf", "weighted"] = Field(
-        default=DEFAULT_RANKER, description="How the dense and BM25 results are fused."
+    hybrid: bool = Field(default=_DEFAULTS.hybrid, description="Fuse dense and BM25 search.")
+    ranker: str = Field(
+        default=_DEFAULTS.ranker, description="How the dense and BM25 results are fused."
     )
     weights: tuple[float, float] = Field(
-        default=DEFAULT_WEIGHTS, description="Dense and BM25 weights (see --weights)."
+        default=_DEFAULTS.weights, description="Dense and BM25 weights (see --weights)."
     )
-    content: Literal["passage", "document"] = Field(
-        default="passage", description="Best passage with context, or its whole window."
+    content: str = Field(
+        default=_DEFAULTS.content, description="Best passage with context, or its whole window."
     )
-    tenant: str = Field(default="", description="Only this tenant's documents.")
+    tenant: str = Field(default=_DEFAULTS.tenant, description="Only this tenant's documents.")
     rerank: str | None = Field(default=None, description="Cross-encoder model; None: off.")
     rerank_depth: int = Field(
-        default=DEFAULT_RERANK_DEPTH, ge=1, le=1000, description="Documents the reranker scores."
+        default=_DEFAULTS.rerank_depth, description="Documents the reranker scores."
     )
     connect_timeout: float = Field(default=CONNECT_TIMEOUT_S, gt=0, description="Seconds.")
     server: str | None = Field(
@@ -85,6 +87,11 @@ class JragRetriever(BaseRetriever):
     )
 
     _searcher: Searcher | RemoteSearcher = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _check_options(self) -> JragRetriever:
+        self._options(None, None)  # a bad option fails here, not at the first query
+        return self
 
     def model_post_init(self, context: Any, /) -> None:
         if self.server:
@@ -126,18 +133,8 @@ class JragRetriever(BaseRetriever):
         return [_to_document(result) for result in results]
 
     def _options(self, k: int | None, filter: str | None) -> SearchOptions:
-        return SearchOptions(
-            k=self.k if k is None else k,
-            mode=self.mode,
-            filter=self.filter if filter is None else filter,
-            hybrid=self.hybrid,
-            ranker=self.ranker,
-            weights=self.weights,
-            content=self.content,
-            tenant=self.tenant,
-            rerank=self.rerank,
-            rerank_depth=self.rerank_depth,
-        )
+        """This retriever's search options, with one call's ``k`` and ``filter``."""
+        return SearchOptions.pick(self, k=k, filter=filter)
 
     def close(self) -> None:
         """Close the store if it was opened (a later query opens it again)."""

@@ -99,14 +99,16 @@ _DEFAULT_OUT = Path("jrag-eval")
 
 def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) -> None:
     """Load the model, build the corpora, run every mode, then print and save the results."""
-    from jrag.console import console, fail, load_encoder
+    from jrag.console import console, fail, loading
+    from jrag.embedding import load_encoder
     from jrag.evaluation.report import results_table, write_outputs
     from jrag.evaluation.runner import check_modes, run_evaluation
 
     try:
         modes = check_modes(modes)
         started = time.perf_counter()
-        encoder = load_encoder(model)
+        with loading(model):
+            encoder = load_encoder(model)
         with console.status(f"building the {task} corpus"):
             corpora = make_corpora(encoder)
         with console.status(f"{task}") as status:

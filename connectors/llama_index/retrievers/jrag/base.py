@@ -8,13 +8,15 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
-from jrag.retrieval import DEFAULT_RERANK_DEPTH, SearchOptions, SearchResult
-from jrag.searcher import RemoteSearcher, Searcher, result_metadata
+from jrag.embedding import RemoteSearcher, Searcher, result_metadata
+from jrag.retrieval import SearchOptions, SearchResult
 from jrag.store import CONNECT_TIMEOUT_S
 
 # Kept in the node's metadata for callers, but not shown to the LLM or re-embedded.
 _INTERNAL_KEYS = ["score", "start", "end", "passage_start", "passage_end", "doc_id", "kind"]
+
+
+_DEFAULTS = SearchOptions()
 
 
 class JragRetriever(BaseRetriever):
@@ -52,15 +54,15 @@ class JragRetriever(BaseRetriever):
         model: str | None = None,
         k: int = 4,
         filter: str | None = None,
-        mode: str = "auto",
+        mode: str = _DEFAULTS.mode,
         *,
-        hybrid: bool = True,
-        ranker: str = DEFAULT_RANKER,
-        weights: tuple[float, float] = DEFAULT_WEIGHTS,
-        content: str = "passage",
-        tenant: str = "",
+        hybrid: bool = _DEFAULTS.hybrid,
+        ranker: str = _DEFAULTS.ranker,
+        weights: tuple[float, float] = _DEFAULTS.weights,
+        content: str = _DEFAULTS.content,
+        tenant: str = _DEFAULTS.tenant,
         rerank: str | None = None,
-        rerank_depth: int = DEFAULT_RERANK_DEPTH,
+        rerank_depth: int = _DEFAULTS.rerank_depth,
         token: str | None = None,
         device: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
@@ -70,11 +72,9 @@ class JragRetriever(BaseRetriever):
         document_prompt: str | None = None,
         **kwargs: Any,
     ) -> None:
-        # Checked here, so a bad argument fails at construction rather than at the first query.
-        self.options = SearchOptions(
-            k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker, weights=tuple(weights),
-            content=content, tenant=tenant, rerank=rerank, rerank_depth=rerank_depth,
-        )  # fmt: skip
+        # The search options among the arguments, by name; checked here, so a bad one fails at
+        # construction rather than at the first query.
+        self.options = SearchOptions.pick(locals())
         self._searcher: Searcher | RemoteSearcher
         if server:
             self._searcher = RemoteSearcher(server, collection, api_key=api_key)
