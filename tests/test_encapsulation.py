@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("jrag", "connectors", "benchmarks", "tests")
 # White-box tests of the store itself, which stage half-written versions and raw rows.
 WHITE_BOX = {"tests/test_store.py", "tests/test_concurrent_writes.py",
+             "tests/concurrent_writers.py",  # its trace wraps the writer's steps
              "tests/test_hostile_input.py", "tests/test_encapsulation.py"}  # fmt: skip
 # A store's inner parts or private members, reached through anything named for a store.
 STORE_INSIDES = re.compile(r"\bstore\w*\)?\.(writer|ranker|conn|_\w+)\b", re.IGNORECASE)
