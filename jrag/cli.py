@@ -658,8 +658,6 @@ def search(
         if server:
             _no_rerank_on_server(rerank)
             _no_prompts_on_server(query_prompt, document_prompt)
-            if where or mmr:
-                raise InputError("--where and --mmr are not sent to a --server yet")
             from types import SimpleNamespace
 
             from jrag.client import Client
@@ -668,6 +666,7 @@ def search(
                 found = client.search(
                     query, k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker,
                     weights=list(weights), content=content, tenant=tenant, collection=collection,
+                    where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
                 )  # fmt: skip
             results = [SimpleNamespace(**r) for r in found]
         else:

@@ -165,10 +165,10 @@ def retrieve_passages(
         raise InputError(f"passages must be at least 1, not {passages}")
     if vector is None:
         vector = embed_query(encoder, question)  # once, for the documents and their passages
-    if options.rerank is None:
+    if options.rerank is None and not options.mmr:
         ranked, states = rank_documents(question, store, options, vector)
         documents = [states[row.doc_id] for row in ranked if row.doc_id in states]
-    else:  # the cross-encoder's order needs each document's best passage: the full search
+    else:  # a cross-encoder's order needs each document's best passage, MMR their vectors
         results = search(question, store, encoder, options, vector=vector)
         states = store.states([r.doc_id for r in results])
         documents = [states[r.doc_id] for r in results if r.doc_id in states]

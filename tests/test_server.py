@@ -233,6 +233,37 @@ def test_documents_by_id_skip_same_text_replace_changed_text_and_delete(client) 
     assert client.delete("/documents/notes/qm").json()["deleted"] is False
 
 
+def test_documents_carry_metadata_that_search_and_ask_filter_on(client) -> None:
+    docs = [
+        {"id": "m/north", "text": "The lighthouse keeper logged the storm at midnight.",
+         "metadata": {"team": "north", "year": 2021}},
+        {"id": "m/south", "text": "The lighthouse keeper logged the fog at dawn.",
+         "metadata": {"team": "south", "year": 2019}},
+    ]  # fmt: skip
+    added = client.post("/documents", json={"documents": docs})
+    assert added.status_code == 200, added.text
+    assert sorted(added.json()["added"]) == ["m/north", "m/south"]
+
+    def found(where: dict, route: str = "/search") -> list[str]:
+        body = {"query": "lighthouse keeper logged", "k": 5, "where": where}
+        if route == "/ask":
+            body = {"question": body.pop("query"), "stream": False, "llm": False, **body}
+        response = client.post(route, json=body)
+        assert response.status_code == 200, response.text
+        if route == "/ask":
+            return sorted({c["source"] for c in response.json()["citations"]})
+        return sorted(r["source"] for r in response.json()["results"])
+
+    assert found({"team": "north"}) == ["m/north"]
+    assert found({"year": {"$lt": 2020}}) == ["m/south"]
+    assert found({"$or": [{"team": "north"}, {"year": 2019}]}) == ["m/north", "m/south"]
+    assert found({"team": "south"}, "/ask") == ["m/south"]
+    bad = client.post("/search", json={"query": "x", "where": {"team) or (1": 1}})
+    assert bad.status_code == 400 and "team) or (1" in error_of(bad)["message"]
+    for doc in docs:
+        client.delete(f"/documents/{doc['id']}")
+
+
 def test_uploaded_files_are_parsed_stored_and_their_text_escaped_on_the_page(client) -> None:
     name = "<img src=x onerror=alert(1)>.md"
     body = b"# Owl survey\n\nThe barn owl hoots at midnight over the hayloft <script>x()</script>."

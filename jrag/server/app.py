@@ -532,7 +532,7 @@ def create_app(
                 return _validation_error(list(err.errors()))
             service.check_collection(body.collection)
             tenant = body.tenant
-            documents = [text_document(d.id, d.text, d.title) for d in body.documents]
+            documents = [text_document(d.id, d.text, d.title, d.metadata) for d in body.documents]
         seen: set[str] = set()
         for doc in documents:
             if doc.source in seen:
@@ -575,10 +575,7 @@ def create_app(
 
 
 def _options(body: SearchFields, *, content: str) -> SearchOptions:
-    return SearchOptions(
-        k=body.k, mode=body.mode, filter=body.filter, hybrid=body.hybrid, ranker=body.ranker,
-        weights=tuple(body.weights), content=content, tenant=body.tenant,
-    )  # fmt: skip
+    return SearchOptions.pick(body, content=content)
 
 
 def _event(name: str, data: dict) -> str:

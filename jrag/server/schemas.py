@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jrag.diversity import DEFAULT_MMR_LAMBDA
 from jrag.modes import DEFAULT_RANKER, DEFAULT_SEARCH_MODE, DEFAULT_WEIGHTS
 
 
@@ -51,6 +52,12 @@ class SearchFields(BaseModel):
     ranker: str = DEFAULT_RANKER
     weights: tuple[float, float] = DEFAULT_WEIGHTS
     tenant: str = ""
+    where: dict[str, Any] | None = Field(
+        default=None,
+        description='A metadata filter: {"author": "ann", "year": {"$gte": 2020}, "$or": [...]}.',
+    )
+    mmr: bool = Field(default=False, description="Re-rank by maximal marginal relevance.")
+    mmr_lambda: float = Field(default=DEFAULT_MMR_LAMBDA, ge=0.0, le=1.0)
     collection: str | None = Field(default=None, description="Must name the served collection.")
 
 
@@ -93,6 +100,9 @@ class TextDocument(BaseModel):
     id: str = Field(min_length=1, max_length=1024, description="The document's key (its source).")
     text: str = Field(min_length=1)
     title: str | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="The document's own fields, filterable with `where`."
+    )
 
 
 class DocumentsRequest(BaseModel):
