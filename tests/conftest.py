@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import atexit
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from jrag import Encoder
+from jrag.loading import MINILM_ID
+from jrag.store import MilvusStore
 from tests.milvus_server import (
     SERVER_ENV,
     SKIP_ENV,
@@ -67,3 +71,18 @@ def milvus_server_uri(milvus_server: MilvusServerProcess) -> str:
 def store_uri(request: pytest.FixtureRequest) -> str:
     """Each store test runs against Milvus Lite and against the real server (marked ``server``)."""
     return request.getfixturevalue(f"milvus_{request.param}_uri")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Encoder:
+    """all-MiniLM-L6-v2, loaded once per session."""
+    return Encoder.from_pretrained(MINILM_ID)
+
+
+@pytest.fixture
+def minilm_store(store_uri: str, minilm: Encoder) -> Iterator[MilvusStore]:
+    """A new collection for MiniLM vectors, on each backend; dropped afterwards."""
+    collection = f"t_{uuid.uuid4().hex[:12]}"
+    with MilvusStore(store_uri, collection, model=minilm.name, dim=minilm.dim) as opened:
+        yield opened
+        opened.drop()

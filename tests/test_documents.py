@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jrag import Encoder
 from jrag.diversity import maximal_marginal_relevance
 from jrag.documents import (
     StoredDocument,
@@ -38,17 +37,9 @@ from jrag.store.metadata import compile_where
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def minilm() -> Encoder:
-    return Encoder.from_pretrained(MINILM_ID)
-
-
 @pytest.fixture
-def store(store_uri, minilm):
-    collection = f"d_{uuid.uuid4().hex[:12]}"
-    with MilvusStore(store_uri, collection, model=minilm.name, dim=minilm.dim) as opened:
-        yield opened
-        opened.drop()
+def store(minilm_store: MilvusStore) -> MilvusStore:
+    return minilm_store
 
 
 @pytest.fixture

@@ -56,17 +56,9 @@ def write_corpus(folder: Path) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="session")
-def minilm() -> Encoder:
-    return Encoder.from_pretrained(MINILM_ID)
-
-
 @pytest.fixture
-def store(store_uri, minilm):
-    collection = f"t_{uuid.uuid4().hex[:12]}"
-    with MilvusStore(store_uri, collection, model=minilm.name, dim=minilm.dim) as opened:
-        yield opened
-        opened.drop()
+def store(minilm_store: MilvusStore) -> MilvusStore:
+    return minilm_store
 
 
 def stored(store: MilvusStore) -> dict:
