@@ -40,7 +40,7 @@ def benchmarks(paths: list[Path]) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def dense_only(mode: str) -> bool:
-    return mode in VARIANTS and not VARIANTS[mode].full_text_kinds
+    return mode in VARIANTS and not VARIANTS[mode].hybrid
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
         for mode, (score, ms) in scores.items():
             mark = "**" if mode == DEFAULT else ""
             print(f"| {mark}{mode}{mark} | {score:.3f} | {score - best:+.3f} | {ms:.1f} |")
-            hybrid = not dense_only(mode) and VARIANTS.get(mode, VARIANTS[DEFAULT]).kinds
+            hybrid = not dense_only(mode) and VARIANTS.get(mode, VARIANTS[DEFAULT]).dense
             if hybrid and (mode not in worst or score - best < worst[mode][0]):
                 worst[mode] = (score - best, name)
         if DEFAULT in scores:

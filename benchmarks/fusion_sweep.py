@@ -33,6 +33,7 @@ from jrag.evaluation.runner import DEPTH, FUSION_VARIANTS, VARIANTS, run_evaluat
 from jrag.evaluation.tasks import needle_corpora
 from jrag.loading import MINILM_ID
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
+from jrag.retrieval import build_query
 from jrag.store import Query
 from jrag.store.search import _oriented, _score_fusion, adaptive_weights
 
@@ -56,13 +57,12 @@ def run(args) -> None:
     encoder = Encoder.from_pretrained(MINILM_ID)
     made, metrics = corpora(args.task, encoder, args)
     legs: dict[str, dict] = {}
-    base = VARIANTS["hybrid"]
+    base = replace(VARIANTS["hybrid"], k=DEPTH)
 
     def keep_legs(store, corpus, vectors) -> None:
         per_query = []
         for query, vector in zip(corpus.queries, vectors, strict=True):
-            q = Query(vector, query.text, DEPTH, base.kinds, base.full_text_kinds)
-            dense, text = store.candidates(q)
+            dense, text = store.candidates(build_query(store, query.text, vector, base))
             per_query.append((query.query_id, dense, text))
         ids = {r.doc_id for _, dense, text in per_query for r in (*dense, *text)}
         sources = {d: s.source for d, s in store.states(sorted(ids)).items()}

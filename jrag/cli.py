@@ -604,12 +604,12 @@ def _search_options(arguments: dict):
     return SearchOptions.pick(arguments, where=_where(arguments.get("where")))
 
 
-def _no_rerank_on_server(rerank: str | None) -> None:
+def _check_server_options(
+    rerank: str | None, query_prompt: str | None, document_prompt: str | None
+) -> None:
+    """Refuse the options that ``--server`` cannot honour: they belong to this process's model."""
     if rerank:
         raise InputError("--rerank loads its model in this process; it does not go with --server")
-
-
-def _no_prompts_on_server(query_prompt: str | None, document_prompt: str | None) -> None:
     if query_prompt is not None or document_prompt is not None:
         raise InputError("--query-prompt/--document-prompt are the server's; not with --server")
 
@@ -656,8 +656,7 @@ def search(
     """Find the documents that best match a query, each with its best passage."""
     try:
         if server:
-            _no_rerank_on_server(rerank)
-            _no_prompts_on_server(query_prompt, document_prompt)
+            _check_server_options(rerank, query_prompt, document_prompt)
             from types import SimpleNamespace
 
             from jrag.client import Client
@@ -673,7 +672,6 @@ def search(
             from jrag.retrieval import search as run_search
 
             options = _search_options(locals())
-            _check_dtype(dtype)
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
                                                 query_prompt, document_prompt)  # fmt: skip
             with store:
@@ -681,7 +679,7 @@ def search(
     except JragError as err:
         raise fail(err) from None
     if as_json:
-        rows = [r.__dict__ | {"page": r.page} for r in results]
+        rows = [r.__dict__ | {"page": r.page} for r in results]  # results from --server too
         print(json.dumps(rows, indent=2, allow_nan=False))  # ASCII: exact, and terminal-safe
         return
     table = Table(title=safe(f"{_shortened(query)!r} in {collection}"))
@@ -715,6 +713,7 @@ def _store_and_encoder(
     """
     from jrag.embedding import open_collection
 
+    _check_dtype(dtype)
     with console.status("opening the collection and its model"):
         return open_collection(
             uri, collection, token=token, model=model, dtype=dtype, query_prompt=query_prompt,
@@ -761,8 +760,7 @@ def ask(
     """
     try:
         if server:
-            _no_rerank_on_server(rerank)
-            _no_prompts_on_server(query_prompt, document_prompt)
+            _check_server_options(rerank, query_prompt, document_prompt)
             from jrag.client import Client
 
             with Client(server, api_key=api_key) as client, console.status("asking the server"):
@@ -776,7 +774,6 @@ def ask(
             from jrag.qa import ask as run_ask
 
             options = _search_options(locals())
-            _check_dtype(dtype)
             llm = None if no_llm else from_env()
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
                                                 query_prompt, document_prompt)  # fmt: skip

@@ -167,10 +167,6 @@ class Searcher:
                 )
             return self._opened
 
-    @property
-    def is_open(self) -> bool:
-        return self._opened is not None
-
     def search(self, query: str, options: SearchOptions) -> list[SearchResult]:
         """The best documents for ``query`` (see :func:`jrag.retrieval.search`)."""
         store, encoder = self.open()
@@ -192,8 +188,6 @@ class RemoteSearcher:
 
         self.collection = collection
         self._client = Client(server, api_key=api_key)
-
-    is_open = True
 
     def search(self, query: str, options: SearchOptions) -> list[SearchResult]:
         """The server's results for ``query`` with ``options`` (as :meth:`Searcher.search`)."""

@@ -106,21 +106,11 @@ class SelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(hidden.shape)
 
 
-class SelfOutput(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(residual + self.dense(context))
-
-
 class Attention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.self = SelfAttention(config)
-        self.output = SelfOutput(config)
+        self.output = Output(config, config.hidden_size)
 
     def forward(self, hidden, lengths, bias, attention_fn) -> torch.Tensor:
         return self.output(self.self(hidden, lengths, bias, attention_fn), hidden)
@@ -168,13 +158,16 @@ class Intermediate(nn.Module):
 
 
 class Output(nn.Module):
-    def __init__(self, config: BertConfig):
+    """``LayerNorm(residual + dense(x))``: how BERT closes its attention block (``x`` the
+    attention's context) and its feed-forward (``x`` the intermediate activations)."""
+
+    def __init__(self, config: BertConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(residual + self.dense(intermediate))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dense(x))
 
 
 class Layer(nn.Module):
@@ -185,7 +178,7 @@ class Layer(nn.Module):
         self.attention = Attention(config)
         if config.feed_forward_type == "original":
             self.intermediate = Intermediate(config)
-            self.output = Output(config)
+            self.output = Output(config, config.intermediate_size)
         else:
             self.mlp = GatedMLP(config)
         if config.qk_layer_norm:

@@ -278,14 +278,7 @@ def kind_rows(
 ) -> list[Row]:
     """One row of ``kind`` per span of ``doc``, with its vector."""
     doc_id = document_id(doc.source, tenant)
-    # Document facts on every row, so that a user filter (metadata["doc_type"] == "pdf") works.
-    base = {
-        "doc_type": doc.doc_type,
-        "size": doc.size,
-        "mtime": doc.mtime,
-        "page_count": doc.page_count,
-        **_user(doc),
-    }
+    base = _facts(doc)
     return [
         Row(
             doc_id=doc_id,
@@ -316,21 +309,21 @@ def document_version(doc: ParsedDocument, tenant: str = "", tokens: int = 0) -> 
         title=stored_name(doc.title),
         tenant=tenant,
         metadata={
-            "doc_type": doc.doc_type,
-            "size": doc.size,
-            "mtime": doc.mtime,
-            "page_count": doc.page_count,
+            **_facts(doc),
             "page_starts": list(doc.page_starts),
             "tokens": tokens,
             "length": len(doc.text),
-            **_user(doc),
         },
     )
 
 
-def _user(doc: ParsedDocument) -> dict[str, Any]:
-    """The document's own metadata, under its key apart from jrag's (see jrag.store.metadata)."""
-    return {USER_KEY: doc.metadata} if doc.metadata else {}
+def _facts(doc: ParsedDocument) -> dict[str, Any]:
+    """What the document's state and each of its rows record of it: on every row, so that a
+    user filter (``metadata["doc_type"] == "pdf"``) works. The document's own metadata sits
+    under its key, apart from jrag's (see jrag.store.metadata)."""
+    facts = {"doc_type": doc.doc_type, "size": doc.size, "mtime": doc.mtime,
+             "page_count": doc.page_count}  # fmt: skip
+    return {**facts, USER_KEY: doc.metadata} if doc.metadata else facts
 
 
 # -- the ingest core: plan → parse → embed → write --------------------------------------------

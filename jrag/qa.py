@@ -167,7 +167,7 @@ def retrieve_passages(
         vector = embed_query(encoder, question)  # once, for the documents and their passages
     if options.rerank is None and not options.mmr:
         ranked, states = rank_documents(question, store, options, vector)
-        documents = [states[row.doc_id] for row in ranked if row.doc_id in states]
+        documents = [states[row.doc_id] for row in ranked]
     else:  # a cross-encoder's order needs each document's best passage, MMR their vectors
         results = search(question, store, encoder, options, vector=vector)
         states = store.states([r.doc_id for r in results])

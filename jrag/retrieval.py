@@ -54,6 +54,7 @@ from jrag.rerank import Reranker, load_reranker
 from jrag.store import RANKERS, DocumentState, MilvusStore, Query, RankedRow
 from jrag.store.filters import all_of, check_user_filter, one_of
 from jrag.store.metadata import compile_where
+from jrag.store.search import RRF_K
 
 logger = logging.getLogger("jrag")
 
@@ -88,6 +89,10 @@ class SearchResult:
     def page(self) -> int | None:
         return self.metadata.get("page")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields and the page: a result as JSON (``jrag search --json``, ``POST /search``)."""
+        return self.__dict__ | {"page": self.page}
+
 
 @dataclass
 class SearchOptions:
@@ -101,8 +106,10 @@ class SearchOptions:
     mode: str = DEFAULT_SEARCH_MODE
     filter: str | None = None
     hybrid: bool = True
+    dense: bool = True  # False: the BM25 leg alone (needs hybrid and a collection with BM25)
     ranker: str = DEFAULT_RANKER
     weights: tuple[float, float] = DEFAULT_WEIGHTS
+    rrf_k: int = RRF_K  # the rrf ranker's constant
     content: str = DEFAULT_CONTENT
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     tenant: str = ""
@@ -150,6 +157,8 @@ class SearchOptions:
             raise InputError(
                 f"weights must be two finite non-negative numbers, not both 0; got {self.weights!r}"
             )
+        if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int) or self.rrf_k < 1:
+            raise InputError(f"rrf_k must be a positive whole number, not {self.rrf_k!r}")
         depth = self.rerank_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 1000:
             raise InputError(f"rerank_depth must be between 1 and 1000, not {depth!r}")
@@ -168,17 +177,18 @@ def build_query(
     store: MilvusStore, query: str, vector: np.ndarray, options: SearchOptions
 ) -> Query:
     """The store query for ``options``: kinds from the mode, BM25 where available."""
-    kinds = search_kinds(options.mode, store.manifest.vector_kinds, store.where)
+    held = search_kinds(options.mode, store.manifest.vector_kinds, store.where)
+    kinds = held if options.dense else ()
     where, params = compile_where(options.where, params=store.capabilities.filter_params)
     text_kinds: tuple[str, ...] = ()
     if options.hybrid:
         if store.full_text:
             preferred = options.full_text_kinds
-            text_kinds = (
-                full_text_kinds(kinds) if preferred is None else tuple(k for k in preferred)
-            )
+            text_kinds = full_text_kinds(held) if preferred is None else tuple(preferred)
         else:
             _notice_once(store, _no_full_text_reason(store))
+    if not options.dense and not (options.hybrid and store.full_text):
+        raise InputError(f"a search without its dense leg needs hybrid and BM25 in {store.where}")
     return Query(
         vector=vector,
         text=query,
@@ -187,6 +197,7 @@ def build_query(
         full_text_kinds=text_kinds,
         ranker=options.ranker,
         weights=tuple(options.weights),
+        rrf_k=options.rrf_k,
         filter=all_of(check_user_filter(options.filter), where),
         tenant=options.tenant,
         filter_params=params or None,
@@ -254,7 +265,7 @@ def _search_once(
     if options.rerank is not None:
         ranked, spans = _reranked(query, store, encoder, ranked, states, passages, options)
     return [
-        _result(store, encoder, row, states.get(row.doc_id), passages.get(row.doc_id), options,
+        _result(store, encoder, row, states[row.doc_id], passages.get(row.doc_id), options,
                 spans.get(row.doc_id))
         for row in ranked
     ]  # fmt: skip
@@ -268,8 +279,8 @@ def _diverse(
     options: SearchOptions,
 ) -> list[RankedRow]:
     """The ``k`` documents of ``ranked`` that maximal marginal relevance picks, in its order."""
-    vectors = document_vectors(store, [states[r.doc_id] for r in ranked if r.doc_id in states])
-    kept = [r for r in ranked if r.doc_id in vectors]  # an older schema has no states: as is
+    vectors = document_vectors(store, [states[r.doc_id] for r in ranked])
+    kept = [r for r in ranked if r.doc_id in vectors]  # those with a vector to compare
     if not kept:
         return list(ranked[: options.k])
     matrix = np.stack([vectors[r.doc_id] for r in kept])
@@ -290,10 +301,7 @@ def _reranked(
     with context, scored by it; and those passages' spans, for the results to reuse."""
     spans, texts = {}, []
     for row in ranked:
-        state, passage = states.get(row.doc_id), passages.get(row.doc_id) or row
-        if state is None:  # an older schema: the row's own text
-            texts.append(store.rows([row.id])[0].text)
-            continue
+        state, passage = states[row.doc_id], passages.get(row.doc_id) or row
         spans[row.doc_id] = _with_context(store, encoder, state, passage, options.context_tokens)
         texts.append(store.document_text(state, *spans[row.doc_id]))
     scores = options.rerank.score(query, texts)
@@ -332,7 +340,7 @@ def late_chunks_of(doc_ids: Sequence[str], options: SearchOptions, k: int) -> Se
     best passage is looked for."""
     return SearchOptions(
         k=k, mode="late", hybrid=options.hybrid, ranker=options.ranker, weights=options.weights,
-        tenant=options.tenant, full_text_kinds=("late",),
+        rrf_k=options.rrf_k, tenant=options.tenant, full_text_kinds=("late",),
         filter=all_of(one_of("doc_id", list(doc_ids)), options.filter),
     )  # fmt: skip
 
@@ -341,19 +349,13 @@ def _result(
     store: MilvusStore,
     encoder: Encoder,
     best: RankedRow,
-    state: DocumentState | None,
+    state: DocumentState,
     passage: RankedRow | None,
     options: SearchOptions,
     context: tuple[int, int] | None = None,
 ) -> SearchResult:
     """``context``: the passage-with-context span, when the reranker already computed it."""
     passage = passage or best
-    if state is None:  # an older schema: the row itself is all there is
-        row = store.rows([best.id])[0]
-        return SearchResult(
-            row.doc_id, row.source, row.title, best.score, best.kind, row.start, row.end,
-            row.text, row.start, row.end, row.metadata,
-        )  # fmt: skip
     if options.content == "document":
         start, end = _window_around(store, state, best, passage)
     else:

@@ -168,11 +168,25 @@ def test_a_query_is_frozen_and_eight_threads_searching_one_store_get_what_one_ge
                 break
 
 
-def test_the_evals_hybrid_variant_is_what_search_does_by_default(harbour) -> None:
+def test_eval_variants_are_search_options_and_hybrid_is_the_default_search(harbour) -> None:
     store, encoder = harbour
-    query = build_query(store, QUESTION, embed_query(encoder, QUESTION), SearchOptions())
-    variant = VARIANTS["hybrid"]
-    assert set(query.kinds) == set(variant.kinds)
-    assert (query.full_text_kinds, query.ranker, query.weights, query.rrf_k) == (
-        variant.full_text_kinds, variant.ranker, variant.weights, variant.rrf_k,
-    )  # fmt: skip
+    assert VARIANTS["hybrid"] == SearchOptions()
+    vector = embed_query(encoder, QUESTION)
+    query = build_query(store, QUESTION, vector, VARIANTS["hybrid"])
+    assert (set(query.kinds), query.full_text_kinds) == ({"doc", "late"}, ("doc",))
+    rrf = build_query(store, QUESTION, vector, VARIANTS["hybrid-rrf-k2"])
+    assert (rrf.ranker, rrf.rrf_k) == ("rrf", 2)
+    with pytest.raises(InputError, match="rrf_k"):
+        SearchOptions(rrf_k=0)
+
+
+def test_a_bm25_variant_searches_the_bm25_leg_alone(harbour) -> None:
+    store, encoder = harbour
+    vector = embed_query(encoder, QUESTION)
+    query = build_query(store, QUESTION, vector, VARIANTS["bm25"])
+    assert (query.kinds, query.full_text_kinds) == ((), ("doc",))
+    ranked, _ = store.rank(query)
+    assert names(store, ranked)[0] == "north.txt"  # the only document with the rare name
+    assert all(r.kind == "doc" for r in ranked)
+    with pytest.raises(InputError, match="dense leg"):
+        build_query(store, QUESTION, vector, SearchOptions(dense=False, hybrid=False))

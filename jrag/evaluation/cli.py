@@ -125,47 +125,41 @@ def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) 
     console.print(f"wrote {json_path} and {png_path} ({result.info['seconds']:.1f} s in all)")
 
 
-def _synthetic(task: str, model, lengths, docs, modes, seed, out, uri, token) -> None:
-    from jrag.evaluation.metrics import SYNTHETIC_METRICS
-    from jrag.evaluation.tasks import TASKS
+def _synthetic_command(task: str, summary: str) -> None:
+    """Register the command of one generated task of :data:`jrag.evaluation.tasks.TASKS`."""
 
-    lengths = sorted(dict.fromkeys(lengths))
-    _run(
-        task,
-        lambda encoder: TASKS[task](encoder.tokenizer, lengths, docs, seed),
-        SYNTHETIC_METRICS, model, modes, out, uri, token,
-        {"docs": docs, "lengths": lengths, "seed": seed},
-    )  # fmt: skip
+    def command(
+        model: ModelOpt = DEFAULT_MODEL,
+        lengths: LengthsOpt = _DEFAULT_LENGTHS,
+        docs: DocsOpt = DEFAULT_DOCS,
+        modes: ModesOpt = _DEFAULT_MODES,
+        seed: SeedOpt = 0,
+        out: OutOpt = _DEFAULT_OUT,
+        uri: UriOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        from jrag.evaluation.metrics import SYNTHETIC_METRICS
+        from jrag.evaluation.tasks import TASKS
+
+        lengths = sorted(dict.fromkeys(lengths))
+        _run(
+            task,
+            lambda encoder: TASKS[task](encoder.tokenizer, lengths, docs, seed),
+            SYNTHETIC_METRICS, model, modes, out, uri, token,
+            {"docs": docs, "lengths": lengths, "seed": seed},
+        )  # fmt: skip
+
+    command.__doc__ = summary
+    app.command(task, cls=_MultiValueCommand)(command)
 
 
-@app.command(cls=_MultiValueCommand)
-def passkey(
-    model: ModelOpt = DEFAULT_MODEL,
-    lengths: LengthsOpt = _DEFAULT_LENGTHS,
-    docs: DocsOpt = DEFAULT_DOCS,
-    modes: ModesOpt = _DEFAULT_MODES,
-    seed: SeedOpt = 0,
-    out: OutOpt = _DEFAULT_OUT,
-    uri: UriOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Passkey retrieval: find the document that holds a name's pass key, in filler text."""
-    _synthetic("passkey", model, lengths, docs, modes, seed, out, uri, token)
-
-
-@app.command(cls=_MultiValueCommand)
-def needle(
-    model: ModelOpt = DEFAULT_MODEL,
-    lengths: LengthsOpt = _DEFAULT_LENGTHS,
-    docs: DocsOpt = DEFAULT_DOCS,
-    modes: ModesOpt = _DEFAULT_MODES,
-    seed: SeedOpt = 0,
-    out: OutOpt = _DEFAULT_OUT,
-    uri: UriOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Needle retrieval: find the document that holds one fact, in generated everyday prose."""
-    _synthetic("needle", model, lengths, docs, modes, seed, out, uri, token)
+_synthetic_command(
+    "passkey", "Passkey retrieval: find the document that holds a name's pass key, in filler text."
+)
+_synthetic_command(
+    "needle",
+    "Needle retrieval: find the document that holds one fact, in generated everyday prose.",
+)
 
 
 @app.command(cls=_MultiValueCommand)

@@ -1,10 +1,11 @@
-"""Index each corpus once, rank documents for every query in every variant, score the ranking.
+"""Index each corpus, rank documents for every query in every variant, score the ranking.
 
 Every variant goes through the same code as ``jrag ingest`` / ``jrag search``: rows come from
 :func:`jrag.pipeline.ingest_documents` (the ingest core, with its versioned writes) into one
-collection per corpus holding every row kind the variants need; documents are ranked by
+collection per corpus and ingest mode the variants need; documents are ranked by
 :meth:`jrag.store.MilvusStore.rank`, the primitive behind ``jrag search`` and the retrievers.
-A variant names the row kinds of its dense leg and of its BM25 leg (see :data:`VARIANTS`).
+A variant is a named :class:`jrag.retrieval.SearchOptions` (see :data:`VARIANTS`), turned into
+the store's query by :func:`jrag.retrieval.build_query`, as ``jrag search`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,61 +27,53 @@ from jrag.encoder import Encoder
 from jrag.errors import InputError, StoreError
 from jrag.evaluation.corpus import Corpus, EvalDocument
 from jrag.evaluation.metrics import evaluate
-from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS, full_text_kinds
+from jrag.modes import DEFAULT_INGEST_MODE, INGEST_MODES, full_text_kinds
 from jrag.parse import ParsedDocument
 from jrag.pipeline import IngestOptions, ingest_documents
-from jrag.store import VECTOR_KINDS, MilvusStore, Query
-from jrag.store.search import RRF_K
+from jrag.retrieval import SearchOptions, build_query
+from jrag.store import VECTOR_KINDS, MilvusStore
 
-
-@dataclass(frozen=True)
-class Variant:
-    """One way to search: the dense leg's row kinds, the BM25 leg's (empty: none), and how the
-    two are fused (the product's defaults unless named)."""
-
-    kinds: tuple[str, ...]
-    full_text_kinds: tuple[str, ...] = ()
-    ranker: str = DEFAULT_RANKER
-    weights: tuple[float, float] = DEFAULT_WEIGHTS  # dense, BM25
-    rrf_k: int = RRF_K
-
-    @property
-    def needs(self) -> set[str]:
-        return set(self.kinds) | set(self.full_text_kinds)
-
-
-_ALL = ("doc", "late")  # what a default (late) collection holds: auto mode reads both
-_TEXT = full_text_kinds(_ALL)  # the BM25 leg `jrag search` picks there
-VARIANTS: dict[str, Variant] = {
+_BOTH = INGEST_MODES[DEFAULT_INGEST_MODE]  # doc and late rows
+_TEXT = full_text_kinds(_BOTH)  # the BM25 leg `jrag search` picks there: whole windows
+# Each variant is the options of one `jrag search`, run on a collection ingested as
+# `jrag ingest` does by default (late: doc and late rows), or with --mode chunked for the
+# variants that read naive chunks. "hybrid" is `jrag search` with every option at its default.
+VARIANTS: dict[str, SearchOptions] = {
     # dense only
-    "whole": Variant(("doc",)),
-    "late": Variant(("late",)),
-    "chunked": Variant(("chunk",)),
-    "auto-dense": Variant(_ALL),
+    "whole": SearchOptions(mode="whole", hybrid=False),
+    "late": SearchOptions(mode="late", hybrid=False),
+    "chunked": SearchOptions(mode="chunked", hybrid=False),
+    "auto-dense": SearchOptions(hybrid=False),
     # BM25 only, over document windows, late passages, or both
-    "bm25": Variant((), ("doc",)),
-    "bm25-late": Variant((), ("late",)),
-    "bm25-both": Variant((), _ALL),
-    # hybrid: "hybrid" is what `jrag search` does by default on a default collection (its
-    # ranker and weights are jrag.modes' defaults); the others name theirs
-    "hybrid": Variant(_ALL, _TEXT),
-    "hybrid-late": Variant(_ALL, ("late",)),
-    "hybrid-both": Variant(_ALL, _ALL),
-    "hybrid-adaptive": Variant(_ALL, _TEXT, "adaptive", (0.1, 0.9)),
-    "hybrid-adaptive-w28": Variant(_ALL, _TEXT, "adaptive", (0.2, 0.8)),
-    "hybrid-dbsf": Variant(_ALL, _TEXT, "dbsf"),
-    "hybrid-w19": Variant(_ALL, _TEXT, "relative", (0.1, 0.9)),
-    "hybrid-w28": Variant(_ALL, _TEXT, "relative", (0.2, 0.8)),
-    "hybrid-w37": Variant(_ALL, _TEXT, "relative", (0.3, 0.7)),
-    "hybrid-w55": Variant(_ALL, _TEXT, "relative", (0.5, 0.5)),
-    "hybrid-w73": Variant(_ALL, _TEXT, "relative", (0.7, 0.3)),
-    "hybrid-rrf": Variant(_ALL, _TEXT, "rrf"),
-    "hybrid-rrf-k10": Variant(_ALL, _TEXT, "rrf", rrf_k=10),
-    "hybrid-rrf-k2": Variant(_ALL, _TEXT, "rrf", rrf_k=2),
-    "hybrid-rrf-late": Variant(_ALL, ("late",), "rrf"),
-    "hybrid-weighted": Variant(_ALL, _TEXT, "weighted", (0.2, 0.8)),
-    "chunked-hybrid": Variant(("chunk",), ("chunk",)),
+    "bm25": SearchOptions(dense=False, full_text_kinds=_TEXT),
+    "bm25-late": SearchOptions(dense=False, full_text_kinds=("late",)),
+    "bm25-both": SearchOptions(dense=False, full_text_kinds=_BOTH),
+    # hybrid: the default, and other BM25 rows, rankers and weights
+    "hybrid": SearchOptions(),
+    "hybrid-late": SearchOptions(full_text_kinds=("late",)),
+    "hybrid-both": SearchOptions(full_text_kinds=_BOTH),
+    "hybrid-adaptive": SearchOptions(ranker="adaptive", weights=(0.1, 0.9)),
+    "hybrid-adaptive-w28": SearchOptions(ranker="adaptive", weights=(0.2, 0.8)),
+    "hybrid-dbsf": SearchOptions(ranker="dbsf"),
+    "hybrid-w19": SearchOptions(ranker="relative", weights=(0.1, 0.9)),
+    "hybrid-w28": SearchOptions(ranker="relative", weights=(0.2, 0.8)),
+    "hybrid-w37": SearchOptions(ranker="relative", weights=(0.3, 0.7)),
+    "hybrid-w55": SearchOptions(ranker="relative", weights=(0.5, 0.5)),
+    "hybrid-w73": SearchOptions(ranker="relative", weights=(0.7, 0.3)),
+    "hybrid-rrf": SearchOptions(ranker="rrf"),
+    "hybrid-rrf-k10": SearchOptions(ranker="rrf", rrf_k=10),
+    "hybrid-rrf-k2": SearchOptions(ranker="rrf", rrf_k=2),
+    "hybrid-rrf-late": SearchOptions(ranker="rrf", full_text_kinds=("late",)),
+    "hybrid-weighted": SearchOptions(ranker="weighted", weights=(0.2, 0.8)),
+    "chunked-hybrid": SearchOptions(mode="chunked"),
 }
+
+
+def ingest_mode(variant: SearchOptions) -> str:
+    """The ingest mode of the collection a variant searches."""
+    return "chunked" if variant.mode == "chunked" else DEFAULT_INGEST_MODE
+
+
 # The fusion comparison: dense and BM25 alone, and every way to fuse them.
 FUSION_VARIANTS = (
     "whole", "late", "auto-dense", "bm25", "hybrid", "hybrid-adaptive", "hybrid-adaptive-w28",
@@ -93,7 +86,6 @@ MODES = tuple(VARIANTS)
 Inspect = Callable[[MilvusStore, Corpus, np.ndarray], None]
 
 DEPTH = 10  # documents ranked per query: enough for every @10 metric
-_MAX_SEARCH_ROWS = 16384  # Milvus's cap on one search's limit
 
 
 @dataclass
@@ -154,7 +146,7 @@ def as_parsed(doc: EvalDocument) -> ParsedDocument:
 
 
 def index_corpus(
-    store: MilvusStore, corpus: Corpus, encoder: Encoder, kinds: set[str]
+    store: MilvusStore, corpus: Corpus, encoder: Encoder, kinds: Sequence[str]
 ) -> dict[str, int]:
     """Embed and write every document of ``corpus`` with rows of ``kinds`` (the ingest core,
     as `jrag ingest` runs it); rows per kind."""
@@ -182,24 +174,29 @@ def run_evaluation(
     on_step: Callable[[str], None] | None = None,
     inspect: Inspect | None = None,
 ) -> EvalResult:
-    """Score every corpus in every variant (``modes``). Each corpus is indexed once, in a fresh
-    collection dropped afterwards; without ``uri`` it lives in a temporary Milvus Lite file.
-    ``inspect`` is called with each indexed collection, its corpus and query vectors, after the
-    variants ran and before the collection is dropped (benchmarks read more from it there)."""
+    """Score every corpus in every variant (``modes``). Each corpus is indexed once per ingest
+    mode the variants need, in a fresh collection dropped afterwards; without ``uri`` it lives
+    in a temporary Milvus Lite file. ``inspect`` is called with each indexed collection, its
+    corpus and query vectors, after the variants ran and before the collection is dropped
+    (benchmarks read more from it there)."""
     modes = check_modes(modes)
     result = EvalResult(task, encoder.name, modes, [c.label for c in corpora], metrics)
     workdir = None
     if uri is None:
         workdir = Path(tempfile.mkdtemp(prefix="jrag-eval-"))
         uri = str(workdir / "eval.db")
-    kinds = set().union(*(VARIANTS[m].needs for m in modes))
+    by_ingest: dict[str, list[str]] = {}
+    for mode in modes:
+        by_ingest.setdefault(ingest_mode(VARIANTS[mode]), []).append(mode)
     try:
         for corpus in corpora:
             if on_step:
                 on_step(f"{task} {corpus.label}: indexing")
-            _evaluate_corpus(
-                task, corpus, encoder, modes, kinds, metrics, uri, token, result, inspect
-            )
+            for ingest, variants in by_ingest.items():
+                collection = _collection_name(task, ingest, corpus.label)
+                _evaluate_corpus(
+                    collection, corpus, encoder, ingest, variants, uri, token, result, inspect
+                )
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -207,45 +204,38 @@ def run_evaluation(
 
 
 def _evaluate_corpus(
-    task: str,
+    collection: str,
     corpus: Corpus,
     encoder: Encoder,
+    ingest: str,
     modes: Sequence[str],
-    kinds: set[str],
-    metrics: tuple[str, ...],
     uri: str,
     token: str | None,
     result: EvalResult,
     inspect: Inspect | None = None,
 ) -> None:
-    name = _collection_name(task, "all", corpus.label)
+    """Index ``corpus`` as ``jrag ingest --mode ingest`` does, and score the variants ``modes``."""
     # A leftover of an earlier run at a user-given --uri.
-    with contextlib.suppress(StoreError), MilvusStore(uri, name, token=token, create=False) as old:
+    with (
+        contextlib.suppress(StoreError),
+        MilvusStore(uri, collection, token=token, create=False) as old,
+    ):
         old.drop()
-    with MilvusStore(uri, name, token=token, identity=identity_of(encoder)) as store:
+    with MilvusStore(uri, collection, token=token, identity=identity_of(encoder)) as store:
         try:
             started = time.perf_counter()
-            written = index_corpus(store, corpus, encoder, kinds)
+            written = index_corpus(store, corpus, encoder, INGEST_MODES[ingest])
             embedded = time.perf_counter()
             vectors = encoder.encode_query([q.text for q in corpus.queries])
+            label = corpus.label
             for mode in modes:
-                variant = VARIANTS[mode]
-                full_text = variant.full_text_kinds if store.full_text else ()
+                options = replace(VARIANTS[mode], k=DEPTH)
                 tick = time.perf_counter()
-                run = {}
+                run, dense_kinds = {}, ()
                 for query, vector in zip(corpus.queries, vectors, strict=True):
-                    ranked, states = store.rank(
-                        Query(
-                            vector,
-                            query.text,
-                            DEPTH,
-                            variant.kinds,
-                            full_text,
-                            ranker=variant.ranker,
-                            weights=variant.weights,
-                            rrf_k=variant.rrf_k,
-                        )
-                    )
+                    store_query = build_query(store, query.text, vector, options)
+                    dense_kinds = store_query.kinds
+                    ranked, states = store.rank(store_query)
                     # By rank, not score: BM25 scores from Milvus Lite are negative.
                     run[query.query_id] = {
                         states[r.doc_id].source: float(len(ranked) - i)
@@ -253,16 +243,15 @@ def _evaluate_corpus(
                         if r.doc_id in states
                     }
                 searched = time.perf_counter() - tick
-                label = corpus.label
-                result.scores.setdefault(mode, {})[label] = evaluate(corpus.qrels(), run, metrics)
+                scores = evaluate(corpus.qrels(), run, result.metrics)
+                result.scores.setdefault(mode, {})[label] = scores
                 result.seconds.setdefault(mode, {})[label] = {
                     "embed": embedded - started,
                     "search": searched,
                     "per_query_ms": 1000 * searched / max(1, len(corpus.queries)),
                 }
-                result.rows.setdefault(mode, {})[label] = sum(
-                    written.get(k, 0) for k in variant.kinds
-                )
+                rows = sum(written.get(kind, 0) for kind in dense_kinds)
+                result.rows.setdefault(mode, {})[label] = rows
             if inspect is not None:
                 inspect(store, corpus, vectors)
         finally:

@@ -236,39 +236,45 @@ def _fill(
     return " ".join(body)
 
 
-def _check(lengths: list[int], docs: int) -> None:
+def _corpora(
+    task: str, tokenizer: Tokenizer, lengths: list[int], docs: int, seed: int, document: Callable
+) -> list[Corpus]:
+    """One corpus per length of ``docs`` documents, each holding one fact about an invented
+    name, with one query for it: ``document(rng, index, name, length, count)`` gives the
+    document's text and the query."""
     if docs < 2:
         raise InputError(f"--docs must be at least 2 (candidates per length), not {docs}")
+    if short := [length for length in lengths if length < 64]:
+        raise InputError(f"--lengths must be at least 64 tokens, not {short[0]}")
+    count = _token_counter(tokenizer)
+    corpora = []
     for length in lengths:
-        if length < 64:
-            raise InputError(f"--lengths must be at least 64 tokens, not {length}")
+        rng = random.Random(f"{task}:{seed}:{length}")
+        documents, queries = [], []
+        for index, name in enumerate(_names(rng, docs)):
+            text, question = document(rng, index, name, length, count)
+            doc_id = f"{task}-{length}-{index:03d}"
+            documents.append(EvalDocument(doc_id, text, title=doc_id))
+            queries.append(EvalQuery(f"q-{doc_id}", question, {doc_id: 1}))
+        corpora.append(Corpus(str(length), documents, queries, {"length": length}))
+    return corpora
 
 
 def passkey_corpora(
     tokenizer: Tokenizer, lengths: list[int], docs: int = DEFAULT_DOCS, seed: int = 0
 ) -> list[Corpus]:
     """One corpus per length: filler text with one pass-key sentence per document."""
-    _check(lengths, docs)
-    count = _token_counter(tokenizer)
-    corpora = []
-    for length in lengths:
-        rng = random.Random(f"passkey:{seed}:{length}")
-        documents, queries = [], []
-        for index, name in enumerate(_names(rng, docs)):
-            key = rng.randint(10000, 99999)
-            fact = f"{name}'s pass key is {key}. Remember it. {key} is the pass key for {name}."
-            cycle = iter(range(10**9))
-            text = _fill(
-                lambda c=cycle: PASSKEY_FILLER[next(c) % len(PASSKEY_FILLER)],
-                fact, length, count, rng,
-            )  # fmt: skip
-            doc_id = f"passkey-{length}-{index:03d}"
-            documents.append(EvalDocument(doc_id, text, title=doc_id))
-            queries.append(
-                EvalQuery(f"q-{doc_id}", f"what is the passkey for {name}?", {doc_id: 1})
-            )
-        corpora.append(Corpus(str(length), documents, queries, {"length": length}))
-    return corpora
+
+    def document(rng, index, name, length, count) -> tuple[str, str]:
+        key = rng.randint(10000, 99999)
+        fact = f"{name}'s pass key is {key}. Remember it. {key} is the pass key for {name}."
+        cycle = iter(range(10**9))
+        text = _fill(
+            lambda: PASSKEY_FILLER[next(cycle) % len(PASSKEY_FILLER)], fact, length, count, rng
+        )
+        return text, f"what is the passkey for {name}?"
+
+    return _corpora("passkey", tokenizer, lengths, docs, seed, document)
 
 
 def _haystack_sentences(rng: random.Random) -> Callable[[], str]:
@@ -290,23 +296,15 @@ def needle_corpora(
     tokenizer: Tokenizer, lengths: list[int], docs: int = DEFAULT_DOCS, seed: int = 0
 ) -> list[Corpus]:
     """One corpus per length: generated everyday prose with one templated fact per document."""
-    _check(lengths, docs)
-    count = _token_counter(tokenizer)
-    corpora = []
-    for length in lengths:
-        rng = random.Random(f"needle:{seed}:{length}")
-        documents, queries = [], []
-        for index, name in enumerate(_names(rng, docs)):
-            fact_template, question_template, slots = _NEEDLES[index % len(_NEEDLES)]
-            values = {slot: rng.choice(options) for slot, options in slots.items()}
-            fact = fact_template.format(name=name, **values)
-            question = question_template.format(name=name, **values)
-            text = _fill(_haystack_sentences(rng), fact, length, count, rng)
-            doc_id = f"needle-{length}-{index:03d}"
-            documents.append(EvalDocument(doc_id, text, title=doc_id))
-            queries.append(EvalQuery(f"q-{doc_id}", question, {doc_id: 1}))
-        corpora.append(Corpus(str(length), documents, queries, {"length": length}))
-    return corpora
+
+    def document(rng, index, name, length, count) -> tuple[str, str]:
+        fact_template, question_template, slots = _NEEDLES[index % len(_NEEDLES)]
+        values = {slot: rng.choice(options) for slot, options in slots.items()}
+        fact = fact_template.format(name=name, **values)
+        text = _fill(_haystack_sentences(rng), fact, length, count, rng)
+        return text, question_template.format(name=name, **values)
+
+    return _corpora("needle", tokenizer, lengths, docs, seed, document)
 
 
 TASKS: dict[str, Callable[..., list[Corpus]]] = {

@@ -447,7 +447,7 @@ def create_app(
         results = service.run(
             lambda: search(body.query, service.store(), service.encoder, options, vector=vector)
         )
-        hits = [r.__dict__ | {"page": r.page} for r in results]
+        hits = [r.to_dict() for r in results]
         return SearchResponse(collection=service.collection, results=hits)
 
     @app.post("/ask", tags=["search"], dependencies=guarded,

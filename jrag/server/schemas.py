@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from jrag.diversity import DEFAULT_MMR_LAMBDA
 from jrag.modes import DEFAULT_RANKER, DEFAULT_SEARCH_MODE, DEFAULT_WEIGHTS
+from jrag.retrieval import SearchResult
 
 
 class EmbeddingsRequest(BaseModel):
@@ -74,19 +76,13 @@ class AskRequest(SearchFields):
     stream: bool = Field(default=True, description="Server-sent events when an LLM answers.")
 
 
-class SearchHit(BaseModel):
-    doc_id: str
-    source: str
-    title: str
-    score: float
-    kind: str
-    start: int
-    end: int
-    text: str
-    passage_start: int
-    passage_end: int
-    page: int | None
-    metadata: dict
+# One search result as JSON: SearchResult's fields and its page (SearchResult.to_dict).
+_HIT_TYPES = get_type_hints(SearchResult)
+SearchHit = create_model(
+    "SearchHit",
+    **{f.name: (_HIT_TYPES[f.name], ...) for f in fields(SearchResult)},
+    page=(int | None, ...),
+)
 
 
 class SearchResponse(BaseModel):

@@ -121,7 +121,6 @@ def none_of(field_name: str, values: Iterable[str]) -> str | None:
     return f"{field_name} not in [{', '.join(quote(v) for v in items)}]"
 
 
-def restriction(kinds: Iterable[str], tenant: str | None) -> str:
-    """What jrag itself restricts a search to: these row kinds of this tenant (None: no tenant
-    field, as in collections of the older schema)."""
-    return all_of(one_of("kind", kinds), None if tenant is None else f"tenant == {quote(tenant)}")
+def restriction(kinds: Iterable[str], tenant: str) -> str:
+    """What jrag itself restricts a search to: these row kinds of this tenant."""
+    return all_of(one_of("kind", kinds), f"tenant == {quote(tenant)}")

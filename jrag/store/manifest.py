@@ -16,7 +16,6 @@ collection's properties, which is how a collection of an older jrag schema is re
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +75,6 @@ class Manifest:
     def vector_kinds(self) -> tuple[str, ...]:
         """The searchable row kinds this collection holds, in a fixed order."""
         return tuple(kind for kind in VECTOR_KINDS if kind in self.kinds)
-
-
-def manifest_row_ids(kinds: list[str]) -> list[str]:
-    return [MANIFEST_ID, *(f"{MANIFEST_ID}:kind:{kind}" for kind in kinds)]
 
 
 def create_collection(
@@ -270,7 +265,3 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "kinds": {kind: manifest.kinds[kind] for kind in sorted(manifest.kinds)},
         "full_text_search": manifest.bm25,
     }
-
-
-def kinds_json(manifest: Manifest) -> str:
-    return json.dumps(describe(manifest)["kinds"], sort_keys=True)

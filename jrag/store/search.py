@@ -115,6 +115,7 @@ class RankedRow:
     end: int
     content_hash: str
     score: float
+    tenant: str = ""  # checked against the query's, then only carried
 
 
 class DocumentRanker:
@@ -125,13 +126,10 @@ class DocumentRanker:
         conn: Connection,
         collection: str,
         states: Callable[[Sequence[str]], dict[str, DocumentState]],
-        *,
-        check_versions: bool = True,
     ) -> None:
         self.conn = conn
         self.collection = collection
         self.states = states
-        self.check_versions = check_versions
 
     def rank(self, query: Query) -> tuple[list[RankedRow], dict[str, DocumentState]]:
         """The ``query.k`` best documents' best rows, best first, with their states."""
@@ -211,9 +209,8 @@ class DocumentRanker:
     def _search(
         self, query: Query, user: str | None, exclusions: str | None, limit: int, *, group: bool
     ) -> list[RankedRow]:
-        tenant = query.tenant if self.check_versions else None  # older schemas had no tenant
-        dense_expr = all_of(restriction(query.kinds, tenant), user, exclusions)
-        text_expr = all_of(restriction(query.full_text_kinds, tenant), user, exclusions)
+        dense_expr = all_of(restriction(query.kinds, query.tenant), user, exclusions)
+        text_expr = all_of(restriction(query.full_text_kinds, query.tenant), user, exclusions)
         try:
             with quiet_milvus_logs():
                 if not query.full_text_kinds:
@@ -230,10 +227,9 @@ class DocumentRanker:
     def candidates(self, query: Query) -> tuple[list[RankedRow], list[RankedRow]]:
         """The dense and BM25 legs' candidate documents that a score fusion of ``query`` fuses
         (before any visibility check): for benchmarks that try fusions on the same legs."""
-        tenant = query.tenant if self.check_versions else None
         user = check_user_filter(query.filter)
-        dense_expr = all_of(restriction(query.kinds, tenant), user)
-        text_expr = all_of(restriction(query.full_text_kinds, tenant), user)
+        dense_expr = all_of(restriction(query.kinds, query.tenant), user)
+        text_expr = all_of(restriction(query.full_text_kinds, query.tenant), user)
         with quiet_milvus_logs():
             return self._legs(query, dense_expr, text_expr, query.k, group=True)
 
@@ -259,7 +255,7 @@ class DocumentRanker:
         data = [self._vector(query)] if field == "vector" else [query.text]
         params = self._dense_params(limit, group) if field == "vector" else {"metric_type": "BM25"}
         result = self.conn.client.search(
-            self.collection, data=data, filter=expr, limit=limit, output_fields=self._fields(),
+            self.collection, data=data, filter=expr, limit=limit, output_fields=HIT_FIELDS,
             search_params=params, anns_field=field, consistency_level="Strong",
             **_grouping(group), **_templated(query),
         )  # fmt: skip
@@ -288,13 +284,10 @@ class DocumentRanker:
             else WeightedRanker(*query.weights, norm_score=True)
         )
         result = self.conn.client.hybrid_search(
-            self.collection, legs, ranker, limit=limit, output_fields=self._fields(),
+            self.collection, legs, ranker, limit=limit, output_fields=HIT_FIELDS,
             consistency_level="Strong", **_grouping(group),
         )  # fmt: skip
         return _ranked_rows(result)
-
-    def _fields(self) -> list[str]:
-        return HIT_FIELDS if self.check_versions else [f for f in HIT_FIELDS if f != "tenant"]
 
     def _dense_params(self, limit: int, group: bool) -> dict[str, Any]:
         params: dict[str, Any] = {"metric_type": "COSINE", "params": {}}
@@ -320,8 +313,6 @@ class DocumentRanker:
         if two reads agree. Milvus 2.3.5, amid writes, now and then answers a read by primary key
         with a state row's deleted copy (seen: its first write's placeholder, tens of seconds
         and several commits later), which would hide a committed document."""
-        if not self.check_versions:
-            return
         missing = list(dict.fromkeys(r.doc_id for r in rows if r.doc_id not in call.states))
         if missing:
             call.states.update(self.states(missing))
@@ -331,9 +322,8 @@ class DocumentRanker:
                 call.reread.update(again)
                 call.states.update(self.states(again))
 
-    def _visible(self, row: RankedRow, state: DocumentState | None) -> bool:
-        if not self.check_versions:
-            return True
+    @staticmethod
+    def _visible(row: RankedRow, state: DocumentState | None) -> bool:
         return (
             state is not None and state.content_hash == row.content_hash and row.kind in state.kinds
         )
@@ -341,8 +331,7 @@ class DocumentRanker:
     @staticmethod
     def _check_restriction(row: RankedRow, query: Query) -> None:
         allowed = set(query.kinds) | set(query.full_text_kinds)
-        wrong_tenant = row.tenant is not None and row.tenant != query.tenant
-        if row.kind not in allowed or wrong_tenant:
+        if row.kind not in allowed or row.tenant != query.tenant:
             raise InputError(
                 f"the filter {query.filter!r} widened the search beyond jrag's restriction "
                 "(kinds and tenant); a filter can only narrow a search"
@@ -356,10 +345,10 @@ def _ranked_rows(result: Any) -> list[RankedRow]:
 
 def _ranked_row(hit: dict) -> RankedRow:
     entity = hit.get("entity") or {}
-    return _Row(
+    return RankedRow(
         id=hit.get("id", entity.get("id")),
         doc_id=entity["doc_id"],
-        tenant=entity.get("tenant"),
+        tenant=entity["tenant"],
         kind=entity["kind"],
         chunk_index=int(entity["chunk_index"]),
         start=int(entity["start"]),
@@ -367,11 +356,6 @@ def _ranked_row(hit: dict) -> RankedRow:
         content_hash=entity["content_hash"],
         score=float(hit.get("distance", 0.0)),
     )
-
-
-@dataclass
-class _Row(RankedRow):
-    tenant: str | None = None  # None: the older schema has no tenant field
 
 
 def _templated(query: Query) -> dict[str, Any]:
