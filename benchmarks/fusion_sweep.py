@@ -35,7 +35,22 @@ from jrag.loading import MINILM_ID
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import build_query
 from jrag.store import Query
-from jrag.store.search import _oriented, _score_fusion, adaptive_weights
+from jrag.store.search import RankedRow, _oriented, _score_fusion, adaptive_weights
+
+
+class _LegsUnpickler(pickle.Unpickler):
+    """Reads legs saved by older versions too: their rows were ``_Row``, a ``RankedRow``
+    subclass that is gone (its fields are the same)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("jrag.store.search", "_Row"):
+            return RankedRow
+        return super().find_class(module, name)
+
+
+def load_legs(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return _LegsUnpickler(f).load()
 
 
 def corpora(task: str, encoder: Encoder, args):
@@ -100,7 +115,7 @@ def fused_score(saved: dict, label: str, query: Query) -> float:
 
 
 def sweep(args) -> None:
-    saved = [pickle.loads(Path(p).read_bytes()) for p in args.files]
+    saved = [load_legs(p) for p in args.files]
     grid: dict[str, Query] = {}
     template = Query(None, "", DEPTH, (), ())
     grid["default"] = replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS)
