@@ -4,7 +4,8 @@
 ``store.rank`` (as ``jrag eval`` does; writes ``<task>.json``), then saves each query's two leg
 candidate lists (``DocumentRanker.candidates``, what a score fusion fuses) to ``<task>.legs``.
 ``sweep`` re-fuses saved legs with jrag's own fusion (``_score_fusion``) under other settings,
-in milliseconds, so that a fusion's parameters are chosen on every benchmark at once.
+in milliseconds, so that a fusion's parameters are chosen on every benchmark at once (its best
+per benchmark is the best of these fusions; the end-to-end variants are in ``<task>.json``).
 
     python benchmarks/fusion_sweep.py run paraphrase --out /tmp/fusion
     python benchmarks/fusion_sweep.py run gitdoc --out /tmp/fusion
@@ -35,7 +36,7 @@ from jrag.loading import MINILM_ID
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import build_query
 from jrag.store import Query
-from jrag.store.search import RankedRow, _oriented, _score_fusion, adaptive_weights
+from jrag.store.search import RankedRow, _score_fusion, fusion_weights
 
 
 class _LegsUnpickler(pickle.Unpickler):
@@ -96,16 +97,19 @@ def run(args) -> None:
         pickle.dump({"task": args.task, "metrics": metrics, "legs": legs}, f)
 
 
-def fused_score(saved: dict, label: str, query: Query) -> float:
-    """The benchmark's first metric when ``query``'s ranker and weights fuse the saved legs."""
+def fused_score(
+    saved: dict, label: str, query: Query, adaptive: tuple[float, float, str] | None = None
+) -> float:
+    """The benchmark's first metric when ``query``'s ranker and weights fuse the saved legs;
+    ``adaptive`` (floor, full gap, versus) sets an adaptive fusion's shape (see ``ADAPTIVE``)."""
     data = saved["legs"][label]
     run_ = {}
     for query_id, dense, text in data["queries"]:
         q = query
-        if query.ranker == "adaptive-sweep":  # weights: dense, BM25 ceiling, floor, full gap
-            ceiling, floor, full = query.weights[:2], query.weights[2], query.weights[3]
-            weights = adaptive_weights(ceiling, _oriented(text).tolist(), floor, full)
-            q = replace(query, ranker="relative", weights=weights)
+        if adaptive:
+            q = replace(
+                query, ranker="relative", weights=fusion_weights(query, dense, text, adaptive)
+            )
         fused = _score_fusion(q, dense, text, DEPTH, True)
         run_[query_id] = {
             data["sources"][r.doc_id]: float(len(fused) - i) for i, r in enumerate(fused)
@@ -116,35 +120,42 @@ def fused_score(saved: dict, label: str, query: Query) -> float:
 
 def sweep(args) -> None:
     saved = [load_legs(p) for p in args.files]
-    grid: dict[str, Query] = {}
     template = Query(None, "", DEPTH, (), ())
-    grid["default"] = replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS)
+    grid: dict[str, tuple[Query, tuple[float, float, str] | None]] = {}
+    grid["default"] = (replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS), None)
+    for variant in ("hybrid-adaptive", "hybrid-adaptive-median"):
+        options = VARIANTS[variant]
+        grid[variant] = (replace(template, ranker=options.ranker, weights=options.weights), None)
     for floor in (0.2, 0.3, 0.5):
         for top in (0.8, 0.9, 1.0):
             for full in (0.1, 0.2, 0.3):
-                grid[f"adaptive {floor:.1f}-{top:.1f} full@{full:.1f}"] = replace(
-                    template, ranker="adaptive-sweep", weights=(1 - top, top, floor, full)
-                )
-    for w in (0.3, 0.5, 0.7, 0.8):
-        grid[f"relative {1 - w:.1f}/{w:.1f}"] = replace(
-            template, ranker="relative", weights=(1 - w, w)
-        )
-    grid["dbsf"] = replace(template, ranker="dbsf")
+                query = replace(template, weights=(1 - top, top))
+                grid[f"adaptive {floor:.1f}-{top:.1f} full@{full:.1f}"] = (
+                    query, (floor, full, "second")
+                )  # fmt: skip
+    for top in (0.9, 0.95, 0.975, 1.0):
+        for full in (0.75, 0.8, 0.85, 0.9):
+            query = replace(template, weights=(1 - top, top))
+            grid[f"adaptive-median 0-{top} full@{full}"] = (query, (0.0, full, "median"))
+    for w in (0.0, 0.3, 0.5, 0.7, 0.8, 1.0):
+        query = replace(template, ranker="relative", weights=(1 - w, w))
+        grid[f"relative {1 - w:.1f}/{w:.1f}"] = (query, None)  # 1.0/0.0: the dense leg alone
+    grid["dbsf"] = (replace(template, ranker="dbsf"), None)
     table: dict[str, dict[str, float]] = {name: {} for name in grid}
     columns = []
     for data in saved:
         for label in data["legs"]:
             column = data["task"] if len(data["legs"]) == 1 else f"{data['task']} {label}"
             columns.append(column)
-            for name, query in grid.items():
-                table[name][column] = fused_score(data, label, query)
+            for name, (query, adaptive) in grid.items():
+                table[name][column] = fused_score(data, label, query, adaptive)
     best = {c: max(table[n][c] for n in grid) for c in columns}
-    print("| fusion | " + " | ".join(columns) + " | worst gap |")
-    print("|---" * (len(columns) + 2) + "|")
+    print("| fusion | " + " | ".join(columns) + " | worst gap | on |")
+    print("|---" * (len(columns) + 3) + "|")
     for name in sorted(grid, key=lambda n: -min(table[n][c] - best[c] for c in columns)):
-        worst = min(table[name][c] - best[c] for c in columns)
+        worst = min(columns, key=lambda c: table[name][c] - best[c])
         cells = " | ".join(f"{table[name][c]:.3f}" for c in columns)
-        print(f"| {name} | {cells} | {worst:+.3f} |")
+        print(f"| {name} | {cells} | {table[name][worst] - best[worst]:+.3f} | {worst} |")
 
 
 def main() -> None:

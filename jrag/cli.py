@@ -142,7 +142,8 @@ RankerOpt = Annotated[
     str,
     typer.Option(
         help="How hybrid results are fused: adaptive (scores scaled per leg, BM25 weighted by "
-        "how clear its winner is), relative (scores scaled per leg, then weighted), dbsf "
+        "how clear its winner is), adaptive-median (as adaptive, its winner's lead measured "
+        "over the median of its candidates), relative (scores scaled per leg, then weighted), dbsf "
         "(each leg by mean +- 3 std), rrf (reciprocal rank fusion) or weighted (Milvus' "
         "WeightedRanker)."
     ),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from jrag.loading import MINILM_ID
 from jrag.pipeline import ingest
 from jrag.retrieval import SearchOptions, build_query, embed_query, search
 from jrag.store import RANKERS, MilvusStore, Query
-from jrag.store.search import adaptive_weights
+from jrag.store.search import ADAPTIVE, FUSION_DEPTH, adaptive_weights
 
 # Routine notes about harbours; one holds a rare name deep inside. Dense vectors see harbour
 # talk everywhere, BM25 sees the name in one document only.
@@ -140,6 +140,54 @@ def test_adaptive_weights_trust_bm25_as_far_as_its_first_score_leads_its_second(
     assert adaptive_weights((1.0, 9.0), [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # normalized
     assert adaptive_weights(ceiling, [10.0]) == pytest.approx((0.8, 0.2))  # one: no lead
     assert adaptive_weights(ceiling, [0.0, 0.0]) == pytest.approx((0.8, 0.2))  # no scores
+
+
+def test_adaptive_median_weights_trust_bm25_as_far_as_its_first_stands_out_of_its_median() -> None:
+    ceiling = (0.0, 1.0)
+    # Median 5: the first leads it by half its score; BM25 weighs 0.5 / 0.85 of the ceiling.
+    field = [10.0, 9.0, *[5.0] * (FUSION_DEPTH - 2)]
+    lead = adaptive_weights(ceiling, field, 0.0, 0.85, "median")
+    assert lead == pytest.approx((1 - 0.5 / 0.85, 0.5 / 0.85))
+    # Its second close behind does not matter (unlike "second"), the field behind does.
+    close = [10.0, 9.9, *[1.0] * (FUSION_DEPTH - 2)]
+    assert adaptive_weights(ceiling, close, 0.0, 0.85, "median") == (0, 1)
+    assert adaptive_weights(ceiling, close)[1] == pytest.approx(0.24)
+    level = [10.0] * FUSION_DEPTH
+    assert adaptive_weights(ceiling, level, 0.0, 0.85, "median") == (1, 0)
+    # The field is the first FUSION_DEPTH candidates, those BM25 did not find counting as 0: a
+    # word that one document alone holds leads by all its score, and k does not move the median.
+    assert adaptive_weights(ceiling, [10.0], 0.0, 0.85, "median") == (0, 1)
+    assert adaptive_weights(ceiling, [10.0, 10.0], 0.0, 0.85, "median", field=2) == (1, 0)
+    many = [10.0, *[9.0] * (FUSION_DEPTH - 1), *[1.0] * 50]
+    assert adaptive_weights(ceiling, many, 0.0, 0.85, "median") == pytest.approx(
+        (1 - 0.1 / 0.85, 0.1 / 0.85)
+    )
+    assert adaptive_weights(ceiling, [], 0.0, 0.85, "median") == (1, 0)  # nothing found
+
+
+def test_adaptive_median_fusion_is_relative_fusion_at_the_weights_of_the_bm25_legs_lead(
+    harbour,
+) -> None:
+    store, encoder = harbour
+    weights, reached = (0.025, 0.975), {}
+    floor, full, versus = ADAPTIVE["adaptive-median"]
+    for question in (QUESTION, "the crew painted the pier railings"):
+        vector = embed_query(encoder, question)
+        query = Query(
+            vector, question, len(NOTES), ("doc", "late"), ("doc",), "adaptive-median", weights
+        )
+        fused = store.rank(query)[0]
+        text = store.rank(replace(query, kinds=()))[0]
+        scores = [abs(r.score) for r in text]  # Milvus Lite reports BM25 scores negated
+        # BM25's field: the six notes, which the dense leg finds all of.
+        assert len(store.rank(replace(query, full_text_kinds=()))[0]) == len(NOTES)
+        field = len(NOTES)
+        reached[question] = adaptive_weights(weights, scores, floor, full, versus, field)
+        relative = store.rank(replace(query, ranker="relative", weights=reached[question]))[0]
+        assert [(r.doc_id, r.score) for r in fused] == [(r.doc_id, r.score) for r in relative]
+    # The rare name stands far out of BM25's field: the ceiling. Words every note shares do not.
+    assert reached[QUESTION] == pytest.approx(weights)
+    assert reached["the crew painted the pier railings"][1] < 0.5, reached
 
 
 def test_a_query_is_frozen_and_eight_threads_searching_one_store_get_what_one_gets(

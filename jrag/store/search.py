@@ -21,6 +21,9 @@ see docs/retrieval-variants.md):
   how clear BM25's own winner is (:func:`adaptive_weights`): BM25 weighs 0.2 when its first two
   candidates score alike (a question in other words than the text), rising to ``weights[1]``
   once its first scores 20% above its second (a rare name, a heading's own words);
+- ``adaptive-median``: as ``adaptive``, but BM25's lead is its first score's lead over the
+  median of its candidates: BM25 weighs nothing when its first does not stand out, rising to
+  ``weights[1]`` once the first leads the median by 85% of its score;
 - ``relative``: each leg's scores scaled to [0, 1] over its candidates (best 1, worst 0), and
   the ``weights``-weighted sums rank;
 - ``dbsf``: distribution-based score fusion, as Qdrant does it: each leg's scores mapped by
@@ -57,8 +60,8 @@ from jrag.store.rows import DocumentState, quote
 
 logger = logging.getLogger(__name__)
 
-RANKERS = ("adaptive", "relative", "dbsf", "rrf", "weighted")
-SCORE_FUSIONS = ("adaptive", "relative", "dbsf")  # fused here from two plain searches
+RANKERS = ("adaptive", "adaptive-median", "relative", "dbsf", "rrf", "weighted")
+SCORE_FUSIONS = ("adaptive", "adaptive-median", "relative", "dbsf")  # fused here from two searches
 RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
@@ -69,6 +72,14 @@ FUSION_DEPTH = 20
 # benchmarks (benchmarks/fusion_sweep.py, docs/retrieval-variants.md).
 ADAPTIVE_FLOOR = 0.2
 ADAPTIVE_FULL_GAP = 0.2
+# The adaptive fusions: ranker -> (BM25's floor, the lead that reaches the ceiling, what BM25's
+# first score leads: its "second" or the "median" of its candidates). On the saved legs of
+# those benchmarks the median's lead separates needle (0.76-0.87) from paraphrase (median 0.45;
+# 0.17-0.30 where dense was right and BM25 wrong) better than the second's.
+ADAPTIVE: dict[str, tuple[float, float, str]] = {
+    "adaptive": (ADAPTIVE_FLOOR, ADAPTIVE_FULL_GAP, "second"),
+    "adaptive-median": (0.0, 0.85, "median"),
+}
 FUSION_ROWS = 3  # rows searched per candidate document: a document's rows often rank together
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
 MAX_LIMIT = 16384  # Milvus caps a search's limit (and offset + limit) here
@@ -378,9 +389,7 @@ def _score_fusion(
     if query.ranker == "dbsf":
         legs = [(dense, _dbsf(dense), 1.0), (text, _dbsf(text), 1.0)]
     else:
-        weights = query.weights
-        if query.ranker == "adaptive":
-            weights = adaptive_weights(query.weights, _oriented(text).tolist())
+        weights = fusion_weights(query, dense, text)
         legs = [(dense, _scaled(dense), weights[0]), (text, _scaled(text), weights[1])]
     fused: dict[str, float] = {}
     best: dict[str, tuple[float, RankedRow]] = {}
@@ -406,20 +415,45 @@ def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]
     return list(best.values())
 
 
+def fusion_weights(
+    query: Query,
+    dense: Sequence[RankedRow],
+    text: Sequence[RankedRow],
+    shape: tuple[float, float, str] | None = None,
+) -> tuple[float, float]:
+    """The legs' weights when ``query`` fuses these candidates by scaled scores: its own, or
+    an adaptive fusion's for this BM25 leg; ``shape`` (floor, full gap, versus) replaces the
+    ranker's :data:`ADAPTIVE` shape (for benchmarks that sweep it)."""
+    shape = shape or ADAPTIVE.get(query.ranker)
+    if shape is None:
+        return query.weights
+    # BM25's field: the documents either leg found, up to a fixed depth whatever k.
+    field = min(FUSION_DEPTH, max(len(dense), len(text)))
+    return adaptive_weights(query.weights, _oriented(text).tolist(), *shape, field=field)
+
+
 def adaptive_weights(
     ceiling: tuple[float, float],
     text_scores: Sequence[float],
     floor: float = ADAPTIVE_FLOOR,
     full_gap: float = ADAPTIVE_FULL_GAP,
+    versus: str = "second",
+    field: int = FUSION_DEPTH,
 ) -> tuple[float, float]:
     """The legs' weights for one query from the BM25 leg's own scores (best first, higher
-    better): BM25 weighs ``floor`` when its first two candidates score alike, rising to
-    ``ceiling`` (dense, BM25; normalized to sum 1) as its first leads the second by up to
-    ``full_gap`` of its score."""
+    better): BM25 weighs ``floor`` when its first candidate scores as its ``versus`` does (its
+    second, or the median of its first ``field`` candidates, counting those it did not find
+    as 0), rising to ``ceiling`` (dense, BM25; normalized to sum 1) as its first leads
+    that by up to ``full_gap`` of its score."""
     total = sum(ceiling) or 1.0
     top = ceiling[1] / total
-    first, second = (text_scores[0], text_scores[1]) if len(text_scores) > 1 else (0.0, 0.0)
-    gap = (first - second) / first if first > 0 else 0.0
+    gap = 0.0
+    if versus == "median" and text_scores and text_scores[0] > 0:
+        # A word found in one document alone leads by all its score.
+        scores = [*text_scores[:field], *[0.0] * (field - len(text_scores))]
+        gap = (text_scores[0] - float(np.median(scores))) / text_scores[0]
+    elif len(text_scores) > 1 and text_scores[0] > 0:
+        gap = (text_scores[0] - text_scores[1]) / text_scores[0]
     text_weight = floor + min(1.0, max(0.0, gap) / full_gap) * (top - floor)
     return (1.0 - text_weight, text_weight)
 
