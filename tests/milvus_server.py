@@ -38,6 +38,10 @@ MILVUS_PORT = 19530
 HEALTH_PORT = 9091
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
+# A Strong read waits for the proxy's next time tick: 200 ms by default, so each read of a
+# state or of the write lease costs ~0.2 s. At 20 ms a Strong read after a write takes ~38 ms
+# (measured on the 2-core machine), which cuts the time of every server test that writes.
+SERVER_CONFIG = {"proxy.timeTickInterval": 20}
 
 
 class MilvusServerError(RuntimeError):
@@ -284,7 +288,14 @@ def _supervise(binary: str, data_dir: str, socket_path: str, ready_file: str) ->
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     server = subprocess.Popen(
-        [binary, "--data", data_dir, "--proxy-port", str(MILVUS_PORT)],
+        [
+            binary,
+            "--data",
+            data_dir,
+            "--proxy-port",
+            str(MILVUS_PORT),
+            *(arg for k, v in SERVER_CONFIG.items() for arg in ("--extra-config", f"{k}={v}")),
+        ],
         stdin=subprocess.DEVNULL,
     )
     print(f"milvus-server pid {server.pid}", flush=True)

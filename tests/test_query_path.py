@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jrag import Encoder
@@ -15,7 +16,7 @@ from jrag.loading import MINILM_ID
 from jrag.pipeline import IngestOptions, ingest
 from jrag.qa import ask
 from jrag.retrieval import SearchOptions, search
-from jrag.store import MilvusStore
+from jrag.store import MilvusStore, Query
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 RAILWAY = SAMPLES / "vellach-pass-railway.txt"
@@ -73,7 +74,8 @@ def test_ask_cuts_spans_with_the_collections_recorded_late_chunk_size(tmp_path, 
 
 def test_searches_during_reingest_return_complete_committed_documents(tmp_path, encoder):
     """8 threads search one store while a writer keeps re-ingesting the matched documents with
-    new text: each search gets k distinct documents, each text a slice of one whole version."""
+    new text: each search gets every document (k is their count, so one hidden by another
+    search's exclusions is missed), each text a slice of one whole version."""
     folder = tmp_path / "docs"
     folder.mkdir()
     paths = [folder / f"tunnel-{n}.txt" for n in range(4)]
@@ -86,14 +88,14 @@ def test_searches_during_reingest_return_complete_committed_documents(tmp_path, 
     for path in paths:
         path.write_text(version(path, 0))
         versions[str(path.resolve())].append(version(path, 0))
-    k, deadline = 3, time.monotonic() + 6
+    k, deadline = len(paths), time.monotonic() + 8
     failures: list[str] = []
     stop = threading.Event()
     with MilvusStore(str(tmp_path / "s.db"), model=encoder.name, dim=encoder.dim) as store:
         ingest(paths, store, encoder)
 
         def writer() -> None:
-            for v in range(1, 6):
+            for v in range(1, 40):  # bounded by count and time
                 if stop.is_set() or time.monotonic() > deadline:
                     return
                 for path in paths:
@@ -102,7 +104,7 @@ def test_searches_during_reingest_return_complete_committed_documents(tmp_path, 
                 ingest(paths, store, encoder)
 
         def reader() -> None:
-            for _ in range(6):
+            for _ in range(60):
                 if time.monotonic() > deadline:
                     return
                 try:
@@ -150,3 +152,35 @@ def test_front_doors_take_their_search_options_from_search_options():
     assert SearchOptions.pick({"k": 3, "weights": [1, 0], "unrelated": 1}) == SearchOptions(
         k=3, weights=(1, 0)
     )
+
+
+def test_a_search_that_spans_two_writes_still_finds_the_document(tmp_path):
+    """A slow search reads a document's state after its first round, and a writer commits two
+    versions meanwhile: the rows of the newest version, found in the next round, are judged by
+    the state read again, not by the copy read before that search (which named a version whose
+    rows are gone by then)."""
+    from tests.test_concurrent_writes import DIM, _rows, _text_version
+
+    rng = np.random.default_rng(5)
+    versions = [_text_version("/slow.txt", edition) for edition in range(3)]
+    with MilvusStore(str(tmp_path / "s.db"), "slow", model="m", dim=DIM) as store:
+        store.write_document(versions[0], _rows(versions[0], rng), {"doc": {}})
+        read_states = store.ranker.states
+        reads: list[str] = []
+
+        def states_while_writing(doc_ids):
+            # 1st read: version 1 is committed just before it; after the 2nd, version 2.
+            if len(reads) == 0:
+                store.write_document(versions[1], _rows(versions[1], rng), {"doc": {}})
+            found = read_states(doc_ids)
+            reads.append(next(iter(found.values())).content_hash)
+            if len(reads) == 2:
+                store.write_document(versions[2], _rows(versions[2], rng), {"doc": {}})
+            return found
+
+        store.ranker.states = states_while_writing
+        query = Query(rng.normal(size=DIM), "", 1, ("doc",), filter='source == "/slow.txt"')
+        ranked, states = store.rank(query)
+        assert reads[:2] == [versions[1].content_hash] * 2  # the race happened as staged
+        assert [r.content_hash for r in ranked] == [versions[2].content_hash], reads
+        assert states[ranked[0].doc_id].content_hash == versions[2].content_hash

@@ -104,7 +104,14 @@ class WriteLease:
         past ``SETTLE_S`` while taking the lease may have lost it to another without knowing;
         checked before each state write, it finds out before it changes anything a reader sees
         (unless it stalls again, past ``SETTLE_S``, between this read and that write)."""
-        if self._expires - time.time() > SETTLE_S and self._read().get("owner") == self.owner:
+        if self._expires - time.time() <= SETTLE_S:
+            self._expires = 0.0
+            return False
+        return self.owns(self._read())
+
+    def owns(self, lease: dict[str, Any]) -> bool:
+        """True if ``lease`` (the lease row's metadata, just read) is our unexpired claim."""
+        if self._expires - time.time() > SETTLE_S and lease.get("owner") == self.owner:
             return True
         self._expires = 0.0
         return False

@@ -240,7 +240,7 @@ class MilvusStore:
         (inside :meth:`writing`); under a lease the state is read again."""
         self.writer.hold()
         if committed is None or self.writer.lease is not None:
-            committed = self.states([version.doc_id]).get(version.doc_id)
+            committed = self.writer.state_for_write(version.doc_id)
         entities, counts = self.writer.entities(version, rows, committed)
         self.writer.begin(version, counts, committed)
         self.record_kinds(rows, options)

@@ -320,18 +320,25 @@ class DocumentRanker:
 
     def _read_states(self, rows: Sequence[RankedRow], call: _Call) -> None:
         """Read the states of the documents of ``rows`` not read yet in this call, and read
-        again, once, those that hide the very rows just found: a row is excluded for good only
-        if two reads agree. Milvus 2.3.5, amid writes, now and then answers a read by primary key
-        with a state row's deleted copy (seen: its first write's placeholder, tens of seconds
-        and several commits later), which would hide a committed document."""
-        missing = list(dict.fromkeys(r.doc_id for r in rows if r.doc_id not in call.states))
+        again those that hide the very rows just found, so that a row is excluded only by a
+        state read after the search that found it:
+
+        - a state read in an earlier round may be older than these rows (the writer committed
+          a newer version, and deleted the one that state names, in between: seen on a busy
+          machine, where one call spanned two writes);
+        - a state read just now is read again once per call: Milvus 2.3.5, amid writes, now and
+          then answers a read by primary key with a state row's deleted copy (seen: its first
+          write's placeholder, tens of seconds and several commits later).
+        """
+        found = list(dict.fromkeys(r.doc_id for r in rows))
+        missing = [d for d in found if d not in call.states]
         if missing:
             call.states.update(self.states(missing))
-            hiding = {r.doc_id for r in rows if not self._visible(r, call.states.get(r.doc_id))}
-            again = [d for d in missing if d in hiding and d not in call.reread]
-            if again:
-                call.reread.update(again)
-                call.states.update(self.states(again))
+        hiding = {r.doc_id for r in rows if not self._visible(r, call.states.get(r.doc_id))}
+        again = [d for d in found if d in hiding and (d not in missing or d not in call.reread)]
+        if again:
+            call.reread.update(again)
+            call.states.update(self.states(again))
 
     @staticmethod
     def _visible(row: RankedRow, state: DocumentState | None) -> bool:

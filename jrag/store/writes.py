@@ -18,12 +18,12 @@ this order:
 Writers of a shared collection take turns: each write happens under the collection's write
 lease and starts from the document's state re-read under it (see :mod:`jrag.store.lease`), so
 no writer commits over a state it has not seen. Before each state write (steps 1 and 5) and
-each delete of rows of the committed version (step 3) the writer reads its claim back; if the
-lease was lost (the writer stalled past its expiry, or past Fischer's wait while taking it), the
-write starts over: another writer may have deleted its rows as garbage meanwhile. A version that
-another writer has already stored, with the same kinds and rows, is not written again: rewriting
-committed rows in place is, on Milvus < 2.4, a delete then an insert, a moment in which the
-document cannot be found.
+each delete of rows of the committed version (step 3) the writer reads its claim back (for step
+1 in the same read as the document's state); if the lease was lost (the writer stalled past its
+expiry, or past Fischer's wait while taking it), the write starts over: another writer may
+have deleted its rows as garbage meanwhile. A version that another writer has already stored,
+with the same kinds and rows, is not written again: rewriting committed rows in place is, on
+Milvus < 2.4, a delete then an insert, a moment in which the document cannot be found.
 
 Every delete is by primary key, with ids derived from recorded row counts: no write scans the
 collection, so its cost does not grow with the collection. A crash anywhere leaves the last
@@ -42,7 +42,7 @@ from typing import Any
 from jrag.errors import StoreError
 from jrag.store.connection import Connection
 from jrag.store.filters import all_of, ids_in, one_of
-from jrag.store.lease import WriteLease
+from jrag.store.lease import LEASE_ID, WriteLease
 from jrag.store.rows import (
     MAX_SOURCE,
     STATE_FIELDS,
@@ -52,6 +52,7 @@ from jrag.store.rows import (
     DocumentState,
     DocumentVersion,
     Row,
+    json_metadata,
     quote,
     read_state,
     state_entity,
@@ -174,20 +175,18 @@ class Writer:
         """
         for _ in range(WRITE_ATTEMPTS):
             self.hold()
-            current = committed
-            if self.lease is not None:
-                current = self.states([version.doc_id]).get(version.doc_id)
+            try:
+                current = committed if self.lease is None else self.state_for_write(version.doc_id)
                 if _superseded(version, committed, current):
                     assert current is not None
                     return current
-            entities, counts = self.entities(version, rows, current)
-            if _already_stored(version, counts, options, current):
-                # Another writer stored this very version meanwhile. Writing it again would
-                # replace its committed rows in place: on Milvus < 2.4 a delete, then an insert,
-                # with the document unsearchable in between (lost for good if killed there).
-                assert current is not None
-                return current
-            try:
+                entities, counts = self.entities(version, rows, current)
+                if _already_stored(version, counts, options, current):
+                    # Another writer stored this very version meanwhile. Writing it again would
+                    # replace its committed rows in place: on Milvus < 2.4 a delete, then an
+                    # insert, with the document unsearchable in between (lost if killed there).
+                    assert current is not None
+                    return current
                 self.begin(version, counts, current)  # 1
                 self.upsert(entities)  # 2
                 if not self.hold():
@@ -200,12 +199,25 @@ class Writer:
             f"of {version.source}; is another writer stalling it? Re-run to retry"
         )
 
+    def state_for_write(self, doc_id: str) -> DocumentState | None:
+        """The document's state read again under the lease, together with the lease row in the
+        same read: the check before step 1's state write costs no read of its own. Raises
+        :class:`LeaseLost` if the lease is no longer ours."""
+        if self.lease is None:
+            return self.states([doc_id]).get(doc_id)
+        rows = {r["doc_id"]: r for r in self.fetch([state_id(doc_id), LEASE_ID], STATE_FIELDS)}
+        lease_row = rows.pop(LEASE_ID, None)
+        if not self.lease.owns(json_metadata(lease_row["metadata"]) if lease_row else {}):
+            raise self._lease_lost()
+        return read_state(rows[doc_id]) if doc_id in rows else None
+
     def begin(
         self, version: DocumentVersion, counts: dict[str, int], committed: DocumentState | None
     ) -> None:
         """Step 1: clear the garbage ``committed`` lists, then record ``version`` as garbage
-        until it is committed, so that a crash in between leaves nothing unaccounted for."""
-        self._verify_lease()
+        until it is committed, so that a crash in between leaves nothing unaccounted for.
+        Under a lease, ``committed`` comes from :meth:`state_for_write`, just read (and the
+        lease checked with it)."""
         keep = set(_committed_ids(committed))
         self.delete_ids([i for i in _garbage_ids(committed) if i not in keep])
         intent = {"content_hash": version.content_hash, "rows": counts}
@@ -381,10 +393,13 @@ class Writer:
     def _verify_lease(self) -> None:
         """Raise :class:`LeaseLost` unless this writer still holds the lease (read back)."""
         if self.lease is not None and not self.lease.verify():
-            raise LeaseLost(
-                f"lost the write lease of collection '{self.collection}' to another writer "
-                "in the middle of a write; nothing of it was committed. Re-run to retry"
-            )
+            raise self._lease_lost()
+
+    def _lease_lost(self) -> LeaseLost:
+        return LeaseLost(
+            f"lost the write lease of collection '{self.collection}' to another writer "
+            "in the middle of a write; nothing of it was committed. Re-run to retry"
+        )
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete rows by primary key (ids that do not exist are fine); returns how many ids."""
