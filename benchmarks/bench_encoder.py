@@ -52,7 +52,7 @@ def measure(
         encoder.model.kernel, skip_far_keys=base != "jrag-no-skip"
     )
     if VARIANTS[base] is not None:
-        encoder.model.attention_fn = VARIANTS[base]
+        encoder.model.use_attention(VARIANTS[base])
     ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(0))
     ids = ids.to(encoder.device)
     with torch.inference_mode():

@@ -144,7 +144,7 @@ def main() -> None:
 
 def unpacked_encoder() -> Encoder:
     encoder = Encoder.from_pretrained(MINILM_ID, device="cpu", dtype="float32")
-    encoder.model.attention_fn = one_sequence_at_a_time
+    encoder.model.use_attention(one_sequence_at_a_time)
     return encoder
 
 

@@ -141,9 +141,10 @@ HybridOpt = Annotated[
 RankerOpt = Annotated[
     str,
     typer.Option(
-        help="How hybrid results are fused: adaptive (scores scaled per leg, BM25 weighted by "
-        "how clear its winner is), adaptive-median (as adaptive, its winner's lead measured "
-        "over the median of its candidates), relative (scores scaled per leg, then weighted), dbsf "
+        help="How hybrid results are fused: adaptive-median (scores scaled per leg, BM25 "
+        "weighted by how far its winner stands out of the median of its candidates), adaptive "
+        "(the same, its winner's lead over its second), relative (scores scaled per leg, then "
+        "weighted), dbsf "
         "(each leg by mean +- 3 std), rrf (reciprocal rank fusion) or weighted (Milvus' "
         "WeightedRanker)."
     ),
@@ -152,7 +153,8 @@ WeightsOpt = Annotated[
     tuple[float, float],
     typer.Option(
         help="The dense and BM25 weights: with --ranker relative or weighted, fixed; with "
-        "adaptive, those reached when BM25 has a clear winner (equal weights when it has none)."
+        "the adaptive rankers, those reached when BM25 has a clear winner (BM25 weighs less, "
+        "down to 0 with adaptive-median, as its winner stands out less)."
     ),
 ]
 RerankOpt = Annotated[
@@ -177,6 +179,21 @@ FilterOpt = Annotated[
         help='Milvus filter expression that narrows the search, e.g. \'metadata["doc_type"] == '
         '"pdf"\' or \'source like "%/manuals/%"\'.'
     ),
+]
+WhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        show_default=False,
+        help='A metadata filter as JSON: {"author": "ann", "year": {"$gte": 2020}, '
+        '"$or": [...]} ($eq $ne $gt $gte $lt $lte $in $nin $and $or; a.b for nested keys).',
+    ),
+]
+MmrOpt = Annotated[
+    bool,
+    typer.Option("--mmr", help="Re-rank by maximal marginal relevance: k different documents."),
+]
+MmrLambdaOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="With --mmr: 1 relevance only, 0 diversity.")
 ]
 DtypeOpt = Annotated[
     str,
@@ -627,21 +644,9 @@ def search(
     content: ContentOpt = DEFAULT_CONTENT,
     rerank: RerankOpt = None,
     rerank_depth: RerankDepthOpt = DEFAULT_RERANK_DEPTH,
-    where: Annotated[
-        str | None,
-        typer.Option(
-            show_default=False,
-            help='A metadata filter as JSON: {"author": "ann", "year": {"$gte": 2020}, '
-            '"$or": [...]} ($eq $ne $gt $gte $lt $lte $in $nin $and $or; a.b for nested keys).',
-        ),
-    ] = None,
-    mmr: Annotated[
-        bool,
-        typer.Option("--mmr", help="Re-rank by maximal marginal relevance: k different documents."),
-    ] = False,
-    mmr_lambda: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="With --mmr: 1 relevance only, 0 diversity.")
-    ] = DEFAULT_MMR_LAMBDA,
+    where: WhereOpt = None,
+    mmr: MmrOpt = False,
+    mmr_lambda: MmrLambdaOpt = DEFAULT_MMR_LAMBDA,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     collection: CollectionOpt = "jrag",
     uri: UriOpt = DEFAULT_URI,
@@ -736,6 +741,9 @@ def ask(
     weights: WeightsOpt = DEFAULT_WEIGHTS,
     rerank: RerankOpt = None,
     rerank_depth: RerankDepthOpt = DEFAULT_RERANK_DEPTH,
+    where: WhereOpt = None,
+    mmr: MmrOpt = False,
+    mmr_lambda: MmrLambdaOpt = DEFAULT_MMR_LAMBDA,
     no_llm: Annotated[
         bool,
         typer.Option("--no-llm", help="Quote passages even when JRAG_LLM_BASE_URL is set."),
@@ -768,7 +776,7 @@ def ask(
                 answer = client.ask(
                     question, k=k, passages=passages, mode=mode, filter=filter, hybrid=hybrid,
                     ranker=ranker, weights=list(weights), tenant=tenant, llm=not no_llm,
-                    collection=collection,
+                    collection=collection, where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
                 )  # fmt: skip
         else:
             from jrag.llm import from_env

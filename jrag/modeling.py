@@ -83,6 +83,7 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attend: AttentionFn = attention  # replaced by BertModel.use_attention
         if config.qk_layer_norm:
             self.layer_norm_q = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             self.layer_norm_k = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -96,13 +97,12 @@ class SelfAttention(nn.Module):
         hidden: torch.Tensor,
         lengths: Sequence[int],
         bias: AlibiBias | None,
-        attention_fn: AttentionFn,
     ) -> torch.Tensor:
         query, key = self.query(hidden), self.key(hidden)
         if hasattr(self, "layer_norm_q"):
             query, key = self.layer_norm_q(query), self.layer_norm_k(key)
         query, key, value = self._heads(query), self._heads(key), self._heads(self.value(hidden))
-        context = attention_fn(query, key, value, lengths, bias)
+        context = self.attend(query, key, value, lengths, bias)
         return context.transpose(1, 2).reshape(hidden.shape)
 
 
@@ -112,8 +112,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = Output(config, config.hidden_size)
 
-    def forward(self, hidden, lengths, bias, attention_fn) -> torch.Tensor:
-        return self.output(self.self(hidden, lengths, bias, attention_fn), hidden)
+    def forward(self, hidden, lengths, bias) -> torch.Tensor:
+        return self.output(self.self(hidden, lengths, bias), hidden)
 
 
 class GatedMLP(nn.Module):
@@ -192,9 +192,9 @@ class Layer(nn.Module):
             return self.mlp(hidden)
         return self.output(self.intermediate(hidden), hidden)
 
-    def forward(self, hidden, lengths, bias, attention_fn) -> torch.Tensor:
+    def forward(self, hidden, lengths, bias) -> torch.Tensor:
         layer_input = hidden
-        hidden = self.attention(hidden, lengths, bias, attention_fn)
+        hidden = self.attention(hidden, lengths, bias)
         if hasattr(self, "layer_norm_1"):
             # qk-post-norm adds the layer input a second time, after the attention's own norm.
             hidden = self.layer_norm_1(layer_input + hidden)
@@ -226,7 +226,6 @@ class BertModel(nn.Module):
         self.register_buffer(
             "alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False
         )
-        self.attention_fn: AttentionFn = attention
         # Chosen for the device and dtype the model runs on (Encoder); None: chosen per input.
         self.kernel: Kernel | None = None
 
@@ -249,8 +248,14 @@ class BertModel(nn.Module):
                 lengths=lengths, kernel=self.kernel,
             )  # fmt: skip
         for layer in self.encoder.layer:
-            hidden = layer(hidden, lengths, bias, self.attention_fn)
+            hidden = layer(hidden, lengths, bias)
         return hidden
+
+    def use_attention(self, attend: AttentionFn) -> None:
+        """Compute attention with ``attend`` in every layer (benchmarks comparing
+        implementations; the model's own is :func:`jrag.attention.attention`)."""
+        for layer in self.encoder.layer:
+            layer.attention.self.attend = attend
 
 
 class Pooler(nn.Module):

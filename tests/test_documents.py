@@ -4,6 +4,7 @@ filter operator selects exactly the matching documents, and filters cannot leave
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -494,6 +495,11 @@ def test_cli_ingest_metadata_and_search_where(tmp_path):
                                  "--where", '{"site": "south", "run": "r1"}', "--mmr"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert '"source": "k2"' in result.stdout and '"k1"' not in result.stdout
+    result = runner.invoke(app, ["ask", "Where do swifts live?", "--uri", db, "--json", "--no-llm",
+                                 "--where", '{"site": "north"}', "--mmr"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sources = {c["source"] for c in json.loads(result.stdout)["citations"]}
+    assert sources == {"k1"}, result.stdout
     result = runner.invoke(app, ["search", "swifts", "--uri", db, "--where", '{"a b": 1}'])
     assert result.exit_code == 1 and "metadata filter key 'a b'" in result.output
     deep = '{"$or": [' * 100_000 + "{}" + "]}" * 100_000
