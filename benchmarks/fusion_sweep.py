@@ -123,7 +123,7 @@ def sweep(args) -> None:
     template = Query(None, "", DEPTH, (), ())
     grid: dict[str, tuple[Query, tuple[float, float, str] | None]] = {}
     grid["default"] = (replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS), None)
-    for variant in ("hybrid-adaptive", "hybrid-adaptive-median"):
+    for variant in ("hybrid-adaptive", "hybrid-adaptive-median-w19"):
         options = VARIANTS[variant]
         grid[variant] = (replace(template, ranker=options.ranker, weights=options.weights), None)
     for floor in (0.2, 0.3, 0.5):

@@ -31,10 +31,11 @@ DEFAULT_SEARCH_MODE = "auto"
 # rows of a chunked-only collection.
 FULL_TEXT_PREFERENCE: tuple[str, ...] = ("doc", "chunk", "late")
 # How a hybrid search fuses its dense and BM25 legs (see jrag.store.search), and the legs'
-# weights (dense, BM25; for adaptive, those it reaches when BM25 has a clear winner): chosen by
-# the worst case across word-overlap and paraphrase benchmarks (docs/retrieval-variants.md).
-DEFAULT_RANKER = "adaptive"
-DEFAULT_WEIGHTS: tuple[float, float] = (0.1, 0.9)
+# weights (dense, BM25; for the adaptive rankers, those reached when BM25 has a clear winner):
+# chosen by the worst case across word-overlap and paraphrase benchmarks
+# (docs/retrieval-variants.md). BM25's ceiling 0.975: at 0.9 the default loses a needle question.
+DEFAULT_RANKER = "adaptive-median"
+DEFAULT_WEIGHTS: tuple[float, float] = (0.025, 0.975)
 CONTENTS = ("passage", "document")
 # The rest of a search's defaults (jrag.retrieval.SearchOptions), here so that the CLI can show
 # them without importing the search code.
