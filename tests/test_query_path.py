@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jrag import Encoder
@@ -16,7 +15,7 @@ from jrag.loading import MINILM_ID
 from jrag.pipeline import IngestOptions, ingest
 from jrag.qa import ask
 from jrag.retrieval import SearchOptions, search
-from jrag.store import MilvusStore, Query
+from jrag.store import MilvusStore
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 RAILWAY = SAMPLES / "vellach-pass-railway.txt"
@@ -152,35 +151,3 @@ def test_front_doors_take_their_search_options_from_search_options():
     assert SearchOptions.pick({"k": 3, "weights": [1, 0], "unrelated": 1}) == SearchOptions(
         k=3, weights=(1, 0)
     )
-
-
-def test_a_search_that_spans_two_writes_still_finds_the_document(tmp_path):
-    """A slow search reads a document's state after its first round, and a writer commits two
-    versions meanwhile: the rows of the newest version, found in the next round, are judged by
-    the state read again, not by the copy read before that search (which named a version whose
-    rows are gone by then)."""
-    from tests.test_concurrent_writes import DIM, _rows, _text_version
-
-    rng = np.random.default_rng(5)
-    versions = [_text_version("/slow.txt", edition) for edition in range(3)]
-    with MilvusStore(str(tmp_path / "s.db"), "slow", model="m", dim=DIM) as store:
-        store.write_document(versions[0], _rows(versions[0], rng), {"doc": {}})
-        read_states = store.ranker.states
-        reads: list[str] = []
-
-        def states_while_writing(doc_ids):
-            # 1st read: version 1 is committed just before it; after the 2nd, version 2.
-            if len(reads) == 0:
-                store.write_document(versions[1], _rows(versions[1], rng), {"doc": {}})
-            found = read_states(doc_ids)
-            reads.append(next(iter(found.values())).content_hash)
-            if len(reads) == 2:
-                store.write_document(versions[2], _rows(versions[2], rng), {"doc": {}})
-            return found
-
-        store.ranker.states = states_while_writing
-        query = Query(rng.normal(size=DIM), "", 1, ("doc",), filter='source == "/slow.txt"')
-        ranked, states = store.rank(query)
-        assert reads[:2] == [versions[1].content_hash] * 2  # the race happened as staged
-        assert [r.content_hash for r in ranked] == [versions[2].content_hash], reads
-        assert states[ranked[0].doc_id].content_hash == versions[2].content_hash
