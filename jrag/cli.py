@@ -33,7 +33,7 @@ from jrag.modes import (
     DEFAULT_RANKER,
     DEFAULT_RERANK_DEPTH,
     DEFAULT_SEARCH_MODE,
-    DEFAULT_WEIGHTS,
+    RANKER_WEIGHTS,
 )
 from jrag.terminal import printable
 
@@ -84,6 +84,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _ranker_weights() -> str:
+    return ", ".join(f"{name} {d} {b}" for name, (d, b) in RANKER_WEIGHTS.items())
+
 
 CollectionOpt = Annotated[
     str,
@@ -150,11 +155,13 @@ RankerOpt = Annotated[
     ),
 ]
 WeightsOpt = Annotated[
-    tuple[float, float],
+    tuple[float, float] | None,
     typer.Option(
+        show_default=False,
         help="The dense and BM25 weights: with --ranker relative or weighted, fixed; with "
         "the adaptive rankers, those reached when BM25 has a clear winner (BM25 weighs less, "
-        "down to 0 with adaptive-median, as its winner stands out less)."
+        "down to 0 with adaptive-median, as its winner stands out less). Default: the "
+        f"ranker's own ({_ranker_weights()}).",
     ),
 ]
 RerankOpt = Annotated[
@@ -615,6 +622,10 @@ def _print_ingest_report(report: IngestReport, title: str) -> None:
         warn("failed", message)
 
 
+def _listed(weights: tuple[float, float] | None) -> list[float] | None:
+    return None if weights is None else list(weights)
+
+
 def _search_options(arguments: dict):
     """The search options among a command's ``arguments`` (its ``locals()``), by name."""
     from jrag.retrieval import SearchOptions
@@ -640,7 +651,7 @@ def search(
     mode: SearchModeOpt = DEFAULT_SEARCH_MODE,
     hybrid: HybridOpt = True,
     ranker: RankerOpt = DEFAULT_RANKER,
-    weights: WeightsOpt = DEFAULT_WEIGHTS,
+    weights: WeightsOpt = None,
     content: ContentOpt = DEFAULT_CONTENT,
     rerank: RerankOpt = None,
     rerank_depth: RerankDepthOpt = DEFAULT_RERANK_DEPTH,
@@ -670,7 +681,7 @@ def search(
             with Client(server, api_key=api_key) as client:
                 found = client.search(
                     query, k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker,
-                    weights=list(weights), content=content, tenant=tenant, collection=collection,
+                    weights=_listed(weights), content=content, tenant=tenant, collection=collection,
                     where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
                 )  # fmt: skip
             results = [SimpleNamespace(**r) for r in found]
@@ -738,7 +749,7 @@ def ask(
     mode: SearchModeOpt = DEFAULT_SEARCH_MODE,
     hybrid: HybridOpt = True,
     ranker: RankerOpt = DEFAULT_RANKER,
-    weights: WeightsOpt = DEFAULT_WEIGHTS,
+    weights: WeightsOpt = None,
     rerank: RerankOpt = None,
     rerank_depth: RerankDepthOpt = DEFAULT_RERANK_DEPTH,
     where: WhereOpt = None,
@@ -775,7 +786,7 @@ def ask(
             with Client(server, api_key=api_key) as client, console.status("asking the server"):
                 answer = client.ask(
                     question, k=k, passages=passages, mode=mode, filter=filter, hybrid=hybrid,
-                    ranker=ranker, weights=list(weights), tenant=tenant, llm=not no_llm,
+                    ranker=ranker, weights=_listed(weights), tenant=tenant, llm=not no_llm,
                     collection=collection, where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
                 )  # fmt: skip
         else:

@@ -30,12 +30,19 @@ DEFAULT_SEARCH_MODE = "auto"
 # (needle Acc@1 at 2k: 0.96 against 0.83; measured, see README.md). Naive chunks are the BM25
 # rows of a chunked-only collection.
 FULL_TEXT_PREFERENCE: tuple[str, ...] = ("doc", "chunk", "late")
-# How a hybrid search fuses its dense and BM25 legs (see jrag.store.search), and the legs'
-# weights (dense, BM25; for the adaptive rankers, those reached when BM25 has a clear winner):
-# chosen by the worst case across word-overlap and paraphrase benchmarks
-# (docs/retrieval-variants.md). BM25's ceiling 0.975: at 0.9 the default loses a needle question.
+# How a hybrid search fuses its dense and BM25 legs (see jrag.store.search): chosen by the worst
+# case across word-overlap and paraphrase benchmarks (docs/retrieval-variants.md).
 DEFAULT_RANKER = "adaptive-median"
-DEFAULT_WEIGHTS: tuple[float, float] = (0.025, 0.975)
+# Each ranker's weights (dense, BM25) when none are given, each its best by the same worst case;
+# for the adaptive rankers, those reached when BM25 has a clear winner (adaptive-median at a BM25
+# ceiling of 0.9 loses a needle question). rrf and dbsf take no weights.
+RANKER_WEIGHTS: dict[str, tuple[float, float]] = {
+    "adaptive-median": (0.025, 0.975),
+    "adaptive": (0.1, 0.9),
+    "relative": (0.1, 0.9),
+    "weighted": (0.2, 0.8),
+}
+DEFAULT_WEIGHTS = RANKER_WEIGHTS[DEFAULT_RANKER]
 CONTENTS = ("passage", "document")
 # The rest of a search's defaults (jrag.retrieval.SearchOptions), here so that the CLI can show
 # them without importing the search code.
@@ -43,6 +50,11 @@ DEFAULT_K = 5
 DEFAULT_CONTENT = "passage"
 # How many fused documents a reranker scores, when it is on.
 DEFAULT_RERANK_DEPTH = 20
+
+
+def ranker_weights(ranker: str) -> tuple[float, float]:
+    """``ranker``'s weights when a search gives none."""
+    return RANKER_WEIGHTS.get(ranker, (0.5, 0.5))
 
 
 def check_ingest_mode(mode: str) -> tuple[str, ...]:

@@ -45,9 +45,9 @@ from jrag.modes import (
     DEFAULT_RANKER,
     DEFAULT_RERANK_DEPTH,
     DEFAULT_SEARCH_MODE,
-    DEFAULT_WEIGHTS,
     SEARCH_MODES,
     full_text_kinds,
+    ranker_weights,
     search_kinds,
 )
 from jrag.rerank import Reranker, load_reranker
@@ -108,7 +108,7 @@ class SearchOptions:
     hybrid: bool = True
     dense: bool = True  # False: the BM25 leg alone (needs hybrid and a collection with BM25)
     ranker: str = DEFAULT_RANKER
-    weights: tuple[float, float] = DEFAULT_WEIGHTS
+    weights: tuple[float, float] | None = None  # None: the ranker's own (jrag.modes)
     rrf_k: int = RRF_K  # the rrf ranker's constant
     content: str = DEFAULT_CONTENT
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
@@ -138,18 +138,19 @@ class SearchOptions:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        if isinstance(self.weights, list):
-            self.weights = tuple(self.weights)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise InputError(f"k must be a positive number of documents, not {self.k!r}")
         if self.mode not in SEARCH_MODES:
             raise InputError(f"unknown mode {self.mode!r}; use one of {', '.join(SEARCH_MODES)}")
         if self.ranker not in RANKERS:
             raise InputError(f"unknown ranker {self.ranker!r}; use one of {', '.join(RANKERS)}")
+        if self.weights is None:
+            self.weights = ranker_weights(self.ranker)
         if self.content not in CONTENTS:
             raise InputError(f"unknown content {self.content!r}; use one of {', '.join(CONTENTS)}")
         if (
-            len(self.weights) != 2
+            not isinstance(self.weights, tuple | list)
+            or len(self.weights) != 2
             or not all(isinstance(w, int | float) and math.isfinite(w) for w in self.weights)
             or any(w < 0 for w in self.weights)
             or sum(self.weights) <= 0
@@ -157,6 +158,7 @@ class SearchOptions:
             raise InputError(
                 f"weights must be two finite non-negative numbers, not both 0; got {self.weights!r}"
             )
+        self.weights = tuple(self.weights)
         if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int) or self.rrf_k < 1:
             raise InputError(f"rrf_k must be a positive whole number, not {self.rrf_k!r}")
         depth = self.rerank_depth

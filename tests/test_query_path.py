@@ -151,3 +151,28 @@ def test_front_doors_take_their_search_options_from_search_options():
     assert SearchOptions.pick({"k": 3, "weights": [1, 0], "unrelated": 1}) == SearchOptions(
         k=3, weights=(1, 0)
     )
+
+
+def test_a_ranker_without_weights_gets_its_own_weights_at_every_front_door():
+    """``--ranker relative`` alone must not inherit the default ranker's weights: at 0.025 /
+    0.975 a fixed fusion is BM25 alone. Given weights always win."""
+    from langchain_jrag import JragRetriever as LangChainRetriever
+    from llama_index.retrievers.jrag import JragRetriever as LlamaIndexRetriever
+
+    from jrag.cli import _search_options
+    from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS, RANKER_WEIGHTS
+    from jrag.server.schemas import SearchRequest
+
+    assert RANKER_WEIGHTS["relative"] != DEFAULT_WEIGHTS
+    for ranker, weights in RANKER_WEIGHTS.items():
+        built = [
+            SearchOptions(ranker=ranker),
+            _search_options({"ranker": ranker, "weights": None}),
+            SearchOptions.pick(SearchRequest(query="q", ranker=ranker)),
+            LangChainRetriever(uri="unused.db", ranker=ranker)._options(None, None),
+            LlamaIndexRetriever(uri="unused.db", ranker=ranker).options,
+        ]
+        assert {options.weights for options in built} == {weights}, ranker
+    assert SearchOptions().weights == DEFAULT_WEIGHTS == RANKER_WEIGHTS[DEFAULT_RANKER]
+    assert SearchOptions(ranker="relative", weights=[0.4, 0.6]).weights == (0.4, 0.6)
+    assert SearchOptions.pick(SearchRequest(query="q", weights=(0.4, 0.6))).weights == (0.4, 0.6)

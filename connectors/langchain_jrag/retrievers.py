@@ -65,8 +65,8 @@ class JragRetriever(BaseRetriever):
     ranker: str = Field(
         default=_DEFAULTS.ranker, description="How the dense and BM25 results are fused."
     )
-    weights: tuple[float, float] = Field(
-        default=_DEFAULTS.weights, description="Dense and BM25 weights (see --weights)."
+    weights: tuple[float, float] | None = Field(
+        default=None, description="Dense and BM25 weights; None: the ranker's own (see --weights)."
     )
     content: str = Field(
         default=_DEFAULTS.content, description="Best passage with context, or its whole window."

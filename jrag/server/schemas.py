@@ -8,7 +8,7 @@ from typing import Any, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from jrag.diversity import DEFAULT_MMR_LAMBDA
-from jrag.modes import DEFAULT_RANKER, DEFAULT_SEARCH_MODE, DEFAULT_WEIGHTS
+from jrag.modes import DEFAULT_RANKER, DEFAULT_SEARCH_MODE
 from jrag.retrieval import SearchResult
 
 
@@ -52,7 +52,9 @@ class SearchFields(BaseModel):
     filter: str | None = Field(default=None, description="A Milvus filter that narrows the search.")
     hybrid: bool = True
     ranker: str = DEFAULT_RANKER
-    weights: tuple[float, float] = DEFAULT_WEIGHTS
+    weights: tuple[float, float] | None = Field(
+        default=None, description="Dense and BM25 weights; default: the ranker's own."
+    )
     tenant: str = ""
     where: dict[str, Any] | None = Field(
         default=None,

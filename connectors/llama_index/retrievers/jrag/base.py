@@ -58,7 +58,7 @@ class JragRetriever(BaseRetriever):
         *,
         hybrid: bool = _DEFAULTS.hybrid,
         ranker: str = _DEFAULTS.ranker,
-        weights: tuple[float, float] = _DEFAULTS.weights,
+        weights: tuple[float, float] | None = None,  # None: the ranker's own
         content: str = _DEFAULTS.content,
         tenant: str = _DEFAULTS.tenant,
         rerank: str | None = None,
