@@ -26,7 +26,7 @@ import numpy as np
 from jrag.chunking import late_chunk_spans, pool_spans
 from jrag.encoder import Encoder
 from jrag.errors import InputError
-from jrag.llm import ChatBackend, resolve_llm
+from jrag.llm import resolve_llm
 from jrag.pipeline import IngestOptions
 from jrag.retrieval import (
     SearchOptions,
@@ -34,7 +34,6 @@ from jrag.retrieval import (
     embed_query,
     late_chunks_of,
     page_at,
-    rank_documents,
     search,
 )
 from jrag.store import DocumentState, MilvusStore
@@ -74,12 +73,9 @@ class Citation:
         chars = f"chars {self.start}–{self.end}"
         if self.page is None:
             return chars
-        pages = (
-            f"page {self.page}"
-            if self.page_end in (None, self.page)
-            else f"pages {self.page}–{self.page_end}"
-        )
-        return f"{pages}, {chars}"
+        if self.page_end in (None, self.page):
+            return f"page {self.page}, {chars}"
+        return f"pages {self.page}–{self.page_end}, {chars}"
 
 
 @dataclass
@@ -101,10 +97,8 @@ class Answer:
 
     def sources(self) -> str:
         """The ``Sources:`` list, one line per cited passage."""
-        lines = ["Sources:"]
-        for c in self.citations:
-            lines.append(f"[{c.number}] {c.title} — {c.source}, {c.location}")
-        return "\n".join(lines)
+        lines = [f"[{c.number}] {c.title} — {c.source}, {c.location}" for c in self.citations]
+        return "\n".join(["Sources:", *lines])
 
     def __str__(self) -> str:
         return f"{self.text}\n\n{self.sources()}" if self.citations else self.text
@@ -143,7 +137,8 @@ def ask(
         question, store=store, encoder=encoder, passages=passages, options=options, vector=vector
     )
     if not context:
-        return Answer(question, "No documents matched the question.", [], [], None, _name(backend))
+        name = backend.name if backend is not None else "extractive"
+        return Answer(question, "No documents matched the question.", [], [], None, name)
     if backend is None:
         return extractive_answer(question, context)
     prompt = build_prompt(question, context)
@@ -166,7 +161,7 @@ def retrieve_passages(
     if vector is None:
         vector = embed_query(encoder, question)  # once, for the documents and their passages
     if options.rerank is None and not options.mmr:
-        ranked, states = rank_documents(question, store, options, vector)
+        ranked, states = store.rank(build_query(store, question, vector, options))
         documents = [states[row.doc_id] for row in ranked]
     else:  # a cross-encoder's order needs each document's best passage, MMR their vectors
         results = search(question, store, encoder, options, vector=vector)
@@ -294,10 +289,6 @@ def late_spans(store: MilvusStore, encoder: Encoder, text: str) -> list[tuple[in
         chunk_tokens=recorded.get("late_chunk_tokens", defaults.late_chunk_tokens),
         strategy=recorded.get("late_strategy", defaults.late_strategy),
     )  # fmt: skip
-
-
-def _name(backend: ChatBackend | None) -> str:
-    return backend.name if backend is not None else "extractive"
 
 
 def _citation(
