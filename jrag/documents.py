@@ -186,12 +186,9 @@ def get_by_ids(store: MilvusStore, ids: Iterable[str], *, tenant: str = "") -> l
     """The committed documents with these ids, in the order given; missing ones are skipped."""
     keys = list(dict.fromkeys(_key(key) for key in ids))
     states = store.states([document_id(key, tenant) for key in keys]) if keys else {}
-    found = []
-    for key in keys:
-        state = states.get(document_id(key, tenant))
-        if state is not None and state.committed and state.tenant == tenant:
-            found.append(state)
-    return _stored_documents(store, found)
+    found = [states.get(document_id(key, tenant)) for key in keys]
+    committed = [s for s in found if s is not None and s.committed and s.tenant == tenant]
+    return _stored_documents(store, committed)
 
 
 def list_documents(

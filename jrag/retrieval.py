@@ -315,11 +315,7 @@ def _best_passages(
     """Each document's best passage row: its best row itself, unless that is a whole window
     and the document has late chunks, which are then searched within it."""
     passages = {r.doc_id: r for r in ranked if r.kind != "doc"}
-    need = [
-        r.doc_id
-        for r in ranked
-        if r.kind == "doc" and (states.get(r.doc_id) and "late" in states[r.doc_id].kinds)
-    ]
+    need = [r.doc_id for r in ranked if r.kind == "doc" and "late" in states[r.doc_id].kinds]
     if need:
         late_query = build_query(store, query, vector, late_chunks_of(need, options, len(need)))
         rows, _ = store.rank(late_query)
