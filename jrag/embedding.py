@@ -40,11 +40,9 @@ def load_encoder(
            document_prompt)  # fmt: skip
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            kwargs = {"dtype": dtype} if dtype is not None else {}
             _ENCODERS[key] = Encoder.from_pretrained(
-                model, device=device, query_prompt=query_prompt, document_prompt=document_prompt,
-                **kwargs,
-            )  # fmt: skip
+                model, device, dtype, query_prompt=query_prompt, document_prompt=document_prompt
+            )
         return _ENCODERS[key]
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from jrag.chunking import late_chunk_spans, pool_spans
-from jrag.encoder import Encoder
+from jrag.encoder import Encoder, Tokens
 from jrag.errors import InputError
 from jrag.llm import resolve_llm
 from jrag.pipeline import IngestOptions
@@ -192,11 +192,8 @@ def find_passages(
         _stored_late_passages(question, vector, with_late, store, limit, options),
         _embedded_passages(vector, without, store, encoder, limit),
     ]
-    merged = sorted(
-        ((rank, index, c) for index, cs in enumerate(ranked_lists) for rank, c in enumerate(cs)),
-        key=lambda item: (item[0], item[1]),
-    )
-    best = [c for _, _, c in merged[:limit]]
+    merged = [(rank, c) for cs in ranked_lists for rank, c in enumerate(cs)]
+    best = [c for _, c in sorted(merged, key=lambda item: item[0])[:limit]]  # ties: stored first
     for number, citation in enumerate(best, 1):
         citation.number = number
     return best
@@ -282,10 +279,9 @@ def late_spans(store: MilvusStore, encoder: Encoder, text: str) -> list[tuple[in
     options; the ingest defaults where it holds no late rows)."""
     recorded = store.manifest.kinds.get("late") or {}
     defaults = IngestOptions()
-    encoding = encoder.tokenizer.encode(text, add_special_tokens=False)
-    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    encoding = Tokens.from_encoding(encoder.tokenizer.encode(text, add_special_tokens=False))
     return late_chunk_spans(
-        text, offsets,
+        text, encoding.offsets,
         chunk_tokens=recorded.get("late_chunk_tokens", defaults.late_chunk_tokens),
         strategy=recorded.get("late_strategy", defaults.late_strategy),
     )  # fmt: skip

@@ -240,13 +240,9 @@ STALE_READ_RETRIES = 10
 def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:
-    first = (
-        options
-        if options.rerank is None
-        else replace(options, k=max(options.k, options.rerank_depth))
-    )
-    if options.mmr:
-        first = replace(first, k=max(first.k, mmr_depth(options.k)))
+    rerank_depth = options.rerank_depth if options.rerank is not None else 0
+    depth = max(options.k, rerank_depth, mmr_depth(options.k) if options.mmr else 0)
+    first = options if depth == options.k else replace(options, k=depth)
     ranked, states = store.rank(build_query(store, query, vector, first))
     if not ranked:
         return []
