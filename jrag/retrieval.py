@@ -31,10 +31,10 @@ import numpy as np
 
 from jrag.diversity import (
     DEFAULT_MMR_LAMBDA,
+    MMR_DEPTH,
     check_lambda,
     document_vectors,
     maximal_marginal_relevance,
-    mmr_depth,
 )
 from jrag.encoder import Encoder
 from jrag.errors import InputError
@@ -241,7 +241,7 @@ def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:
     rerank_depth = options.rerank_depth if options.rerank is not None else 0
-    depth = max(options.k, rerank_depth, mmr_depth(options.k) if options.mmr else 0)
+    depth = max(options.k, rerank_depth, max(MMR_DEPTH, 4 * options.k) if options.mmr else 0)
     first = options if depth == options.k else replace(options, k=depth)
     ranked, states = store.rank(build_query(store, query, vector, first))
     if not ranked:
