@@ -13,9 +13,6 @@ One document flows one way through four stages:
    ``bulk=True``), so a killed run can be re-run and every document ends up stored once and
    complete.
 
-These are the local engine's steps (:mod:`jrag.pipeline`); this module only decides where each
-runs.
-
 Workers never open the store: Milvus Lite allows one process per ``.db``, and a worker needs
 only the model's name. The store is reached from the driver through a :class:`StoreConfig`.
 """

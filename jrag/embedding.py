@@ -66,9 +66,7 @@ def embed_texts(
     encoder: Encoder, texts: list[str], *, max_length: int, normalize: bool, query: bool = False
 ) -> list[list[float]]:
     """Vectors as plain lists, for the frameworks; ``max_length`` is clamped to the model's.
-
-    Queries get the query prompt, other texts the document prompt.
-    """
+    Queries get the query prompt, other texts the document prompt."""
     encode = encoder.encode_query if query else encoder.encode_document
     max_length = min(max_length, encoder.max_length)
     return encode(list(texts), max_length=max_length, normalize=normalize).tolist()

@@ -179,12 +179,9 @@ def find_passages(
     limit: int = 3,
     options: SearchOptions | None = None,
 ) -> list[Citation]:
-    """The ``limit`` passages of the retrieved ``documents`` closest to ``question``, numbered
-    from 1.
-
-    Documents with late-chunk rows contribute their best stored late chunks; the others are
-    late-chunked again from their exact text. The two lists are merged by rank.
-    """
+    """The ``limit`` passages of ``documents`` closest to ``question``, numbered from 1: the
+    best stored late chunks of documents that have them, the others late-chunked again from
+    their exact text; the two lists merged by rank."""
     options = options or SearchOptions()
     with_late = [d for d in documents if "late" in d.kinds]
     without = [d for d in documents if "late" not in d.kinds]
@@ -209,9 +206,7 @@ def build_prompt(question: str, passages: Sequence[Citation]) -> str:
 
 def cited(answer: str, passages: Sequence[Citation]) -> list[Citation]:
     """The passages whose numbers the answer cites ([2], [1][3], [1, 3]); all if it cites none.
-
-    Numbers that match no passage are ignored.
-    """
+    Numbers that match no passage are ignored."""
     numbers = {int(n) for group in _MARKER.findall(answer) for n in group.split(",")}
     chosen = [p for p in passages if p.number in numbers]
     return chosen or list(passages)
