@@ -66,7 +66,6 @@ class BulkLoader:
         self.s3 = s3
         self.pending: list[Staged] = []
         self.rows = 0
-        self.imports = 0
         self._writer: Any = None
         self._local: str | None = None
 
@@ -125,7 +124,6 @@ class BulkLoader:
             raise _lost(self.store)
         for item in pending:
             self.store.commit(item)
-        self.imports += 1
 
     def _open_writer(self) -> Any:
         from pymilvus import CollectionSchema
@@ -172,8 +170,6 @@ def _lost(store: MilvusStore) -> StoreError:
 
 class UpsertLoader:
     """The fallback: the same interface, writing each document with the ordinary protocol."""
-
-    imports = 0
 
     def __init__(self, store: MilvusStore) -> None:
         self.store = store

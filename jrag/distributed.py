@@ -13,9 +13,6 @@ One document flows one way through four stages:
    ``bulk=True``), so a killed run can be re-run and every document ends up stored once and
    complete.
 
-These are the local engine's steps (:mod:`jrag.pipeline`); this module only decides where each
-runs.
-
 Workers never open the store: Milvus Lite allows one process per ``.db``, and a worker needs
 only the model's name. The store is reached from the driver through a :class:`StoreConfig`.
 """
@@ -42,6 +39,7 @@ from jrag.pipeline import (
     IngestReport,
     Planned,
     Sink,
+    check_batch_tokens,
     embed_planned,
     failure_message,
     plan_files,
@@ -119,8 +117,7 @@ def ingest_ray(
         raise InputError(f"workers must be at least 1, not {workers}")
     if gpus_per_worker < 0:
         raise InputError(f"gpus_per_worker must be ≥ 0, not {gpus_per_worker}")
-    if batch_tokens < 1:
-        raise InputError(f"batch_tokens must be positive, not {batch_tokens}")
+    check_batch_tokens(batch_tokens)
     report = IngestReport()
     report.stage_seconds.update(ray_start=0.0, plan=0.0)
     started = time.perf_counter()
@@ -140,7 +137,8 @@ def ingest_ray(
                 nonlocal done
                 done += 1
                 if on_progress:
-                    on_progress(Progress(source, outcome, done, len(sources), _since(started)))
+                    seconds = time.perf_counter() - started
+                    on_progress(Progress(source, outcome, done, len(sources), seconds))
 
             leftovers: list[str] = []
             work = list(plan_files(
@@ -172,10 +170,8 @@ def ingest_ray(
     finally:
         if started_ray:
             ray.shutdown()
-    for name in ("added", "updated", "skipped"):
+    for name in ("added", "updated", "extended", "skipped", "failed"):
         getattr(report, name).sort()
-    report.extended.sort()
-    report.failed.sort()
     report.seconds = time.perf_counter() - started
     logger.info(
         "ingested %d documents in %.1f s (%.2f documents/s)",
@@ -209,10 +205,6 @@ def _start_ray(address: str | None) -> bool:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     return True
-
-
-def _since(started: float) -> float:
-    return time.perf_counter() - started
 
 
 # -- stages 2 and 3: parse and embed (Ray) -----------------------------------------------------
@@ -303,17 +295,11 @@ def _parse_batch(batch: Any, limits: ParseLimits) -> Any:
             error = failure_message(err, planned.source) + f" ({type(err).__name__})"
         out.append({"source": planned.source, "planned": pickle.dumps(planned), "error": error,
                     "parse_s": time.perf_counter() - tick})  # fmt: skip
-    return pa.Table.from_pylist(out, schema=_parsed_schema())
-
-
-def _parsed_schema() -> Any:
-    """The parse stage's output schema (built lazily: pyarrow comes with Ray)."""
-    import pyarrow as pa
-
-    return pa.schema(
+    schema = pa.schema(
         [("source", pa.string()), ("planned", pa.binary()), ("error", pa.string()),
          ("parse_s", pa.float64())]
     )  # fmt: skip
+    return pa.Table.from_pylist(out, schema=schema)
 
 
 class _Embedder:

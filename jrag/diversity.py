@@ -27,14 +27,9 @@ MMR_DEPTH = 20
 _KIND_ORDER = ("doc", "late", "chunk")
 
 
-def check_lambda(value: float) -> float:
+def check_lambda(value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise InputError(f"mmr_lambda must be a number from 0 to 1, not {value!r}")
-    return float(value)
-
-
-def mmr_depth(k: int) -> int:
-    return max(MMR_DEPTH, 4 * k)
 
 
 def maximal_marginal_relevance(

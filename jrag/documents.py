@@ -38,11 +38,14 @@ from jrag.encoder import Encoder
 from jrag.errors import InputError
 from jrag.parse import ParsedDocument
 from jrag.pipeline import (
+    Embedded,
     IngestOptions,
+    IngestReport,
+    Sink,
     document_version,
     ingest_documents,
     kind_rows,
-    plan_file,
+    plan_documents,
 )
 from jrag.records import text_document
 from jrag.store import DocumentState, MilvusStore, document_id
@@ -126,18 +129,14 @@ def add_embedded(
     if not np.isfinite(matrix).all():
         raise InputError("vectors hold NaN or infinite numbers")
     by_id = {d.source: i for i, d in enumerate(documents)}
-    unique = _unique(documents)
     wanted = {"doc": EXTERNAL_OPTIONS}
-    doc_ids = [document_id(d.source, tenant) for d in unique]
-    states = store.states(doc_ids)
+    sink = Sink(store, IngestReport())
+    planned = plan_documents(_unique(documents), store, wanted, tenant=tenant, report=sink.report)
     with store.writing():
-        for document, doc_id in zip(unique, doc_ids, strict=True):
-            committed = states.get(doc_id)
-            if plan_file(committed, document.content_hash, wanted) is None:
-                continue  # the same text and metadata, from the same kind of embedding
-            vector = matrix[by_id[document.source]]
-            rows = kind_rows(document, "doc", [(0, len(document.text))], [vector], tenant)
-            store.write_document(document_version(document, tenant), rows, wanted, committed)
+        for item in planned:  # the same text and metadata, from the same embedding, is skipped
+            doc, vector = item.document, matrix[by_id[item.source]]
+            rows = kind_rows(doc, "doc", [(0, len(doc.text))], [vector], tenant)
+            sink.write(Embedded(item, document_version(doc, tenant), rows, wanted))
     store.flush()
     return [d.source for d in documents]
 
@@ -187,12 +186,9 @@ def get_by_ids(store: MilvusStore, ids: Iterable[str], *, tenant: str = "") -> l
     """The committed documents with these ids, in the order given; missing ones are skipped."""
     keys = list(dict.fromkeys(_key(key) for key in ids))
     states = store.states([document_id(key, tenant) for key in keys]) if keys else {}
-    found = []
-    for key in keys:
-        state = states.get(document_id(key, tenant))
-        if state is not None and state.committed and state.tenant == tenant:
-            found.append(state)
-    return _stored_documents(store, found)
+    found = [states.get(document_id(key, tenant)) for key in keys]
+    committed = [s for s in found if s is not None and s.committed and s.tenant == tenant]
+    return _stored_documents(store, committed)
 
 
 def list_documents(

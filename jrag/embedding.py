@@ -40,11 +40,9 @@ def load_encoder(
            document_prompt)  # fmt: skip
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            kwargs = {"dtype": dtype} if dtype is not None else {}
             _ENCODERS[key] = Encoder.from_pretrained(
-                model, device=device, query_prompt=query_prompt, document_prompt=document_prompt,
-                **kwargs,
-            )  # fmt: skip
+                model, device, dtype, query_prompt=query_prompt, document_prompt=document_prompt
+            )
         return _ENCODERS[key]
 
 
@@ -55,12 +53,11 @@ def identity_of(encoder: Encoder) -> Identity:
     The dtype ("float32", "bfloat16") is recorded, never checked: vectors computed in another
     dtype differ little (git-doc nDCG@10 within 0.004 between float32 and bfloat16).
     """
-    dtype = encoder.dtype_name
     return Identity(
         model=encoder.name,
         dim=encoder.dim,
         fingerprint=getattr(encoder, "fingerprint", ""),
-        dtype=dtype,
+        dtype=encoder.dtype_name,
         document_prompt=encoder.document_prompt,
     )
 
@@ -69,14 +66,10 @@ def embed_texts(
     encoder: Encoder, texts: list[str], *, max_length: int, normalize: bool, query: bool = False
 ) -> list[list[float]]:
     """Vectors as plain lists, for the frameworks; ``max_length`` is clamped to the model's.
-
-    Queries get the query prompt, other texts the document prompt.
-    """
+    Queries get the query prompt, other texts the document prompt."""
     encode = encoder.encode_query if query else encoder.encode_document
-    vectors = encode(
-        list(texts), max_length=min(max_length, encoder.max_length), normalize=normalize
-    )
-    return vectors.tolist()
+    max_length = min(max_length, encoder.max_length)
+    return encode(list(texts), max_length=max_length, normalize=normalize).tolist()
 
 
 def open_collection(
@@ -110,18 +103,7 @@ def open_collection(
 
 def result_metadata(result: SearchResult) -> dict[str, Any]:
     """The metadata the adapters attach to a result: where it is and how well it matched."""
-    return {
-        "source": result.source,
-        "title": result.title,
-        "score": result.score,
-        "start": result.start,
-        "end": result.end,
-        "passage_start": result.passage_start,
-        "passage_end": result.passage_end,
-        "page": result.page,
-        "doc_id": result.doc_id,
-        "kind": result.kind,
-    }
+    return {k: v for k, v in result.to_dict().items() if k not in ("text", "metadata")}
 
 
 class Searcher:

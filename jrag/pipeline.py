@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jrag.chunking import Span, SpanPooler, late_chunk_spans, pool_spans
+from jrag.bulk import BulkLoader, UpsertLoader
+from jrag.chunking import Span, SpanPooler, late_chunk_spans
 from jrag.encoder import (
     DEFAULT_BATCH_TOKENS,
     MAX_WINDOW_OVERLAP,
@@ -167,72 +169,61 @@ def embed_documents(
     """
     kinds = list(kinds) if kinds is not None else [options.kinds] * len(documents)
     encodings = tokens if tokens is not None else encoder.tokenize([d.text for d in documents])
-    rows: list[list[Row]] = [[] for _ in documents]
-    huge = {i for i, encoding in enumerate(encodings) if len(encoding) > STREAM_TOKENS}
-    for i in sorted(huge):
-        rows[i] = _streamed_rows(
-            documents[i], encodings[i], encoder, options, kinds[i], tenant, batch_tokens,
-            on_windows,
-        )  # fmt: skip
-    windowed = [i for i, ks in enumerate(kinds) if {"doc", "late"} & set(ks) and i not in huge]
-    if windowed:
-        windows_per_doc = encoder.encode_windows(
-            encodings=[encodings[i] for i in windowed],
-            overlap=options.overlap(encoder),
-            batch_tokens=batch_tokens,
+    # Naive chunks are non-overlapping windows of the same tokenization, cut at the budget.
+    cuts = {
+        "windows": {"overlap": options.overlap(encoder)},
+        "chunks": {"max_length": min(options.naive_chunk_tokens, encoder.max_length), "overlap": 0},
+    }
+    small = [i for i, encoding in enumerate(encodings) if len(encoding) <= STREAM_TOKENS]
+
+    def batched(indices: list[int], cut: dict[str, int]) -> dict[int, list[TokenStates]]:
+        if not indices:
+            return {}
+        encoded = encoder.encode_windows(
+            encodings=[encodings[i] for i in indices], batch_tokens=batch_tokens, **cut
         )
-        for i, windows in zip(windowed, windows_per_doc, strict=True):
-            doc = documents[i]
-            if "doc" in kinds[i]:
-                vectors = [w.pooled() for w in windows]
-                rows[i] += kind_rows(doc, "doc", [w.span for w in windows], vectors, tenant)
-            if "late" in kinds[i]:
-                rows[i] += _late_chunk_rows(doc, encodings[i], windows, options, tenant)
-    chunked = [i for i, ks in enumerate(kinds) if "chunk" in ks and i not in huge]
-    if chunked:
-        # Non-overlapping windows of one tokenization, each run through the model on its own:
-        # the naive chunks, cut exactly at the token budget.
-        max_length = min(options.naive_chunk_tokens, encoder.max_length)
-        windows_per_doc = encoder.encode_windows(
-            encodings=[encodings[i] for i in chunked],
-            max_length=max_length,
-            overlap=0,
-            batch_tokens=batch_tokens,
+        return dict(zip(indices, encoded, strict=True))
+
+    windows = batched([i for i in small if {"doc", "late"} & set(kinds[i])], cuts["windows"])
+    chunks = batched([i for i in small if "chunk" in kinds[i]], cuts["chunks"])
+    rows = []
+    for i, doc in enumerate(documents):
+        if i in small:
+            doc_windows, doc_chunks = windows.get(i, []), chunks.get(i, [])
+        else:  # streamed, each window pooled as it passes
+            progress = partial(on_windows, doc.source) if on_windows else None
+            doc_windows, doc_chunks = (
+                encoder.iter_windows(
+                    encoding=encodings[i], batch_tokens=batch_tokens, progress=progress, **cut
+                )
+                for cut in cuts.values()
+            )
+        rows.append(
+            _document_rows(doc, encodings[i], doc_windows, doc_chunks, options, kinds[i], tenant)
         )
-        for i, windows in zip(chunked, windows_per_doc, strict=True):
-            spans = [w.span for w in windows]
-            pooled = [w.pooled() for w in windows]
-            rows[i] += kind_rows(documents[i], "chunk", spans, pooled, tenant)
     return rows
 
 
-def _streamed_rows(
+def _document_rows(
     doc: ParsedDocument,
     encoding: Tokens,
-    encoder: Encoder,
+    windows: Iterable[TokenStates],
+    chunks: Iterable[TokenStates],
     options: IngestOptions,
     kinds: tuple[str, ...],
     tenant: str,
-    batch_tokens: int,
-    on_windows: Callable[[str, int, int], None] | None,
 ) -> list[Row]:
-    """The rows of one huge document, pooled from its windows as they stream past."""
-
-    def progress(done: int, total: int) -> None:
-        if on_windows:
-            on_windows(doc.source, done, total)
-
+    """One document's rows from its overlapping ``windows`` and its naive ``chunks``: lists, or
+    streams whose windows are pooled as they pass (memory holds one batch of them)."""
     rows: list[Row] = []
     if {"doc", "late"} & set(kinds):
         spans, vectors = [], []
         late_spans = _late_spans(doc, encoding, options) if "late" in kinds else []
         pooler = SpanPooler(late_spans) if "late" in kinds else None
-        for window in encoder.iter_windows(
-            encoding=encoding, overlap=options.overlap(encoder), batch_tokens=batch_tokens,
-            progress=progress,
-        ):  # fmt: skip
-            spans.append(window.span)
-            vectors.append(window.pooled())
+        for window in windows:
+            if "doc" in kinds:
+                spans.append(window.span)
+                vectors.append(window.pooled())
             if pooler is not None:
                 pooler.add(window)
         if "doc" in kinds:
@@ -241,11 +232,7 @@ def _streamed_rows(
             late, kept = pooler.result()
             rows += kind_rows(doc, "late", [late_spans[i] for i in kept], list(late), tenant)
     if "chunk" in kinds:
-        windows = encoder.iter_windows(
-            encoding=encoding, max_length=min(options.naive_chunk_tokens, encoder.max_length),
-            overlap=0, batch_tokens=batch_tokens, progress=progress,
-        )  # fmt: skip
-        pairs = [(w.span, w.pooled()) for w in windows]
+        pairs = [(w.span, w.pooled()) for w in chunks]
         rows += kind_rows(doc, "chunk", [p[0] for p in pairs], [p[1] for p in pairs], tenant)
     return rows
 
@@ -255,18 +242,6 @@ def _late_spans(doc: ParsedDocument, encoding: Tokens, options: IngestOptions) -
     return late_chunk_spans(
         doc.text, offsets, chunk_tokens=options.late_chunk_tokens, strategy=options.late_strategy
     )
-
-
-def _late_chunk_rows(
-    doc: ParsedDocument,
-    encoding: Tokens,
-    windows: list[TokenStates],
-    options: IngestOptions,
-    tenant: str,
-) -> list[Row]:
-    spans = _late_spans(doc, encoding, options)
-    vectors, kept = pool_spans(windows, spans)
-    return kind_rows(doc, "late", [spans[i] for i in kept], list(vectors), tenant)
 
 
 def kind_rows(
@@ -558,18 +533,14 @@ class Sink:
         self,
         store: MilvusStore,
         report: IngestReport,
-        notify: Callable[[str, str], None] = lambda *_: None,
+        notify: Callable[[str, str], None] = _ignore,
         *,
         bulk: bool = False,
     ) -> None:
         self.store = store
         self.report = report
         self.notify = notify
-        self.bulk = None
-        if bulk:
-            from jrag.bulk import BulkLoader
-
-            self.bulk = BulkLoader.for_store(store)
+        self.loader = BulkLoader.for_store(store) if bulk else UpsertLoader(store)
 
     def write(self, result: Embedded) -> str:
         """Write (or record the failure of) one document; returns its outcome."""
@@ -579,12 +550,7 @@ class Sink:
             self.notify(planned.source, "failed")
             return "failed"
         tick = time.perf_counter()
-        if self.bulk is not None:
-            self.bulk.add(result.version, result.rows, result.options, planned.committed)
-        else:
-            self.store.write_document(
-                result.version, result.rows, result.options, planned.committed
-            )
+        self.loader.add(result.version, result.rows, result.options, planned.committed)
         report.stage_seconds["store"] += time.perf_counter() - tick
         logger.debug("stored %s (%d rows)", planned.source, len(result.rows))
         report.tokens += result.tokens
@@ -596,10 +562,9 @@ class Sink:
         return planned.outcome
 
     def finish(self) -> None:
-        if self.bulk is not None:
-            tick = time.perf_counter()
-            self.bulk.finish()
-            self.report.stage_seconds["store"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        self.loader.finish()
+        self.report.stage_seconds["store"] += time.perf_counter() - tick
 
 
 def run_groups(

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from jrag.chunking import late_chunk_spans, pool_spans
-from jrag.encoder import Encoder
+from jrag.encoder import Encoder, Tokens
 from jrag.errors import InputError
-from jrag.llm import ChatBackend, resolve_llm
+from jrag.llm import resolve_llm
 from jrag.pipeline import IngestOptions
 from jrag.retrieval import (
     SearchOptions,
@@ -34,7 +34,6 @@ from jrag.retrieval import (
     embed_query,
     late_chunks_of,
     page_at,
-    rank_documents,
     search,
 )
 from jrag.store import DocumentState, MilvusStore
@@ -74,12 +73,9 @@ class Citation:
         chars = f"chars {self.start}–{self.end}"
         if self.page is None:
             return chars
-        pages = (
-            f"page {self.page}"
-            if self.page_end in (None, self.page)
-            else f"pages {self.page}–{self.page_end}"
-        )
-        return f"{pages}, {chars}"
+        if self.page_end in (None, self.page):
+            return f"page {self.page}, {chars}"
+        return f"pages {self.page}–{self.page_end}, {chars}"
 
 
 @dataclass
@@ -101,10 +97,8 @@ class Answer:
 
     def sources(self) -> str:
         """The ``Sources:`` list, one line per cited passage."""
-        lines = ["Sources:"]
-        for c in self.citations:
-            lines.append(f"[{c.number}] {c.title} — {c.source}, {c.location}")
-        return "\n".join(lines)
+        lines = [f"[{c.number}] {c.title} — {c.source}, {c.location}" for c in self.citations]
+        return "\n".join(["Sources:", *lines])
 
     def __str__(self) -> str:
         return f"{self.text}\n\n{self.sources()}" if self.citations else self.text
@@ -143,7 +137,8 @@ def ask(
         question, store=store, encoder=encoder, passages=passages, options=options, vector=vector
     )
     if not context:
-        return Answer(question, "No documents matched the question.", [], [], None, _name(backend))
+        name = backend.name if backend is not None else "extractive"
+        return Answer(question, "No documents matched the question.", [], [], None, name)
     if backend is None:
         return extractive_answer(question, context)
     prompt = build_prompt(question, context)
@@ -166,7 +161,7 @@ def retrieve_passages(
     if vector is None:
         vector = embed_query(encoder, question)  # once, for the documents and their passages
     if options.rerank is None and not options.mmr:
-        ranked, states = rank_documents(question, store, options, vector)
+        ranked, states = store.rank(build_query(store, question, vector, options))
         documents = [states[row.doc_id] for row in ranked]
     else:  # a cross-encoder's order needs each document's best passage, MMR their vectors
         results = search(question, store, encoder, options, vector=vector)
@@ -184,12 +179,9 @@ def find_passages(
     limit: int = 3,
     options: SearchOptions | None = None,
 ) -> list[Citation]:
-    """The ``limit`` passages of the retrieved ``documents`` closest to ``question``, numbered
-    from 1.
-
-    Documents with late-chunk rows contribute their best stored late chunks; the others are
-    late-chunked again from their exact text. The two lists are merged by rank.
-    """
+    """The ``limit`` passages of ``documents`` closest to ``question``, numbered from 1: the
+    best stored late chunks of documents that have them, the others late-chunked again from
+    their exact text; the two lists merged by rank."""
     options = options or SearchOptions()
     with_late = [d for d in documents if "late" in d.kinds]
     without = [d for d in documents if "late" not in d.kinds]
@@ -197,11 +189,8 @@ def find_passages(
         _stored_late_passages(question, vector, with_late, store, limit, options),
         _embedded_passages(vector, without, store, encoder, limit),
     ]
-    merged = sorted(
-        ((rank, index, c) for index, cs in enumerate(ranked_lists) for rank, c in enumerate(cs)),
-        key=lambda item: (item[0], item[1]),
-    )
-    best = [c for _, _, c in merged[:limit]]
+    merged = [(rank, c) for cs in ranked_lists for rank, c in enumerate(cs)]
+    best = [c for _, c in sorted(merged, key=lambda item: item[0])[:limit]]  # ties: stored first
     for number, citation in enumerate(best, 1):
         citation.number = number
     return best
@@ -217,9 +206,7 @@ def build_prompt(question: str, passages: Sequence[Citation]) -> str:
 
 def cited(answer: str, passages: Sequence[Citation]) -> list[Citation]:
     """The passages whose numbers the answer cites ([2], [1][3], [1, 3]); all if it cites none.
-
-    Numbers that match no passage are ignored.
-    """
+    Numbers that match no passage are ignored."""
     numbers = {int(n) for group in _MARKER.findall(answer) for n in group.split(",")}
     chosen = [p for p in passages if p.number in numbers]
     return chosen or list(passages)
@@ -287,17 +274,12 @@ def late_spans(store: MilvusStore, encoder: Encoder, text: str) -> list[tuple[in
     options; the ingest defaults where it holds no late rows)."""
     recorded = store.manifest.kinds.get("late") or {}
     defaults = IngestOptions()
-    encoding = encoder.tokenizer.encode(text, add_special_tokens=False)
-    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    encoding = Tokens.from_encoding(encoder.tokenizer.encode(text, add_special_tokens=False))
     return late_chunk_spans(
-        text, offsets,
+        text, encoding.offsets,
         chunk_tokens=recorded.get("late_chunk_tokens", defaults.late_chunk_tokens),
         strategy=recorded.get("late_strategy", defaults.late_strategy),
     )  # fmt: skip
-
-
-def _name(backend: ChatBackend | None) -> str:
-    return backend.name if backend is not None else "extractive"
 
 
 def _citation(

@@ -31,10 +31,10 @@ import numpy as np
 
 from jrag.diversity import (
     DEFAULT_MMR_LAMBDA,
+    MMR_DEPTH,
     check_lambda,
     document_vectors,
     maximal_marginal_relevance,
-    mmr_depth,
 )
 from jrag.encoder import Encoder
 from jrag.errors import InputError
@@ -219,9 +219,8 @@ def search(
 
     Keyword ``overrides`` set :class:`SearchOptions` fields (``k=3, mode="late"``).
     """
-    options = options or SearchOptions(**overrides)
-    if options is not None and overrides:
-        options = SearchOptions(**{**options.__dict__, **overrides})
+    if options is None or overrides:
+        options = SearchOptions(**{**(options.__dict__ if options else {}), **overrides})
     if isinstance(options.rerank, str):  # loaded (once per process) before any search runs
         options = replace(options, rerank=load_reranker(options.rerank, str(encoder.device)))
     vector = embed_query(encoder, query) if vector is None else vector
@@ -240,24 +239,13 @@ def search(
 STALE_READ_RETRIES = 10
 
 
-def rank_documents(
-    query: str, store: MilvusStore, options: SearchOptions, vector: np.ndarray
-) -> tuple[list[RankedRow], dict[str, DocumentState]]:
-    """Step 2 alone: the best documents' best rows, and their states (what ``ask`` needs)."""
-    return store.rank(build_query(store, query, vector, options))
-
-
 def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:
-    first = (
-        options
-        if options.rerank is None
-        else replace(options, k=max(options.k, options.rerank_depth))
-    )
-    if options.mmr:
-        first = replace(first, k=max(first.k, mmr_depth(options.k)))
-    ranked, states = rank_documents(query, store, first, vector)
+    rerank_depth = options.rerank_depth if options.rerank is not None else 0
+    depth = max(options.k, rerank_depth, max(MMR_DEPTH, 4 * options.k) if options.mmr else 0)
+    first = options if depth == options.k else replace(options, k=depth)
+    ranked, states = store.rank(build_query(store, query, vector, first))
     if not ranked:
         return []
     if options.mmr:  # k diverse documents of the candidates; a reranker then orders them
@@ -325,11 +313,7 @@ def _best_passages(
     """Each document's best passage row: its best row itself, unless that is a whole window
     and the document has late chunks, which are then searched within it."""
     passages = {r.doc_id: r for r in ranked if r.kind != "doc"}
-    need = [
-        r.doc_id
-        for r in ranked
-        if r.kind == "doc" and (states.get(r.doc_id) and "late" in states[r.doc_id].kinds)
-    ]
+    need = [r.doc_id for r in ranked if r.kind == "doc" and "late" in states[r.doc_id].kinds]
     if need:
         late_query = build_query(store, query, vector, late_chunks_of(need, options, len(need)))
         rows, _ = store.rank(late_query)
@@ -382,8 +366,7 @@ def _window_around(
     """The whole-document window holding the passage (the document itself past no window)."""
     if best.kind == "doc":
         return best.start, best.end
-    windows = store.get_rows([state.doc_id], "doc")
-    for window in windows:
+    for window in store.get_rows([state.doc_id], "doc"):
         if window.start <= passage.start and passage.end <= window.end:
             return window.start, window.end
     return 0, int(state.metadata.get("length", passage.end))
@@ -408,29 +391,18 @@ def _with_context(
     used = _tokens(encoder, around[start - low : end - low])
     before = _sentence_cuts(around, low, start, backwards=True)
     after = _sentence_cuts(around, low, end, backwards=False)
-    while before or after:
-        grown = False
-        for cuts, side in ((after, "after"), (before, "before")):
+    while before or after:  # each turn takes one cut from each side, or drops that side
+        for cuts, backwards in ((after, False), (before, True)):
             if not cuts:
                 continue
-            cut = cuts[0]
-            if side == "before":
-                piece = around[cut - low : start - low]
-            else:
-                piece = around[end - low : cut - low]
+            cut = cuts.pop(0)
+            piece = around[cut - low : start - low] if backwards else around[end - low : cut - low]
             cost = _tokens(encoder, piece)
             if used + cost > budget:
                 cuts.clear()
                 continue
             used += cost
-            cuts.pop(0)
-            if side == "before":
-                start = cut
-            else:
-                end = cut
-            grown = True
-        if not grown:
-            break
+            start, end = (cut, end) if backwards else (start, cut)
     return max(start, low), min(end, high)
 
 
@@ -450,10 +422,8 @@ def _tokens(encoder: Encoder, text: str) -> int:
 
 
 def page_at(state: DocumentState, offset: int) -> int | None:
-    starts = state.metadata.get("page_starts") or []
-    if not starts:
-        return None
-    return max(1, bisect.bisect_right(starts, offset))
+    starts = state.metadata.get("page_starts")
+    return max(1, bisect.bisect_right(starts, offset)) if starts else None
 
 
 # -- notices ---------------------------------------------------------------------------------------
