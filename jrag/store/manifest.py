@@ -37,7 +37,6 @@ from jrag.store.rows import (
     VECTOR_KINDS,
     json_metadata,
     marker_entity,
-    placeholder_vector,  # noqa: F401 (the lease imports it from here)
     quote,
 )
 

@@ -52,7 +52,6 @@ from jrag.store.rows import (
     DocumentState,
     DocumentVersion,
     Row,
-    json_metadata,
     quote,
     read_state,
     state_entity,
@@ -206,8 +205,7 @@ class Writer:
         if self.lease is None:
             return self.states([doc_id]).get(doc_id)
         rows = {r["doc_id"]: r for r in self.fetch([state_id(doc_id), LEASE_ID], STATE_FIELDS)}
-        lease_row = rows.pop(LEASE_ID, None)
-        if not self.lease.owns(json_metadata(lease_row["metadata"]) if lease_row else {}):
+        if not self.lease.owns(rows.pop(LEASE_ID, None)):
             raise self._lease_lost()
         return read_state(rows[doc_id]) if doc_id in rows else None
 
