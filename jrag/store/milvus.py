@@ -269,8 +269,7 @@ class MilvusStore:
         for version, rows in documents:
             new, counts = self.writer.entities(version, rows, None)
             kinds = {kind: {"rows": n, "options": {}} for kind, n in counts.items()}
-            state = DocumentState(version.doc_id, version.source, version.title,
-                                  version.content_hash, version.tenant, kinds)  # fmt: skip
+            state = DocumentState.of(version, version.content_hash, kinds=kinds)
             entities += [*new, state_entity(state, self.dim)]
         with self.writing():
             self.writer.hold()

@@ -183,6 +183,13 @@ class DocumentState:
     def tokens(self) -> int:
         return int(self.metadata.get("tokens", 0))
 
+    @classmethod
+    def of(cls, version: DocumentVersion, content_hash: str, **fields: Any) -> DocumentState:
+        """A state of ``version``'s document recording ``content_hash`` ("": a placeholder)."""
+        return cls(
+            version.doc_id, version.source, version.title, content_hash, version.tenant, **fields
+        )
+
 
 # -- row builders: every entity a collection stores is built here ------------------------------
 

@@ -35,6 +35,7 @@ it already holds.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -89,9 +90,7 @@ class Writer:
     def hold(self) -> bool:
         """Hold the write lease; False if it had to be taken anew (another writer may have
         written since this process last held it)."""
-        if self.lease is None:
-            return True
-        return self.lease.hold()
+        return self.lease is None or self.lease.hold()
 
     def release(self) -> None:
         """Give the write lease back (writes take it again when they need it)."""
@@ -216,16 +215,12 @@ class Writer:
         until it is committed, so that a crash in between leaves nothing unaccounted for.
         Under a lease, ``committed`` comes from :meth:`state_for_write`, just read (and the
         lease checked with it)."""
-        keep = set(_committed_ids(committed))
-        self.delete_ids([i for i in _garbage_ids(committed) if i not in keep])
+        self.delete_ids(_garbage_ids(committed))
         intent = {"content_hash": version.content_hash, "rows": counts}
         if committed is not None and committed.committed:
             state = replace(committed, garbage=[intent])
         else:
-            state = DocumentState(
-                doc_id=version.doc_id, source=version.source, title=version.title,
-                content_hash="", tenant=version.tenant, garbage=[intent],
-            )  # fmt: skip
+            state = DocumentState.of(version, "", garbage=[intent])
         self._put_state(state)
 
     def entities(
@@ -245,10 +240,10 @@ class Writer:
             raise StoreError(
                 f"source path longer than {MAX_SOURCE} bytes: {version.source[:200]}..."
             )
-        same_version = committed is not None and committed.content_hash == version.content_hash
         new_rows = [vector_entity(version, r, self.dim) for r in rows]
-        counts = _count_kinds(rows)
-        if not (same_version and committed is not None and TEXT_KIND in committed.kinds):
+        counts = dict(Counter(r.kind for r in rows))
+        same_version = _same_version(version, committed)
+        if same_version is None or TEXT_KIND not in same_version.kinds:
             pieces = text_entities(version, self.dim)
             new_rows += pieces
             counts[TEXT_KIND] = len(pieces)
@@ -266,13 +261,11 @@ class Writer:
         committed: DocumentState | None,
     ) -> DocumentState:
         """Steps 3–6 once the entities ``ids`` of ``version`` are written; returns the state."""
-        same_version = committed is not None and committed.content_hash == version.content_hash
-        kinds: dict[str, dict[str, Any]] = (
-            dict(committed.kinds) if same_version and committed is not None else {}
-        )
+        same_version = _same_version(version, committed)
+        kinds = dict(same_version.kinds) if same_version else {}
         keep = set(ids)
-        if same_version and committed is not None:  # 3: rows beyond the new counts
-            old = {k: n for k, n in committed.row_counts.items() if k in counts}
+        if same_version:  # 3: rows beyond the new counts
+            old = {k: n for k, n in same_version.row_counts.items() if k in counts}
             beyond = [i for i in version_ids(version.doc_id, version.content_hash, old)
                       if i not in keep]  # fmt: skip
             if beyond:
@@ -287,15 +280,9 @@ class Writer:
             if committed is not None and committed.committed and not same_version
             else []
         )
-        state = DocumentState(
-            doc_id=version.doc_id,
-            source=version.source,
-            title=version.title,
-            content_hash=version.content_hash,
-            tenant=version.tenant,
-            kinds=kinds,
-            metadata=dict(version.metadata),
-            garbage=replaced,
+        metadata = dict(version.metadata)
+        state = DocumentState.of(
+            version, version.content_hash, kinds=kinds, metadata=metadata, garbage=replaced
         )
         self._verify_lease()
         self._put_state(state)  # 5: the commit
@@ -321,8 +308,7 @@ class Writer:
         self.hold()
         states = [s for s in self.states(doc_ids).values() if s.garbage]
         for state in states:
-            keep = set(_committed_ids(state))
-            self.delete_ids([i for i in _garbage_ids(state) if i not in keep])
+            self.delete_ids(_garbage_ids(state))
             if state.committed:
                 self._put_state(replace(state, garbage=[]))
         return len(states)
@@ -445,6 +431,11 @@ def _superseded(
     return planned is not None and planned.content_hash == version.content_hash
 
 
+def _same_version(version: DocumentVersion, state: DocumentState | None) -> DocumentState | None:
+    """``state`` if it records ``version``'s content, else None."""
+    return state if state is not None and state.content_hash == version.content_hash else None
+
+
 def _committed_ids(state: DocumentState | None) -> list[str]:
     if state is None or not state.committed:
         return []
@@ -452,17 +443,12 @@ def _committed_ids(state: DocumentState | None) -> list[str]:
 
 
 def _garbage_ids(state: DocumentState | None) -> list[str]:
+    """The ids of the rows ``state`` lists as garbage, less those its committed version holds."""
     if state is None:
         return []
+    keep = set(_committed_ids(state))
     ids: list[str] = []
     for entry in state.garbage:
         rows = {k: int(n) for k, n in entry.get("rows", {}).items()}
         ids += version_ids(state.doc_id, entry["content_hash"], rows)
-    return ids
-
-
-def _count_kinds(rows: Sequence[Row]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.kind] = counts.get(r.kind, 0) + 1
-    return counts
+    return [i for i in ids if i not in keep]
