@@ -420,23 +420,18 @@ class MilvusStore:
 def check_identity(where: str, recorded: Identity, current: Identity) -> None:
     """Refuse another model (the fingerprint decides where both have one, else name and dim), or
     another document prompt: vectors embedded with and without one are not comparable."""
-    if recorded.dim != current.dim:
+    fingerprints = recorded.fingerprint and current.fingerprint
+    if recorded.dim != current.dim or (not fingerprints and recorded.model != current.model):
         raise StoreError(
             f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
             f"model {current.model} (dim {current.dim}). Use another --collection or `jrag drop`."
         )
-    if recorded.fingerprint and current.fingerprint:
-        if recorded.fingerprint != current.fingerprint:
-            raise StoreError(
-                f"{where} was built with model {recorded.model} (fingerprint "
-                f"{recorded.fingerprint[:12]}); this run's model {current.model} has fingerprint "
-                f"{current.fingerprint[:12]}: its weights, tokenizer or pooling differ. Use the "
-                "same model, another --collection, or `jrag drop`."
-            )
-    elif recorded.model != current.model:
+    if fingerprints and recorded.fingerprint != current.fingerprint:
         raise StoreError(
-            f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
-            f"model {current.model} (dim {current.dim}). Use another --collection or `jrag drop`."
+            f"{where} was built with model {recorded.model} (fingerprint "
+            f"{recorded.fingerprint[:12]}); this run's model {current.model} has fingerprint "
+            f"{current.fingerprint[:12]}: its weights, tokenizer or pooling differ. Use the "
+            "same model, another --collection, or `jrag drop`."
         )
     if recorded.document_prompt != current.document_prompt:
         raise StoreError(
@@ -485,17 +480,5 @@ def drop_collection(conn: Connection, collection: str) -> None:
 
 
 def _hit(r: dict) -> Hit:
-    return Hit(
-        id=r["id"],
-        doc_id=r["doc_id"],
-        kind=r["kind"],
-        chunk_index=int(r["chunk_index"]),
-        start=int(r["start"]),
-        end=int(r["end"]),
-        text=r.get("text", ""),
-        source=r.get("source", ""),
-        title=r.get("title", ""),
-        metadata=json_metadata(r.get("metadata")),
-        content_hash=r["content_hash"],
-        tenant=r.get("tenant", ""),
-    )
+    """A row read with :data:`~jrag.store.rows.ROW_FIELDS` as a :class:`Hit`."""
+    return Hit(**{**{f: r[f] for f in ROW_FIELDS}, "metadata": json_metadata(r["metadata"])})

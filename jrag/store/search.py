@@ -365,14 +365,8 @@ def _ranked_row(hit: dict) -> RankedRow:
     entity = hit.get("entity") or {}
     return RankedRow(
         id=hit.get("id", entity.get("id")),
-        doc_id=entity["doc_id"],
-        tenant=entity["tenant"],
-        kind=entity["kind"],
-        chunk_index=int(entity["chunk_index"]),
-        start=int(entity["start"]),
-        end=int(entity["end"]),
-        content_hash=entity["content_hash"],
         score=float(hit.get("distance", 0.0)),
+        **{f: entity[f] for f in HIT_FIELDS},
     )
 
 
