@@ -88,12 +88,15 @@ def _literal(expr: str, start: int) -> tuple[str, int]:
 
 def all_of(*parts: str | None) -> str:
     """The conjunction of the non-empty ``parts``, each parenthesized."""
+    return joined(parts, "and")
+
+
+def joined(parts: Iterable[str | None], word: str) -> str:
+    """The non-empty ``parts`` joined by ``word`` (and, or), each parenthesized; "" if none."""
     kept = [p for p in parts if p]
-    if not kept:
-        return ""
     if len(kept) == 1:
         return kept[0]
-    return " and ".join(f"({p})" for p in kept)
+    return f" {word} ".join(f"({p})" for p in kept)
 
 
 def one_of(field_name: str, values: Iterable[str]) -> str:

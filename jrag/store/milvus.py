@@ -1,12 +1,5 @@
-"""``MilvusStore``: one jrag collection in Milvus Lite or a Milvus server.
-
-It puts the store's parts together, each in its own module:
-
-- :mod:`jrag.store.connection`: Milvus Lite's lifecycle and locking, servers, capabilities;
-- :mod:`jrag.store.manifest`: the collection's schema, identity and manifest;
-- :mod:`jrag.store.writes`: the versioned write protocol and per-document state;
-- :mod:`jrag.store.search`: exact document ranking, dense or hybrid.
-"""
+"""``MilvusStore``: one jrag collection in Milvus Lite or a Milvus server, joining the store's
+parts (see :mod:`jrag.store`)."""
 
 from __future__ import annotations
 
@@ -360,9 +353,8 @@ class MilvusStore:
         """What the collection holds, from its manifest and count queries (never the token)."""
         rows = {kind: self.count(f"kind == {quote(kind)}") for kind in VECTOR_KINDS}
         committed = all_of(f"kind == {quote(STATE_KIND)}", 'content_hash != ""')
-        documents = self.count(committed)
         return {
-            "documents": documents,
+            "documents": self.count(committed),
             "rows": rows,
             "total_rows": sum(rows.values()),
             **describe(self.manifest),
@@ -405,9 +397,8 @@ class MilvusStore:
                 self.writer.release()
 
     def close(self) -> None:
-        if hasattr(self, "writer"):
-            with contextlib.suppress(StoreError):  # else the lease frees itself when it expires
-                self.writer.release()
+        with contextlib.suppress(StoreError):  # else the lease frees itself when it expires
+            self.writer.release()
         self.conn.close()
 
     def __enter__(self) -> MilvusStore:

@@ -175,9 +175,7 @@ class DocumentState:
     def holds(self, kind: str, options: dict[str, Any] | None = None) -> bool:
         """True if the committed version has ``kind`` rows (built with ``options``, if given)."""
         entry = self.kinds.get(kind)
-        if entry is None:
-            return False
-        return options is None or entry.get("options", {}) == options
+        return entry is not None and (options is None or entry.get("options", {}) == options)
 
     @property
     def tokens(self) -> int:
