@@ -137,8 +137,7 @@ class MilvusStore:
 
     def _open(self, identity: Identity | None, create: bool, full_text: bool | None) -> Manifest:
         has = self.conn.client.has_collection
-        exists = self.conn.call("list collections", has, self.collection)
-        if not exists:
+        if not self.conn.call("list collections", has, self.collection):
             if not create:
                 raise CollectionNotFound(
                     f"{self.where} does not exist; run `jrag ingest` first or pass another "

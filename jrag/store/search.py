@@ -42,6 +42,7 @@ Text is not fetched here: callers fetch it for the winners only.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -66,10 +67,9 @@ RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
 FUSION_DEPTH = 20
-# An adaptive fusion's BM25 weight: ADAPTIVE_FLOOR when its first two candidates score alike,
-# the ceiling (the query's weights) once the first scores ADAPTIVE_FULL_GAP above the second
-# (as a share of its score). Chosen by the worst case over the paraphrase, git-doc and needle
-# benchmarks (benchmarks/fusion_sweep.py, docs/retrieval-variants.md).
+# The ``adaptive`` fusion's BM25 floor and full gap (see :func:`adaptive_weights`), chosen by
+# the worst case over the paraphrase, git-doc and needle benchmarks (benchmarks/fusion_sweep.py,
+# docs/retrieval-variants.md).
 ADAPTIVE_FLOOR = 0.2
 ADAPTIVE_FULL_GAP = 0.2
 # The adaptive fusions: ranker -> (BM25's floor, the lead that reaches the ceiling, what BM25's
@@ -311,8 +311,7 @@ class DocumentRanker:
         return np.asarray(query.vector, dtype=np.float32).reshape(-1).tolist()
 
     def _search_error(self, exc: BaseException, user: str | None) -> StoreError:
-        message = exc_message(exc)
-        if user and _is_parse_error(message):
+        if user and _PARSE_ERROR.search(exc_message(exc)):
             return self.conn.error(f"bad filter expression {user!r}", exc)
         return self.conn.error(f"search failed on collection '{self.collection}'", exc)
 
@@ -505,20 +504,9 @@ def _exclusion(excluded: Sequence[tuple[str, str, str]]) -> str | None:
     return f"not ({' or '.join(terms)})"
 
 
-def _is_parse_error(message: str) -> bool:
-    lowered = message.lower()
-    return any(
-        marker in lowered
-        for marker in (
-            "parse expr",
-            "query plan",
-            "syntax",
-            "invalid expr",
-            "not exist",
-            "unknown field",
-            "unexpected token",  # Milvus Lite 2.5's parser
-            "unexpected end of expression",
-            "unknown escape sequence",
-            "cannot parse",
-        )
-    )
+# What Milvus says of a filter it cannot parse ("unexpected token...": Milvus Lite 2.5's parser).
+_PARSE_ERROR = re.compile(
+    "parse expr|query plan|syntax|invalid expr|not exist|unknown field|unexpected token"
+    "|unexpected end of expression|unknown escape sequence|cannot parse",
+    re.IGNORECASE,
+)

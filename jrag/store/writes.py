@@ -146,7 +146,7 @@ class Writer:
         """Every committed document of ``tenant`` (a scan of state rows: one per document, for
         prune); with ``pending``, also the placeholders of first writes cut short. ``where``
         (a checked filter over the state rows' fields) narrows the scan."""
-        by_key = self.conn.capabilities.upsert_by_partition_key
+        by_key = self.conn.capabilities.upsert_by_partition_key  # see _put_state
         of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
         expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant, where)
         for r in self.iter_rows(expr, STATE_FIELDS):
@@ -180,10 +180,7 @@ class Writer:
                     return current
                 entities, counts = self.entities(version, rows, current)
                 if _already_stored(version, counts, options, current):
-                    # Another writer stored this very version meanwhile. Writing it again would
-                    # replace its committed rows in place: on Milvus < 2.4 a delete, then an
-                    # insert, with the document unsearchable in between (lost if killed there).
-                    assert current is not None
+                    assert current is not None  # stored by another writer: see the module docstring
                     return current
                 self.begin(version, counts, current)  # 1
                 self.upsert(entities)  # 2
