@@ -85,11 +85,8 @@ def display_uri(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.scheme.lower() not in SERVER_SCHEMES:
         return uri
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def exc_message(exc: BaseException) -> str:
@@ -377,8 +374,7 @@ def lite_lock_holder(path: Path) -> int | None:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
     else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return None  # it was free (closing the descriptor below gives our lock back)
     finally:
         os.close(fd)
     return _pid_from_proc_locks(lock) or 0

@@ -88,8 +88,7 @@ def compile_where(where: Mapping[str, Any] | None, *, params: bool) -> tuple[str
     if where is None:
         return None, {}
     compiler = _Compiler(params)
-    expr = compiler.filter(where, 0)
-    return expr, compiler.values
+    return compiler.filter(where, 0), compiler.values
 
 
 class _Compiler:
@@ -160,17 +159,14 @@ class _Compiler:
 
     def literal(self, value: Scalar) -> str:
         if self.params:
-            return self.parameter(value)
+            name = f"{PARAM_PREFIX}{len(self.values)}"
+            self.values[name] = value
+            return "{" + name + "}"
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, str):
             return quote(value)
         return repr(value)  # int, or a finite float (repr round-trips)
-
-    def parameter(self, value: Any) -> str:
-        name = f"{PARAM_PREFIX}{len(self.values)}"
-        self.values[name] = value
-        return "{" + name + "}"
 
 
 def _check_scalar(key: str, operator: str, value: Any) -> None:

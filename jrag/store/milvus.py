@@ -309,18 +309,13 @@ class MilvusStore:
             raise StoreError(
                 f"unknown row kind {kind!r}; expected one of {', '.join(VECTOR_KINDS)}"
             )
-        ids = list(dict.fromkeys(doc_ids))
         wanted = [
-            row_id
-            for state in self.states(ids).values()
+            i
+            for state in self.states(doc_ids).values()
             if state.committed and kind in state.kinds
-            for row_id in version_ids(
-                state.doc_id, state.content_hash, {kind: state.row_counts[kind]}
-            )
+            for i in version_ids(state.doc_id, state.content_hash, {kind: state.row_counts[kind]})
         ]
-        hits = self.rows(wanted)
-        hits.sort(key=lambda h: (h.doc_id, h.chunk_index))
-        return hits
+        return sorted(self.rows(wanted), key=lambda h: (h.doc_id, h.chunk_index))
 
     def document_text(self, state: DocumentState, start: int = 0, end: int | None = None) -> str:
         """The exact parsed text of a committed document, or of ``[start, end)`` of it."""
