@@ -4,7 +4,6 @@ parts (see :mod:`jrag.store`)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,8 +40,6 @@ from jrag.store.rows import (
 )
 from jrag.store.search import DocumentRanker, Query, RankedRow
 from jrag.store.writes import DocumentVersion, Writer
-
-logger = logging.getLogger(__name__)
 
 
 class MilvusStore:

@@ -41,7 +41,6 @@ Text is not fetched here: callers fetch it for the winners only.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +57,6 @@ from jrag.store.connection import MILVUS_ERRORS, Connection, exc_message
 from jrag.store.filters import all_of, check_user_filter, none_of, restriction
 from jrag.store.manifest import BM25_FIELD
 from jrag.store.rows import DocumentState, quote
-
-logger = logging.getLogger(__name__)
 
 RANKERS = ("adaptive", "adaptive-median", "relative", "dbsf", "rrf", "weighted")
 SCORE_FUSIONS = ("adaptive", "adaptive-median", "relative", "dbsf")  # fused here from two searches
@@ -408,11 +405,8 @@ def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]
     """Each document's first (best) row, in order, for the first ``depth`` documents."""
     best: dict[str, RankedRow] = {}
     for row in rows:
-        if row.doc_id not in best:
-            best[row.doc_id] = row
-            if len(best) == depth:
-                break
-    return list(best.values())
+        best.setdefault(row.doc_id, row)
+    return list(best.values())[:depth]
 
 
 def fusion_weights(

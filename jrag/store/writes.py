@@ -384,13 +384,10 @@ class Writer:
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete rows by primary key (ids that do not exist are fine); returns how many ids."""
+        what = f"delete from collection '{self.collection}'"
         for i in range(0, len(ids), DELETE_BATCH):
-            self.conn.call(
-                f"delete from collection '{self.collection}'",
-                self.conn.client.delete,
-                self.collection,
-                ids=list(ids[i : i + DELETE_BATCH]),
-            )
+            batch = list(ids[i : i + DELETE_BATCH])
+            self.conn.call(what, self.conn.client.delete, self.collection, ids=batch)
         return len(ids)
 
 
