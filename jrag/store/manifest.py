@@ -211,7 +211,10 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
             f"{where} carries jrag's properties but lacks its fields ({', '.join(missing)}); it "
             f"was not written by this jrag. Use another --collection, or `jrag drop -c {name}`"
         )
-    _load(conn, name)
+    try:  # it is released after a server restart or a Lite reopen
+        conn.call(f"load collection '{name}'", conn.client.load_collection, name)
+    except StoreError as err:  # e.g. its index is not built yet
+        raise ManifestPending(str(err)) from None
     rows = conn.call(
         f"read the manifest of '{name}'",
         conn.client.query,
@@ -242,14 +245,6 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
     }
     bm25 = bool(data.get("bm25")) and BM25_FIELD in fields
     return Manifest(SCHEMA_VERSION, identity, bm25, kinds)
-
-
-def _load(conn: Connection, name: str) -> None:
-    """Load the collection: it is released after a server restart or a Lite reopen."""
-    try:
-        conn.call(f"load collection '{name}'", conn.client.load_collection, name)
-    except StoreError as err:  # e.g. its index is not built yet
-        raise ManifestPending(str(err)) from None
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:

@@ -146,9 +146,7 @@ class DocumentRanker:
         if query.ranker not in RANKERS:
             raise InputError(f"unknown ranker {query.ranker!r}; use one of {', '.join(RANKERS)}")
         call = _Call(check_user_filter(query.filter))
-        ranked: dict[str, RankedRow] = {}
-        if self.conn.capabilities.group_by:
-            ranked = self._grouped(query, call)
+        ranked = self._grouped(query, call) if self.conn.capabilities.group_by else {}
         if len(ranked) < query.k:
             # No grouping here, or the grouped candidates ran short: the exact loop fills up.
             self._loop(query, call, ranked)
