@@ -116,9 +116,7 @@ def ids_in(ids: Iterable[str]) -> str:
 
 def none_of(field_name: str, values: Iterable[str]) -> str | None:
     items = list(dict.fromkeys(values))
-    if not items:
-        return None
-    return f"{field_name} not in [{', '.join(quote(v) for v in items)}]"
+    return f"{field_name} not in [{', '.join(quote(v) for v in items)}]" if items else None
 
 
 def restriction(kinds: Iterable[str], tenant: str) -> str:

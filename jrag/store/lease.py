@@ -70,11 +70,9 @@ class WriteLease:
         left = self._expires - time.time()
         if left > self.seconds / 2:
             return True  # ours until it expires: nobody takes an unexpired claim
-        if left > SETTLE_S * 2:
-            current = self._read()
-            if current.get("owner") == self.owner:  # still ours: renew with a plain write
-                self._claim()
-                return True
+        if left > SETTLE_S * 2 and self._read().get("owner") == self.owner:
+            self._claim()  # still ours: renew with a plain write
+            return True
         self._expires = 0.0
         deadline = time.monotonic() + self.wait_s
         while True:
