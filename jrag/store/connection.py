@@ -144,9 +144,9 @@ class Connection:
                 text = text.replace(secret, "***")
         return text
 
-    def error(self, what: str, exc: BaseException | None = None) -> StoreError:
-        detail = f": {self.scrub(exc_message(exc))}" if exc is not None else ""
-        return StoreError(self.scrub(what) + detail)
+    def error(self, what: str, exc: BaseException) -> StoreError:
+        """``what`` failed, and Milvus' reason why, with secrets scrubbed from both."""
+        return StoreError(self.scrub(f"{what}: {exc_message(exc)}"))
 
     # -- calls ---------------------------------------------------------------------------------
 

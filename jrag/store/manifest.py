@@ -98,7 +98,6 @@ def create_collection(
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("content_hash", v, max_length=MAX_HASH)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=identity.dim)
-    index_params = _index_params(conn, bm25)
     if bm25:
         # Milvus computes the sparse BM25 vector from ``text`` itself, on insert.
         schema.add_field(BM25_FIELD, DataType.SPARSE_FLOAT_VECTOR)
@@ -115,7 +114,7 @@ def create_collection(
         conn.client.create_collection,
         name,
         schema=schema,
-        index_params=index_params,
+        index_params=_index_params(conn, bm25),
         consistency_level="Strong",
         properties={
             "jrag.schema": str(SCHEMA_VERSION),
