@@ -367,8 +367,7 @@ class Writer:
             self.conn.call(what, client.upsert, self.collection, batch)
             return
         # This server's upsert puts rows where tenant filters miss them: delete, then insert.
-        ids = [entity["id"] for entity in batch]
-        self.conn.call(what, client.delete, self.collection, ids=ids)
+        self.conn.call(what, client.delete, self.collection, ids=[e["id"] for e in batch])
         self.conn.call(what, client.insert, self.collection, batch)
 
     def _verify_lease(self) -> None:
