@@ -143,9 +143,7 @@ class Writer:
     def all_states(
         self, tenant: str, *, pending: bool = False, where: str | None = None
     ) -> Iterator[DocumentState]:
-        """Every committed document of ``tenant`` (a scan of state rows: one per document, for
-        prune); with ``pending``, also the placeholders of first writes cut short. ``where``
-        (a checked filter over the state rows' fields) narrows the scan."""
+        """:meth:`MilvusStore.all_states`: a scan of the state rows, one per document."""
         by_key = self.conn.capabilities.upsert_by_partition_key  # see _put_state
         of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
         expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant, where)
