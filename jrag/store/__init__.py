@@ -1,10 +1,10 @@
 """jrag's Milvus store: one collection per corpus, in Milvus Lite or a Milvus server.
 
 Read in this order: :mod:`~jrag.store.rows` (the one schema: fields, row kinds, the builders
-of every row),
-:mod:`~jrag.store.connection` (reaching Milvus), :mod:`~jrag.store.manifest` (identity and
-contents), :mod:`~jrag.store.writes` (the versioned write protocol), :mod:`~jrag.store.search`
-(document ranking) and :mod:`~jrag.store.milvus` (``MilvusStore``, which joins them).
+of every row), :mod:`~jrag.store.connection` (reaching Milvus), :mod:`~jrag.store.manifest`
+(identity and contents), :mod:`~jrag.store.writes` (the versioned write protocol),
+:mod:`~jrag.store.search` (document ranking) and :mod:`~jrag.store.milvus` (``MilvusStore``,
+which joins them).
 Code outside this package uses ``MilvusStore``'s public methods only (a test reads the source).
 """
 

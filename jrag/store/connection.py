@@ -54,9 +54,7 @@ class Capabilities:
     """What the backend supports, from its version: Lite 3.x has everything."""
 
     version: str
-    upsert: bool
     group_by: bool
-    hybrid: bool
     bm25: bool
     # Before 2.4, upsert routed rows by the wrong field, so that a partition-key filter
     # (``tenant == "a"``) missed them (milvus-io/milvus#30607): write with delete + insert.
@@ -68,19 +66,14 @@ class Capabilities:
     @classmethod
     def from_version(cls, version: str) -> Capabilities:
         if version.startswith("milvus_lite"):
-            return cls(version, upsert=True, group_by=True, hybrid=True, bm25=True)
+            return cls(version, group_by=True, bm25=True)
         match = re.search(r"(\d+)\.(\d+)", version)
         if match is None:  # unknown: assume only what every supported server has
-            return cls(
-                version, upsert=True, group_by=False, hybrid=False, bm25=False,
-                upsert_by_partition_key=False,
-            )  # fmt: skip
+            return cls(version, group_by=False, bm25=False, upsert_by_partition_key=False)
         release = (int(match.group(1)), int(match.group(2)))
         return cls(
             version,
-            upsert=release >= (2, 3),
             group_by=release >= (2, 4),
-            hybrid=release >= (2, 4),
             bm25=release >= (2, 5),
             upsert_by_partition_key=release >= (2, 4),
             filter_params=release >= (2, 5),
@@ -92,21 +85,12 @@ def display_uri(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.scheme.lower() not in SERVER_SCHEMES:
         return uri
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def is_lite_uri(uri: str) -> bool:
-    return urlsplit(str(uri)).scheme.lower() not in SERVER_SCHEMES
-
-
-def exc_message(exc: BaseException | None) -> str:
+def exc_message(exc: BaseException) -> str:
     """One line: a Milvus error's message, whitespace collapsed."""
-    if exc is None:
-        return ""
     msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return re.sub(r"\s+", " ", str(msg)).strip()
 
@@ -132,7 +116,7 @@ class Connection:
     ) -> None:
         self.uri = str(uri)
         self._token = token or ""
-        self.is_lite = is_lite_uri(self.uri)
+        self.is_lite = urlsplit(self.uri).scheme.lower() not in SERVER_SCHEMES
         self._lite_path: str | None = None
         self._client: Any = None
         if self.is_lite:
@@ -160,9 +144,9 @@ class Connection:
                 text = text.replace(secret, "***")
         return text
 
-    def error(self, what: str, exc: BaseException | None = None) -> StoreError:
-        detail = f": {self.scrub(exc_message(exc))}" if exc is not None else ""
-        return StoreError(self.scrub(what) + detail)
+    def error(self, what: str, exc: BaseException) -> StoreError:
+        """``what`` failed, and Milvus' reason why, with secrets scrubbed from both."""
+        return StoreError(self.scrub(f"{what}: {exc_message(exc)}"))
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -390,8 +374,7 @@ def lite_lock_holder(path: Path) -> int | None:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
     else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return None  # it was free (closing the descriptor below gives our lock back)
     finally:
         os.close(fd)
     return _pid_from_proc_locks(lock) or 0

@@ -15,9 +15,6 @@ from collections.abc import Iterable
 from jrag.errors import InputError
 from jrag.store.rows import quote
 
-# Names a user filter may not assign or call around; Milvus has no statements, but be plain.
-_FORBIDDEN = (";",)
-
 
 def check_user_filter(expr: str | None) -> str | None:
     """``expr`` stripped, or None if empty; InputError if it is not a self-contained expression.
@@ -46,7 +43,7 @@ def check_user_filter(expr: str | None) -> str | None:
                 raise InputError(
                     f"bad filter expression {expr!r}: unmatched {char!r} at character {position}"
                 )
-        elif char in _FORBIDDEN:
+        elif char == ";":  # Milvus has no statements; refuse their separator plainly
             raise InputError(f"bad filter expression {expr!r}: {char!r} is not allowed")
         out.append(char)
         position += 1
@@ -91,12 +88,15 @@ def _literal(expr: str, start: int) -> tuple[str, int]:
 
 def all_of(*parts: str | None) -> str:
     """The conjunction of the non-empty ``parts``, each parenthesized."""
+    return joined(parts, "and")
+
+
+def joined(parts: Iterable[str | None], word: str) -> str:
+    """The non-empty ``parts`` joined by ``word`` (and, or), each parenthesized; "" if none."""
     kept = [p for p in parts if p]
-    if not kept:
-        return ""
     if len(kept) == 1:
         return kept[0]
-    return " and ".join(f"({p})" for p in kept)
+    return f" {word} ".join(f"({p})" for p in kept)
 
 
 def one_of(field_name: str, values: Iterable[str]) -> str:
@@ -116,9 +116,7 @@ def ids_in(ids: Iterable[str]) -> str:
 
 def none_of(field_name: str, values: Iterable[str]) -> str | None:
     items = list(dict.fromkeys(values))
-    if not items:
-        return None
-    return f"{field_name} not in [{', '.join(quote(v) for v in items)}]"
+    return f"{field_name} not in [{', '.join(quote(v) for v in items)}]" if items else None
 
 
 def restriction(kinds: Iterable[str], tenant: str) -> str:

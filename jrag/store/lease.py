@@ -35,8 +35,7 @@ from typing import Any
 from jrag.errors import StoreError
 from jrag.store.connection import Connection
 from jrag.store.filters import ids_in
-from jrag.store.manifest import placeholder_vector
-from jrag.store.rows import LEASE_KIND, json_metadata
+from jrag.store.rows import LEASE_KIND, json_metadata, marker_entity
 
 LEASE_ID = "__lease__"
 LEASE_S = float(os.environ.get("JRAG_LEASE_S", "30"))  # how long a silent holder keeps it
@@ -71,11 +70,9 @@ class WriteLease:
         left = self._expires - time.time()
         if left > self.seconds / 2:
             return True  # ours until it expires: nobody takes an unexpired claim
-        if left > SETTLE_S * 2:
-            current = self._read()
-            if current.get("owner") == self.owner:  # still ours: renew with a plain write
-                self._claim()
-                return True
+        if left > SETTLE_S * 2 and self._read().get("owner") == self.owner:
+            self._claim()  # still ours: renew with a plain write
+            return True
         self._expires = 0.0
         deadline = time.monotonic() + self.wait_s
         while True:
@@ -107,10 +104,12 @@ class WriteLease:
         if self._expires - time.time() <= SETTLE_S:
             self._expires = 0.0
             return False
-        return self.owns(self._read())
+        return self.owns(self._row())
 
-    def owns(self, lease: dict[str, Any]) -> bool:
-        """True if ``lease`` (the lease row's metadata, just read) is our unexpired claim."""
+    def owns(self, row: dict[str, Any] | None) -> bool:
+        """True if ``row`` (the lease row just read, with its metadata; None if there is none)
+        is our unexpired claim."""
+        lease = json_metadata(row["metadata"]) if row else {}
         if self._expires - time.time() > SETTLE_S and lease.get("owner") == self.owner:
             return True
         self._expires = 0.0
@@ -127,23 +126,23 @@ class WriteLease:
                 self.conn.client.delete, self.collection, ids=[LEASE_ID],
             )  # fmt: skip
 
-    def _read(self) -> dict[str, Any]:
+    def _row(self) -> dict[str, Any] | None:
         rows = self.conn.call(
             f"read the write lease of '{self.collection}'", self.conn.client.query,
             self.collection, filter=ids_in([LEASE_ID]), output_fields=["metadata"],
             consistency_level="Strong",
         )  # fmt: skip
-        return json_metadata(rows[0]["metadata"]) if rows else {}
+        return rows[0] if rows else None
+
+    def _read(self) -> dict[str, Any]:
+        """The lease row's metadata (its holder and expiry), {} when free."""
+        row = self._row()
+        return json_metadata(row["metadata"]) if row else {}
 
     def _claim(self) -> None:
         expires = time.time() + self.seconds
-        row = {
-            "id": LEASE_ID, "doc_id": LEASE_ID, "tenant": "", "kind": LEASE_KIND,
-            "chunk_index": 0, "chunk_count": 0, "start": 0, "end": 0, "text": "",
-            "source": "", "title": "", "content_hash": "",
-            "metadata": {"owner": self.owner, "expires": expires},
-            "vector": placeholder_vector(self.dim),
-        }  # fmt: skip
+        metadata = {"owner": self.owner, "expires": expires}
+        row = marker_entity(LEASE_ID, LEASE_ID, LEASE_KIND, self.dim, metadata=metadata)
         self.conn.call(
             f"take the write lease of '{self.collection}'",
             self.conn.client.upsert, self.collection, [row],

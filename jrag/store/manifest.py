@@ -37,7 +37,6 @@ from jrag.store.rows import (
     VECTOR_KINDS,
     json_metadata,
     marker_entity,
-    placeholder_vector,  # noqa: F401 (the lease imports it from here)
     quote,
 )
 
@@ -99,7 +98,6 @@ def create_collection(
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("content_hash", v, max_length=MAX_HASH)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=identity.dim)
-    index_params = _index_params(conn, bm25)
     if bm25:
         # Milvus computes the sparse BM25 vector from ``text`` itself, on insert.
         schema.add_field(BM25_FIELD, DataType.SPARSE_FLOAT_VECTOR)
@@ -116,7 +114,7 @@ def create_collection(
         conn.client.create_collection,
         name,
         schema=schema,
-        index_params=index_params,
+        index_params=_index_params(conn, bm25),
         consistency_level="Strong",
         properties={
             "jrag.schema": str(SCHEMA_VERSION),
@@ -212,7 +210,10 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
             f"{where} carries jrag's properties but lacks its fields ({', '.join(missing)}); it "
             f"was not written by this jrag. Use another --collection, or `jrag drop -c {name}`"
         )
-    _load(conn, name)
+    try:  # it is released after a server restart or a Lite reopen
+        conn.call(f"load collection '{name}'", conn.client.load_collection, name)
+    except StoreError as err:  # e.g. its index is not built yet
+        raise ManifestPending(str(err)) from None
     rows = conn.call(
         f"read the manifest of '{name}'",
         conn.client.query,
@@ -243,14 +244,6 @@ def read_manifest(conn: Connection, name: str) -> Manifest:
     }
     bm25 = bool(data.get("bm25")) and BM25_FIELD in fields
     return Manifest(SCHEMA_VERSION, identity, bm25, kinds)
-
-
-def _load(conn: Connection, name: str) -> None:
-    """Load the collection: it is released after a server restart or a Lite reopen."""
-    try:
-        conn.call(f"load collection '{name}'", conn.client.load_collection, name)
-    except StoreError as err:  # e.g. its index is not built yet
-        raise ManifestPending(str(err)) from None
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:

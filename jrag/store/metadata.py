@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jrag.errors import InputError
+from jrag.store.filters import joined
 from jrag.store.rows import quote
 
 USER_KEY = "user"
@@ -87,8 +88,7 @@ def compile_where(where: Mapping[str, Any] | None, *, params: bool) -> tuple[str
     if where is None:
         return None, {}
     compiler = _Compiler(params)
-    expr = compiler.filter(where, 0)
-    return expr, compiler.values
+    return compiler.filter(where, 0), compiler.values
 
 
 class _Compiler:
@@ -113,7 +113,7 @@ class _Compiler:
                 )
             else:
                 parts.append(self.field(key, condition))
-        return _join(parts, "and")
+        return joined(parts, "and") or None
 
     def logical(self, operator: str, clauses: Any, depth: int) -> str | None:
         if not isinstance(clauses, list | tuple) or not clauses:
@@ -121,7 +121,7 @@ class _Compiler:
         parts = [self.filter(clause, depth + 1) for clause in clauses]
         if operator == "$or" and None in parts:
             return None  # an empty clause matches everything
-        return _join(parts, "and" if operator == "$and" else "or")
+        return joined(parts, "and" if operator == "$and" else "or") or None
 
     def field(self, key: str, condition: Any) -> str | None:
         path = key_expression(key)
@@ -140,7 +140,7 @@ class _Compiler:
                     f"unknown metadata filter operator {operator!r:.80} on {key!r}; use one of "
                     f"{' '.join((*COMPARISONS, *MEMBERSHIP))}"
                 )
-        return _join(parts, "and")
+        return joined(parts, "and") or None
 
     def compare(self, path: str, key: str, operator: str, value: Any) -> str:
         _check_scalar(key, operator, value)
@@ -155,21 +155,18 @@ class _Compiler:
                 f"metadata filter {operator} on {key!r} takes a non-empty list, not {values!r:.80}"
             )
         each, word = MEMBERSHIP[operator]
-        return _join([self.compare(path, key, each, v) for v in values], word)
+        return joined([self.compare(path, key, each, v) for v in values], word) or None
 
     def literal(self, value: Scalar) -> str:
         if self.params:
-            return self.parameter(value)
+            name = f"{PARAM_PREFIX}{len(self.values)}"
+            self.values[name] = value
+            return "{" + name + "}"
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, str):
             return quote(value)
         return repr(value)  # int, or a finite float (repr round-trips)
-
-    def parameter(self, value: Any) -> str:
-        name = f"{PARAM_PREFIX}{len(self.values)}"
-        self.values[name] = value
-        return "{" + name + "}"
 
 
 def _check_scalar(key: str, operator: str, value: Any) -> None:
@@ -183,12 +180,3 @@ def _check_scalar(key: str, operator: str, value: Any) -> None:
             f"metadata filter {operator} on {key!r}: unsupported value {value!r:.80} "
             "(use a string, a number, true or false)"
         )
-
-
-def _join(parts: list[str | None], word: str) -> str | None:
-    kept = [p for p in parts if p]
-    if not kept:
-        return None
-    if len(kept) == 1:
-        return kept[0]
-    return f" {word} ".join(f"({p})" for p in kept)

@@ -1,17 +1,9 @@
-"""``MilvusStore``: one jrag collection in Milvus Lite or a Milvus server.
-
-It puts the store's parts together, each in its own module:
-
-- :mod:`jrag.store.connection`: Milvus Lite's lifecycle and locking, servers, capabilities;
-- :mod:`jrag.store.manifest`: the collection's schema, identity and manifest;
-- :mod:`jrag.store.writes`: the versioned write protocol and per-document state;
-- :mod:`jrag.store.search`: exact document ranking, dense or hybrid.
-"""
+"""``MilvusStore``: one jrag collection in Milvus Lite or a Milvus server, joining the store's
+parts (see :mod:`jrag.store`)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,8 +40,6 @@ from jrag.store.rows import (
 )
 from jrag.store.search import DocumentRanker, Query, RankedRow
 from jrag.store.writes import DocumentVersion, Writer
-
-logger = logging.getLogger(__name__)
 
 
 class MilvusStore:
@@ -144,8 +134,7 @@ class MilvusStore:
 
     def _open(self, identity: Identity | None, create: bool, full_text: bool | None) -> Manifest:
         has = self.conn.client.has_collection
-        exists = self.conn.call("list collections", has, self.collection)
-        if not exists:
+        if not self.conn.call("list collections", has, self.collection):
             if not create:
                 raise CollectionNotFound(
                     f"{self.where} does not exist; run `jrag ingest` first or pass another "
@@ -269,8 +258,7 @@ class MilvusStore:
         for version, rows in documents:
             new, counts = self.writer.entities(version, rows, None)
             kinds = {kind: {"rows": n, "options": {}} for kind, n in counts.items()}
-            state = DocumentState(version.doc_id, version.source, version.title,
-                                  version.content_hash, version.tenant, kinds)  # fmt: skip
+            state = DocumentState.of(version, version.content_hash, kinds=kinds)
             entities += [*new, state_entity(state, self.dim)]
         with self.writing():
             self.writer.hold()
@@ -318,18 +306,13 @@ class MilvusStore:
             raise StoreError(
                 f"unknown row kind {kind!r}; expected one of {', '.join(VECTOR_KINDS)}"
             )
-        ids = list(dict.fromkeys(doc_ids))
         wanted = [
-            row_id
-            for state in self.states(ids).values()
+            i
+            for state in self.states(doc_ids).values()
             if state.committed and kind in state.kinds
-            for row_id in version_ids(
-                state.doc_id, state.content_hash, {kind: state.row_counts[kind]}
-            )
+            for i in version_ids(state.doc_id, state.content_hash, {kind: state.row_counts[kind]})
         ]
-        hits = self.rows(wanted)
-        hits.sort(key=lambda h: (h.doc_id, h.chunk_index))
-        return hits
+        return sorted(self.rows(wanted), key=lambda h: (h.doc_id, h.chunk_index))
 
     def document_text(self, state: DocumentState, start: int = 0, end: int | None = None) -> str:
         """The exact parsed text of a committed document, or of ``[start, end)`` of it."""
@@ -361,9 +344,8 @@ class MilvusStore:
         """What the collection holds, from its manifest and count queries (never the token)."""
         rows = {kind: self.count(f"kind == {quote(kind)}") for kind in VECTOR_KINDS}
         committed = all_of(f"kind == {quote(STATE_KIND)}", 'content_hash != ""')
-        documents = self.count(committed)
         return {
-            "documents": documents,
+            "documents": self.count(committed),
             "rows": rows,
             "total_rows": sum(rows.values()),
             **describe(self.manifest),
@@ -406,9 +388,8 @@ class MilvusStore:
                 self.writer.release()
 
     def close(self) -> None:
-        if hasattr(self, "writer"):
-            with contextlib.suppress(StoreError):  # else the lease frees itself when it expires
-                self.writer.release()
+        with contextlib.suppress(StoreError):  # else the lease frees itself when it expires
+            self.writer.release()
         self.conn.close()
 
     def __enter__(self) -> MilvusStore:
@@ -421,23 +402,18 @@ class MilvusStore:
 def check_identity(where: str, recorded: Identity, current: Identity) -> None:
     """Refuse another model (the fingerprint decides where both have one, else name and dim), or
     another document prompt: vectors embedded with and without one are not comparable."""
-    if recorded.dim != current.dim:
+    fingerprints = recorded.fingerprint and current.fingerprint
+    if recorded.dim != current.dim or (not fingerprints and recorded.model != current.model):
         raise StoreError(
             f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
             f"model {current.model} (dim {current.dim}). Use another --collection or `jrag drop`."
         )
-    if recorded.fingerprint and current.fingerprint:
-        if recorded.fingerprint != current.fingerprint:
-            raise StoreError(
-                f"{where} was built with model {recorded.model} (fingerprint "
-                f"{recorded.fingerprint[:12]}); this run's model {current.model} has fingerprint "
-                f"{current.fingerprint[:12]}: its weights, tokenizer or pooling differ. Use the "
-                "same model, another --collection, or `jrag drop`."
-            )
-    elif recorded.model != current.model:
+    if fingerprints and recorded.fingerprint != current.fingerprint:
         raise StoreError(
-            f"{where} was built with model {recorded.model} (dim {recorded.dim}); this run uses "
-            f"model {current.model} (dim {current.dim}). Use another --collection or `jrag drop`."
+            f"{where} was built with model {recorded.model} (fingerprint "
+            f"{recorded.fingerprint[:12]}); this run's model {current.model} has fingerprint "
+            f"{current.fingerprint[:12]}: its weights, tokenizer or pooling differ. Use the "
+            "same model, another --collection, or `jrag drop`."
         )
     if recorded.document_prompt != current.document_prompt:
         raise StoreError(
@@ -486,17 +462,5 @@ def drop_collection(conn: Connection, collection: str) -> None:
 
 
 def _hit(r: dict) -> Hit:
-    return Hit(
-        id=r["id"],
-        doc_id=r["doc_id"],
-        kind=r["kind"],
-        chunk_index=int(r["chunk_index"]),
-        start=int(r["start"]),
-        end=int(r["end"]),
-        text=r.get("text", ""),
-        source=r.get("source", ""),
-        title=r.get("title", ""),
-        metadata=json_metadata(r.get("metadata")),
-        content_hash=r["content_hash"],
-        tenant=r.get("tenant", ""),
-    )
+    """A row read with :data:`~jrag.store.rows.ROW_FIELDS` as a :class:`Hit`."""
+    return Hit(**{**{f: r[f] for f in ROW_FIELDS}, "metadata": json_metadata(r["metadata"])})

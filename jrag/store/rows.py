@@ -175,13 +175,18 @@ class DocumentState:
     def holds(self, kind: str, options: dict[str, Any] | None = None) -> bool:
         """True if the committed version has ``kind`` rows (built with ``options``, if given)."""
         entry = self.kinds.get(kind)
-        if entry is None:
-            return False
-        return options is None or entry.get("options", {}) == options
+        return entry is not None and (options is None or entry.get("options", {}) == options)
 
     @property
     def tokens(self) -> int:
         return int(self.metadata.get("tokens", 0))
+
+    @classmethod
+    def of(cls, version: DocumentVersion, content_hash: str, **fields: Any) -> DocumentState:
+        """A state of ``version``'s document recording ``content_hash`` ("": a placeholder)."""
+        return cls(
+            version.doc_id, version.source, version.title, content_hash, version.tenant, **fields
+        )
 
 
 # -- row builders: every entity a collection stores is built here ------------------------------

@@ -41,7 +41,7 @@ Text is not fetched here: callers fetch it for the winners only.
 
 from __future__ import annotations
 
-import logging
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -58,18 +58,15 @@ from jrag.store.filters import all_of, check_user_filter, none_of, restriction
 from jrag.store.manifest import BM25_FIELD
 from jrag.store.rows import DocumentState, quote
 
-logger = logging.getLogger(__name__)
-
 RANKERS = ("adaptive", "adaptive-median", "relative", "dbsf", "rrf", "weighted")
 SCORE_FUSIONS = ("adaptive", "adaptive-median", "relative", "dbsf")  # fused here from two searches
 RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
 FUSION_DEPTH = 20
-# An adaptive fusion's BM25 weight: ADAPTIVE_FLOOR when its first two candidates score alike,
-# the ceiling (the query's weights) once the first scores ADAPTIVE_FULL_GAP above the second
-# (as a share of its score). Chosen by the worst case over the paraphrase, git-doc and needle
-# benchmarks (benchmarks/fusion_sweep.py, docs/retrieval-variants.md).
+# The ``adaptive`` fusion's BM25 floor and full gap (see :func:`adaptive_weights`), chosen by
+# the worst case over the paraphrase, git-doc and needle benchmarks (benchmarks/fusion_sweep.py,
+# docs/retrieval-variants.md).
 ADAPTIVE_FLOOR = 0.2
 ADAPTIVE_FULL_GAP = 0.2
 # The adaptive fusions: ranker -> (BM25's floor, the lead that reaches the ceiling, what BM25's
@@ -149,9 +146,7 @@ class DocumentRanker:
         if query.ranker not in RANKERS:
             raise InputError(f"unknown ranker {query.ranker!r}; use one of {', '.join(RANKERS)}")
         call = _Call(check_user_filter(query.filter))
-        ranked: dict[str, RankedRow] = {}
-        if self.conn.capabilities.group_by:
-            ranked = self._grouped(query, call)
+        ranked = self._grouped(query, call) if self.conn.capabilities.group_by else {}
         if len(ranked) < query.k:
             # No grouping here, or the grouped candidates ran short: the exact loop fills up.
             self._loop(query, call, ranked)
@@ -311,8 +306,7 @@ class DocumentRanker:
         return np.asarray(query.vector, dtype=np.float32).reshape(-1).tolist()
 
     def _search_error(self, exc: BaseException, user: str | None) -> StoreError:
-        message = exc_message(exc)
-        if user and _is_parse_error(message):
+        if user and _PARSE_ERROR.search(exc_message(exc)):
             return self.conn.error(f"bad filter expression {user!r}", exc)
         return self.conn.error(f"search failed on collection '{self.collection}'", exc)
 
@@ -365,14 +359,8 @@ def _ranked_row(hit: dict) -> RankedRow:
     entity = hit.get("entity") or {}
     return RankedRow(
         id=hit.get("id", entity.get("id")),
-        doc_id=entity["doc_id"],
-        tenant=entity["tenant"],
-        kind=entity["kind"],
-        chunk_index=int(entity["chunk_index"]),
-        start=int(entity["start"]),
-        end=int(entity["end"]),
-        content_hash=entity["content_hash"],
         score=float(hit.get("distance", 0.0)),
+        **{f: entity[f] for f in HIT_FIELDS},
     )
 
 
@@ -415,11 +403,8 @@ def _best_per_document(rows: Sequence[RankedRow], depth: int) -> list[RankedRow]
     """Each document's first (best) row, in order, for the first ``depth`` documents."""
     best: dict[str, RankedRow] = {}
     for row in rows:
-        if row.doc_id not in best:
-            best[row.doc_id] = row
-            if len(best) == depth:
-                break
-    return list(best.values())
+        best.setdefault(row.doc_id, row)
+    return list(best.values())[:depth]
 
 
 def fusion_weights(
@@ -511,20 +496,9 @@ def _exclusion(excluded: Sequence[tuple[str, str, str]]) -> str | None:
     return f"not ({' or '.join(terms)})"
 
 
-def _is_parse_error(message: str) -> bool:
-    lowered = message.lower()
-    return any(
-        marker in lowered
-        for marker in (
-            "parse expr",
-            "query plan",
-            "syntax",
-            "invalid expr",
-            "not exist",
-            "unknown field",
-            "unexpected token",  # Milvus Lite 2.5's parser
-            "unexpected end of expression",
-            "unknown escape sequence",
-            "cannot parse",
-        )
-    )
+# What Milvus says of a filter it cannot parse ("unexpected token...": Milvus Lite 2.5's parser).
+_PARSE_ERROR = re.compile(
+    "parse expr|query plan|syntax|invalid expr|not exist|unknown field|unexpected token"
+    "|unexpected end of expression|unknown escape sequence|cannot parse",
+    re.IGNORECASE,
+)

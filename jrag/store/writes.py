@@ -35,6 +35,7 @@ it already holds.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -52,7 +53,6 @@ from jrag.store.rows import (
     DocumentState,
     DocumentVersion,
     Row,
-    json_metadata,
     quote,
     read_state,
     state_entity,
@@ -90,9 +90,7 @@ class Writer:
     def hold(self) -> bool:
         """Hold the write lease; False if it had to be taken anew (another writer may have
         written since this process last held it)."""
-        if self.lease is None:
-            return True
-        return self.lease.hold()
+        return self.lease is None or self.lease.hold()
 
     def release(self) -> None:
         """Give the write lease back (writes take it again when they need it)."""
@@ -145,10 +143,8 @@ class Writer:
     def all_states(
         self, tenant: str, *, pending: bool = False, where: str | None = None
     ) -> Iterator[DocumentState]:
-        """Every committed document of ``tenant`` (a scan of state rows: one per document, for
-        prune); with ``pending``, also the placeholders of first writes cut short. ``where``
-        (a checked filter over the state rows' fields) narrows the scan."""
-        by_key = self.conn.capabilities.upsert_by_partition_key
+        """:meth:`MilvusStore.all_states`: a scan of the state rows, one per document."""
+        by_key = self.conn.capabilities.upsert_by_partition_key  # see _put_state
         of_tenant = f"tenant == {quote(tenant)}" if by_key else ""
         expr = all_of(f"kind == {quote(STATE_KIND)}", of_tenant, where)
         for r in self.iter_rows(expr, STATE_FIELDS):
@@ -182,10 +178,7 @@ class Writer:
                     return current
                 entities, counts = self.entities(version, rows, current)
                 if _already_stored(version, counts, options, current):
-                    # Another writer stored this very version meanwhile. Writing it again would
-                    # replace its committed rows in place: on Milvus < 2.4 a delete, then an
-                    # insert, with the document unsearchable in between (lost if killed there).
-                    assert current is not None
+                    assert current is not None  # stored by another writer: see the module docstring
                     return current
                 self.begin(version, counts, current)  # 1
                 self.upsert(entities)  # 2
@@ -206,8 +199,7 @@ class Writer:
         if self.lease is None:
             return self.states([doc_id]).get(doc_id)
         rows = {r["doc_id"]: r for r in self.fetch([state_id(doc_id), LEASE_ID], STATE_FIELDS)}
-        lease_row = rows.pop(LEASE_ID, None)
-        if not self.lease.owns(json_metadata(lease_row["metadata"]) if lease_row else {}):
+        if not self.lease.owns(rows.pop(LEASE_ID, None)):
             raise self._lease_lost()
         return read_state(rows[doc_id]) if doc_id in rows else None
 
@@ -218,16 +210,12 @@ class Writer:
         until it is committed, so that a crash in between leaves nothing unaccounted for.
         Under a lease, ``committed`` comes from :meth:`state_for_write`, just read (and the
         lease checked with it)."""
-        keep = set(_committed_ids(committed))
-        self.delete_ids([i for i in _garbage_ids(committed) if i not in keep])
+        self.delete_ids(_garbage_ids(committed))
         intent = {"content_hash": version.content_hash, "rows": counts}
         if committed is not None and committed.committed:
             state = replace(committed, garbage=[intent])
         else:
-            state = DocumentState(
-                doc_id=version.doc_id, source=version.source, title=version.title,
-                content_hash="", tenant=version.tenant, garbage=[intent],
-            )  # fmt: skip
+            state = DocumentState.of(version, "", garbage=[intent])
         self._put_state(state)
 
     def entities(
@@ -247,10 +235,10 @@ class Writer:
             raise StoreError(
                 f"source path longer than {MAX_SOURCE} bytes: {version.source[:200]}..."
             )
-        same_version = committed is not None and committed.content_hash == version.content_hash
         new_rows = [vector_entity(version, r, self.dim) for r in rows]
-        counts = _count_kinds(rows)
-        if not (same_version and committed is not None and TEXT_KIND in committed.kinds):
+        counts = dict(Counter(r.kind for r in rows))
+        same_version = _same_version(version, committed)
+        if same_version is None or TEXT_KIND not in same_version.kinds:
             pieces = text_entities(version, self.dim)
             new_rows += pieces
             counts[TEXT_KIND] = len(pieces)
@@ -268,13 +256,11 @@ class Writer:
         committed: DocumentState | None,
     ) -> DocumentState:
         """Steps 3–6 once the entities ``ids`` of ``version`` are written; returns the state."""
-        same_version = committed is not None and committed.content_hash == version.content_hash
-        kinds: dict[str, dict[str, Any]] = (
-            dict(committed.kinds) if same_version and committed is not None else {}
-        )
+        same_version = _same_version(version, committed)
+        kinds = dict(same_version.kinds) if same_version else {}
         keep = set(ids)
-        if same_version and committed is not None:  # 3: rows beyond the new counts
-            old = {k: n for k, n in committed.row_counts.items() if k in counts}
+        if same_version:  # 3: rows beyond the new counts
+            old = {k: n for k, n in same_version.row_counts.items() if k in counts}
             beyond = [i for i in version_ids(version.doc_id, version.content_hash, old)
                       if i not in keep]  # fmt: skip
             if beyond:
@@ -289,15 +275,9 @@ class Writer:
             if committed is not None and committed.committed and not same_version
             else []
         )
-        state = DocumentState(
-            doc_id=version.doc_id,
-            source=version.source,
-            title=version.title,
-            content_hash=version.content_hash,
-            tenant=version.tenant,
-            kinds=kinds,
-            metadata=dict(version.metadata),
-            garbage=replaced,
+        metadata = dict(version.metadata)
+        state = DocumentState.of(
+            version, version.content_hash, kinds=kinds, metadata=metadata, garbage=replaced
         )
         self._verify_lease()
         self._put_state(state)  # 5: the commit
@@ -323,8 +303,7 @@ class Writer:
         self.hold()
         states = [s for s in self.states(doc_ids).values() if s.garbage]
         for state in states:
-            keep = set(_committed_ids(state))
-            self.delete_ids([i for i in _garbage_ids(state) if i not in keep])
+            self.delete_ids(_garbage_ids(state))
             if state.committed:
                 self._put_state(replace(state, garbage=[]))
         return len(states)
@@ -386,8 +365,7 @@ class Writer:
             self.conn.call(what, client.upsert, self.collection, batch)
             return
         # This server's upsert puts rows where tenant filters miss them: delete, then insert.
-        ids = [entity["id"] for entity in batch]
-        self.conn.call(what, client.delete, self.collection, ids=ids)
+        self.conn.call(what, client.delete, self.collection, ids=[e["id"] for e in batch])
         self.conn.call(what, client.insert, self.collection, batch)
 
     def _verify_lease(self) -> None:
@@ -403,13 +381,10 @@ class Writer:
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete rows by primary key (ids that do not exist are fine); returns how many ids."""
+        what = f"delete from collection '{self.collection}'"
         for i in range(0, len(ids), DELETE_BATCH):
-            self.conn.call(
-                f"delete from collection '{self.collection}'",
-                self.conn.client.delete,
-                self.collection,
-                ids=list(ids[i : i + DELETE_BATCH]),
-            )
+            batch = list(ids[i : i + DELETE_BATCH])
+            self.conn.call(what, self.conn.client.delete, self.collection, ids=batch)
         return len(ids)
 
 
@@ -447,6 +422,11 @@ def _superseded(
     return planned is not None and planned.content_hash == version.content_hash
 
 
+def _same_version(version: DocumentVersion, state: DocumentState | None) -> DocumentState | None:
+    """``state`` if it records ``version``'s content, else None."""
+    return state if state is not None and state.content_hash == version.content_hash else None
+
+
 def _committed_ids(state: DocumentState | None) -> list[str]:
     if state is None or not state.committed:
         return []
@@ -454,17 +434,12 @@ def _committed_ids(state: DocumentState | None) -> list[str]:
 
 
 def _garbage_ids(state: DocumentState | None) -> list[str]:
+    """The ids of the rows ``state`` lists as garbage, less those its committed version holds."""
     if state is None:
         return []
+    keep = set(_committed_ids(state))
     ids: list[str] = []
     for entry in state.garbage:
         rows = {k: int(n) for k, n in entry.get("rows", {}).items()}
         ids += version_ids(state.doc_id, entry["content_hash"], rows)
-    return ids
-
-
-def _count_kinds(rows: Sequence[Row]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.kind] = counts.get(r.kind, 0) + 1
-    return counts
+    return [i for i in ids if i not in keep]
