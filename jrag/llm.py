@@ -90,32 +90,29 @@ class LlamaIndexLLM:
         return f"llamaindex:{type(self.llm).__name__}"
 
     def chat(self, system: str, user: str) -> str:
-        from llama_index.core.llms import ChatMessage, MessageRole
-
-        messages = [
-            ChatMessage(role=MessageRole.SYSTEM, content=system),
-            ChatMessage(role=MessageRole.USER, content=user),
-        ]
         try:
-            reply = self.llm.chat(messages)
+            reply = self.llm.chat(_llama_index_messages(system, user))
         except Exception as err:
             raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
         return _text_of(reply.message.content, self.name)
 
     def stream(self, system: str, user: str) -> Iterator[str]:
         """The reply in pieces, through the LLM's ``stream_chat``."""
-        from llama_index.core.llms import ChatMessage, MessageRole
-
-        messages = [
-            ChatMessage(role=MessageRole.SYSTEM, content=system),
-            ChatMessage(role=MessageRole.USER, content=user),
-        ]
         try:
-            for reply in self.llm.stream_chat(messages):
+            for reply in self.llm.stream_chat(_llama_index_messages(system, user)):
                 if reply.delta:
                     yield reply.delta
         except Exception as err:
             raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
+
+
+def _llama_index_messages(system: str, user: str) -> list:
+    from llama_index.core.llms import ChatMessage, MessageRole
+
+    return [
+        ChatMessage(role=MessageRole.SYSTEM, content=system),
+        ChatMessage(role=MessageRole.USER, content=user),
+    ]
 
 
 @dataclass
@@ -145,20 +142,6 @@ class OpenAICompatibleLLM:
             raise InputError(
                 f"no model name for the LLM endpoint {display_url(self.base_url)}; set {ENV_MODEL}"
             )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
-        """The endpoint named by ``JRAG_LLM_*`` variables, or None if ``JRAG_LLM_BASE_URL`` is
-        unset or empty."""
-        environ = os.environ if environ is None else environ
-        base_url = environ.get(ENV_BASE_URL, "").strip()
-        if not base_url:
-            return None
-        return cls(
-            base_url=base_url,
-            model=environ.get(ENV_MODEL, "").strip(),
-            api_key=environ.get(ENV_API_KEY) or None,
-        )
 
     @property
     def name(self) -> str:
@@ -248,8 +231,17 @@ class OpenAICompatibleLLM:
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
-    """The OpenAI-compatible endpoint configured in the environment, if any."""
-    return OpenAICompatibleLLM.from_env(environ)
+    """The endpoint named by ``JRAG_LLM_*`` variables, or None if ``JRAG_LLM_BASE_URL`` is
+    unset or empty."""
+    environ = os.environ if environ is None else environ
+    base_url = environ.get(ENV_BASE_URL, "").strip()
+    if not base_url:
+        return None
+    return OpenAICompatibleLLM(
+        base_url=base_url,
+        model=environ.get(ENV_MODEL, "").strip(),
+        api_key=environ.get(ENV_API_KEY) or None,
+    )
 
 
 def stream_reply(backend: ChatBackend, system: str, user: str) -> Iterator[str]:
