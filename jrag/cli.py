@@ -622,14 +622,16 @@ def _search_options(arguments: dict):
     return SearchOptions.pick(arguments, where=_where(arguments.get("where")))
 
 
-def _check_server_options(
-    rerank: str | None, query_prompt: str | None, document_prompt: str | None
-) -> None:
-    """Refuse the options that ``--server`` cannot honour: they belong to this process's model."""
-    if rerank:
+def _server_request(arguments: dict) -> dict:
+    """The ``--server`` request among a command's ``arguments`` (its ``locals()``); the options
+    that belong to this process's model are refused: the server cannot honour them."""
+    if arguments["rerank"]:
         raise InputError("--rerank loads its model in this process; it does not go with --server")
-    if query_prompt is not None or document_prompt is not None:
+    if arguments["query_prompt"] is not None or arguments["document_prompt"] is not None:
         raise InputError("--query-prompt/--document-prompt are the server's; not with --server")
+    names = ("k", "mode", "filter", "hybrid", "ranker", "tenant", "collection", "mmr", "mmr_lambda")
+    fields = {name: arguments[name] for name in names}
+    return fields | {"weights": list(arguments["weights"]), "where": _where(arguments["where"])}
 
 
 @app.command()
@@ -662,17 +664,13 @@ def search(
     """Find the documents that best match a query, each with its best passage."""
     try:
         if server:
-            _check_server_options(rerank, query_prompt, document_prompt)
             from types import SimpleNamespace
 
             from jrag.client import Client
 
+            request = _server_request(locals())
             with Client(server, api_key=api_key) as client:
-                found = client.search(
-                    query, k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker,
-                    weights=list(weights), content=content, tenant=tenant, collection=collection,
-                    where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
-                )  # fmt: skip
+                found = client.search(query, content=content, **request)
             results = [SimpleNamespace(**r) for r in found]
         else:
             from jrag.retrieval import search as run_search
@@ -769,15 +767,11 @@ def ask(
     """
     try:
         if server:
-            _check_server_options(rerank, query_prompt, document_prompt)
             from jrag.client import Client
 
+            request = _server_request(locals())
             with Client(server, api_key=api_key) as client, console.status("asking the server"):
-                answer = client.ask(
-                    question, k=k, passages=passages, mode=mode, filter=filter, hybrid=hybrid,
-                    ranker=ranker, weights=list(weights), tenant=tenant, llm=not no_llm,
-                    collection=collection, where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
-                )  # fmt: skip
+                answer = client.ask(question, passages=passages, llm=not no_llm, **request)
         else:
             from jrag.llm import from_env
             from jrag.qa import ask as run_ask
