@@ -22,10 +22,10 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from jrag.console import console, errors, fail, loading, safe, state, warn
+from jrag.console import console, errors, loading, one_line_errors, safe, state, warn
 from jrag.defaults import DEFAULT_MODEL
 from jrag.diversity import DEFAULT_MMR_LAMBDA
-from jrag.errors import CollectionNotFound, InputError, JragError
+from jrag.errors import CollectionNotFound, InputError
 from jrag.modes import (
     DEFAULT_CONTENT,
     DEFAULT_INGEST_MODE,
@@ -364,7 +364,7 @@ def ingest(
     from jrag.pipeline import IngestOptions
     from jrag.records import RecordFormat
 
-    try:
+    with one_line_errors():
         limits = replace(DEFAULT_LIMITS, max_file_bytes=int(max_file_size * 2**20))
         options = IngestOptions(mode=mode, limits=limits)
         _check_dtype(dtype)
@@ -384,8 +384,6 @@ def ingest(
             report, where = run.ray(ray_address, workers, gpus_per_worker, bulk)
         else:
             report, where = run.local(discover_files(paths, glob, follow_links=follow_links))
-    except JragError as err:
-        raise fail(err) from None
     _print_ingest_report(report, f"ingest → {collection} @ {where} ({mode})")
     if report.failed:
         raise typer.Exit(code=2)
@@ -662,7 +660,7 @@ def search(
     document_prompt: DocumentPromptOpt = None,
 ) -> None:
     """Find the documents that best match a query, each with its best passage."""
-    try:
+    with one_line_errors():
         if server:
             from types import SimpleNamespace
 
@@ -680,8 +678,6 @@ def search(
                                                 query_prompt, document_prompt)  # fmt: skip
             with store:
                 results = run_search(query, store, encoder, options)
-    except JragError as err:
-        raise fail(err) from None
     if as_json:
         rows = [r.__dict__ | {"page": r.page} for r in results]  # results from --server too
         print(json.dumps(rows, indent=2, allow_nan=False))  # ASCII: exact, and terminal-safe
@@ -765,7 +761,7 @@ def ask(
 
     Otherwise (or with --no-llm) the best passages are quoted. JRAG_LLM_API_KEY: the key, if any.
     """
-    try:
+    with one_line_errors():
         if server:
             from jrag.client import Client
 
@@ -785,8 +781,6 @@ def ask(
                     question, store=store, encoder=encoder, passages=passages, llm=llm,
                     options=options,
                 ).to_dict()  # fmt: skip
-    except JragError as err:
-        raise fail(err) from None
     if as_json:
         print(json.dumps(answer, indent=2, ensure_ascii=False, allow_nan=False))
         return
@@ -811,7 +805,7 @@ def stats(
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Show what a collection holds: its manifest (model, kinds, options) and row counts."""
-    try:
+    with one_line_errors():
         if server:
             from jrag.client import Client
 
@@ -821,8 +815,6 @@ def stats(
         else:
             with _open_existing(uri, collection, token) as store:
                 info = store.stats()
-    except JragError as err:
-        raise fail(err) from None
     table = Table(title=Text(f"collection {collection}"), show_header=False)
     for key, value in info.items():
         shown = json.dumps(value) if isinstance(value, dict) else str(value)
@@ -840,11 +832,8 @@ def repair(
     ] = False,
 ) -> None:
     """Delete rows that no stored document accounts for (left by a killed or older writer)."""
-    try:
-        with _open_existing(uri, collection, token) as store:
-            found = store.repair(dry_run=dry_run)
-    except JragError as err:
-        raise fail(err) from None
+    with one_line_errors(), _open_existing(uri, collection, token) as store:
+        found = store.repair(dry_run=dry_run)
     verb = "found" if dry_run else "deleted"
     console.print(
         Text(
@@ -864,17 +853,12 @@ def drop(
     """Delete a collection and everything in it (also one that jrag did not create)."""
     from jrag.store import Connection, drop_collection
 
-    try:
-        with Connection(uri, token=token, create=False) as conn:
-            if not conn.call("list collections", conn.client.has_collection, collection):
-                raise CollectionNotFound(
-                    f"collection '{collection}' at {conn.display} does not exist"
-                )
-            if not yes:
-                typer.confirm(f"Drop collection {collection!r} at {conn.display}?", abort=True)
-            drop_collection(conn, collection)
-    except JragError as err:
-        raise fail(err) from None
+    with one_line_errors(), Connection(uri, token=token, create=False) as conn:
+        if not conn.call("list collections", conn.client.has_collection, collection):
+            raise CollectionNotFound(f"collection '{collection}' at {conn.display} does not exist")
+        if not yes:
+            typer.confirm(f"Drop collection {collection!r} at {conn.display}?", abort=True)
+        drop_collection(conn, collection)
     console.print(Text(f"dropped {collection}"))
 
 
@@ -933,14 +917,12 @@ def serve(
     """
     from jrag.serve import HttpSettings, serve_http
 
-    try:
+    with one_line_errors():
         _check_dtype(dtype)
         max_body = int(max_body_mb * 1024 * 1024)
         settings = HttpSettings(host, port, api_key, max_body=max_body, max_queue=queue)
         serve_http(db=db, uri=uri, collection=collection, settings=settings,
                    milvus_port=milvus_port, token=token, model=model, dtype=dtype)  # fmt: skip
-    except JragError as err:
-        raise fail(err) from None
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from jrag.errors import JragError
 from jrag.evaluation.debian_docs import DEFAULT_CACHE
 from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES
 from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS
@@ -99,12 +98,12 @@ _DEFAULT_OUT = Path("jrag-eval")
 
 def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) -> None:
     """Load the model, build the corpora, run every mode, then print and save the results."""
-    from jrag.console import console, fail, loading
+    from jrag.console import console, loading, one_line_errors
     from jrag.embedding import load_encoder
     from jrag.evaluation.report import results_table, write_outputs
     from jrag.evaluation.runner import check_modes, run_evaluation
 
-    try:
+    with one_line_errors():
         modes = check_modes(modes)
         started = time.perf_counter()
         with loading(model):
@@ -119,8 +118,6 @@ def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) 
         result.info.update(info, window=encoder.max_length, device=str(encoder.device))
         result.info["seconds"] = round(time.perf_counter() - started, 2)
         json_path, png_path = write_outputs(result, out)
-    except JragError as err:
-        raise fail(err) from None
     console.print(results_table(result))
     console.print(f"wrote {json_path} and {png_path} ({result.info['seconds']:.1f} s in all)")
 
