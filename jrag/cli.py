@@ -467,12 +467,8 @@ class _IngestRun:
     stored: int = 0  # documents stored completely so far, for the interrupt message
 
     def _progress(self) -> Progress:
-        columns = (
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
+        description = TextColumn("{task.description}", markup=False)
+        columns = (description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         return Progress(*columns, console=console, transient=True)
 
     def _count(self, outcome: str) -> None:
