@@ -20,9 +20,11 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from jrag.evaluation.debian_docs import DEFAULT_CACHE
+from jrag.evaluation.datasets import load_beir, load_documents
+from jrag.evaluation.debian_docs import DEFAULT_CACHE, paraphrase_corpus
+from jrag.evaluation.metrics import DATASET_METRICS, SYNTHETIC_METRICS
 from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES
-from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS
+from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS, TASKS
 from jrag.loading import DEFAULT_MODEL
 
 
@@ -135,9 +137,6 @@ def _synthetic_command(task: str, summary: str) -> None:
         uri: UriOpt = None,
         token: TokenOpt = None,
     ) -> None:
-        from jrag.evaluation.metrics import SYNTHETIC_METRICS
-        from jrag.evaluation.tasks import TASKS
-
         lengths = sorted(dict.fromkeys(lengths))
         _run(
             task,
@@ -170,9 +169,6 @@ def beir(
     token: TokenOpt = None,
 ) -> None:
     """A BEIR-style dataset: nDCG@10, Recall@10 and MRR@10 per mode."""
-    from jrag.evaluation.datasets import load_beir
-    from jrag.evaluation.metrics import DATASET_METRICS
-
     _run(
         "beir", lambda _encoder: [load_beir(path, split)], DATASET_METRICS,
         model, modes, out, uri, token, {"path": str(path), "split": split},
@@ -193,9 +189,6 @@ def docs(
     token: TokenOpt = None,
 ) -> None:
     """Your documents and queries: nDCG@10, Recall@10 and MRR@10 per mode."""
-    from jrag.evaluation.datasets import load_documents
-    from jrag.evaluation.metrics import DATASET_METRICS
-
     _run(
         "docs", lambda _encoder: [load_documents(folder, queries)], DATASET_METRICS,
         model, modes, out, uri, token, {"folder": str(folder), "queries": str(queries)},
@@ -217,9 +210,6 @@ def paraphrase(
 ) -> None:
     """Questions in other words than their answers: the Debian FAQ's questions (removed from
     its chapters) and PostgreSQL glossary definitions, over long manual pages."""
-    from jrag.evaluation.debian_docs import paraphrase_corpus
-    from jrag.evaluation.metrics import DATASET_METRICS
-
     _run(
         "paraphrase",
         lambda encoder: [paraphrase_corpus(encoder, cache, max_distractors=distractors, seed=seed)],
