@@ -422,15 +422,12 @@ def create_app(
                         f"first {limit} tokens"
                     )
         used = [min(c, limit) for c in counts]
-        vectors = service.batcher.embed(texts, sum(used))
-        data = []
-        for index, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
-            value: list[float] | str = (
-                base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-                if body.encoding_format == "base64"
-                else vector.tolist()
-            )
-            data.append({"index": index, "embedding": value})
+        vectors = np.asarray(service.batcher.embed(texts, sum(used)), dtype=np.float32)
+        if body.encoding_format == "base64":
+            values = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            values = vectors.tolist()
+        data = [{"index": index, "embedding": value} for index, value in enumerate(values)]
         usage = {"prompt_tokens": sum(used), "total_tokens": sum(used)}
         return EmbeddingsResponse(data=data, model=encoder.name, usage=usage)
 
