@@ -99,75 +99,16 @@ _HTML_MAX_DEPTH = 240
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^>]*?(/?)>")
 # Void elements, and elements whose end tag HTML lets a page leave out.
 _NO_END_TAG_NEEDED = frozenset(
-    [
-        "area",
-        "base",
-        "br",
-        "col",
-        "embed",
-        "hr",
-        "img",
-        "input",
-        "link",
-        "meta",
-        "source",
-        "track",
-        "wbr",
-        "html",
-        "head",
-        "body",
-        "p",
-        "li",
-        "dt",
-        "dd",
-        "tr",
-        "td",
-        "th",
-        "thead",
-        "tbody",
-        "tfoot",
-        "option",
-        "optgroup",
-        "rt",
-        "rp",
-        "colgroup",
-        "caption",
-    ]
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+    | {"track", "wbr", "html", "head", "body", "p", "li", "dt", "dd", "tr", "td", "th"}
+    | {"thead", "tbody", "tfoot", "option", "optgroup", "rt", "rp", "colgroup", "caption"}
 )
 _SKIPPED_TAGS = frozenset({"script", "style", "template", "noscript", "title"})
 _HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _BLOCK_TAGS = _HEADING_TAGS | frozenset(
-    [
-        "address",
-        "article",
-        "aside",
-        "blockquote",
-        "br",
-        "dd",
-        "details",
-        "div",
-        "dl",
-        "dt",
-        "figcaption",
-        "figure",
-        "footer",
-        "form",
-        "header",
-        "hr",
-        "li",
-        "main",
-        "nav",
-        "ol",
-        "p",
-        "pre",
-        "section",
-        "summary",
-        "table",
-        "td",
-        "th",
-        "tr",
-        "ul",
-    ]
+    {"address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt"}
+    | {"figcaption", "figure", "footer", "form", "header", "hr", "li", "main", "nav", "ol"}
+    | {"p", "pre", "section", "summary", "table", "td", "th", "tr", "ul"}
 )
 _IO_OBJECT = re.compile(r"<_io\.\w+ object at 0x[0-9a-f]+>")  # how a BytesIO names itself
 _YAML_KEY = re.compile(r"[A-Za-z_][\w-]*[ \t]*:")
