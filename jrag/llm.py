@@ -160,10 +160,9 @@ class OpenAICompatibleLLM:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         where = f"the LLM endpoint {display_url(self.base_url)} (model {self.model})"
-        client = self.client
         try:
             with scrub_secrets(self._secrets(), self._query_keys()):
-                response = client.chat.completions.create(**request)
+                response = self.client.chat.completions.create(**request)
         except openai.APIStatusError as err:
             raise LLMError(
                 f"{where} answered HTTP {err.status_code}: {self._scrub(_error_detail(err))}"
