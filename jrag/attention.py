@@ -131,9 +131,7 @@ class AlibiBias:
 
         ``query``/``key`` are one sequence's [1, H, n, d]. See the module docstring for the bound.
         """
-        if (
-            not self.kernel.skip_far_keys or key.device.type != "cpu"
-        ):  # the bound would cost a host sync
+        if not self.kernel.skip_far_keys or key.device.type != "cpu":  # off CPU: a host sync
             return [key.shape[2]] * key.shape[1]
         scale = query.shape[-1] ** -0.5
         q_max = query[0].float().norm(dim=-1).amax(dim=-1)

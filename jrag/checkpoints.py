@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from jrag.config import BertConfig
-from jrag.loading import MINILM_ID, resolve_model_dir
+from jrag.loading import LEGACY_POOLING_KEYS, MINILM_ID, POOLING_MODES, resolve_model_dir
 from jrag.modeling import BertForSequenceClassification, BertModel
 
 # The fields of the published jina-embeddings-v2 config.json files that shape the model.
@@ -144,11 +144,10 @@ def _write_sentence_transformers_files(
     (folder / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
     )
-    # The legacy boolean keys, as most published checkpoints carry them.
-    modes = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
-             "max": "pooling_mode_max_tokens",
-             "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}  # fmt: skip
+    # The legacy boolean keys of the modes jrag implements, as most published checkpoints carry.
     pooling_config = {"word_embedding_dimension": config["hidden_size"]}
-    pooling_config |= {key: mode == pooling for mode, key in modes.items()}
+    pooling_config |= {
+        key: mode == pooling for key, mode in LEGACY_POOLING_KEYS.items() if mode in POOLING_MODES
+    }
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))

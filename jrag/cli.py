@@ -22,10 +22,10 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from jrag.console import console, errors, fail, loading, safe, state, warn
+from jrag.console import console, errors, loading, one_line_errors, safe, state, warn
 from jrag.defaults import DEFAULT_MODEL
 from jrag.diversity import DEFAULT_MMR_LAMBDA
-from jrag.errors import CollectionNotFound, InputError, JragError
+from jrag.errors import CollectionNotFound, InputError
 from jrag.modes import (
     DEFAULT_CONTENT,
     DEFAULT_INGEST_MODE,
@@ -371,7 +371,7 @@ def ingest(
     from jrag.pipeline import IngestOptions
     from jrag.records import RecordFormat
 
-    try:
+    with one_line_errors():
         limits = replace(DEFAULT_LIMITS, max_file_bytes=int(max_file_size * 2**20))
         options = IngestOptions(mode=mode, limits=limits)
         _check_dtype(dtype)
@@ -391,8 +391,6 @@ def ingest(
             report, where = run.ray(ray_address, workers, gpus_per_worker, bulk)
         else:
             report, where = run.local(discover_files(paths, glob, follow_links=follow_links))
-    except JragError as err:
-        raise fail(err) from None
     _print_ingest_report(report, f"ingest → {collection} @ {where} ({mode})")
     if report.failed:
         raise typer.Exit(code=2)
@@ -476,12 +474,8 @@ class _IngestRun:
     stored: int = 0  # documents stored completely so far, for the interrupt message
 
     def _progress(self) -> Progress:
-        columns = (
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
+        description = TextColumn("{task.description}", markup=False)
+        columns = (description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         return Progress(*columns, console=console, transient=True)
 
     def _count(self, outcome: str) -> None:
@@ -622,10 +616,6 @@ def _print_ingest_report(report: IngestReport, title: str) -> None:
         warn("failed", message)
 
 
-def _listed(weights: tuple[float, float] | None) -> list[float] | None:
-    return None if weights is None else list(weights)
-
-
 def _search_options(arguments: dict):
     """The search options among a command's ``arguments`` (its ``locals()``), by name."""
     from jrag.retrieval import SearchOptions
@@ -633,14 +623,17 @@ def _search_options(arguments: dict):
     return SearchOptions.pick(arguments, where=_where(arguments.get("where")))
 
 
-def _check_server_options(
-    rerank: str | None, query_prompt: str | None, document_prompt: str | None
-) -> None:
-    """Refuse the options that ``--server`` cannot honour: they belong to this process's model."""
-    if rerank:
+def _server_request(arguments: dict) -> dict:
+    """The ``--server`` request among a command's ``arguments`` (its ``locals()``); the options
+    that belong to this process's model are refused: the server cannot honour them."""
+    if arguments["rerank"]:
         raise InputError("--rerank loads its model in this process; it does not go with --server")
-    if query_prompt is not None or document_prompt is not None:
+    if arguments["query_prompt"] is not None or arguments["document_prompt"] is not None:
         raise InputError("--query-prompt/--document-prompt are the server's; not with --server")
+    names = ("k", "mode", "filter", "hybrid", "ranker", "tenant", "collection", "mmr", "mmr_lambda")
+    fields = {name: arguments[name] for name in names}
+    weights = arguments["weights"] and list(arguments["weights"])  # None: the ranker's own
+    return fields | {"weights": weights, "where": _where(arguments["where"])}
 
 
 @app.command()
@@ -671,19 +664,15 @@ def search(
     document_prompt: DocumentPromptOpt = None,
 ) -> None:
     """Find the documents that best match a query, each with its best passage."""
-    try:
+    with one_line_errors():
         if server:
-            _check_server_options(rerank, query_prompt, document_prompt)
             from types import SimpleNamespace
 
             from jrag.client import Client
 
+            request = _server_request(locals())
             with Client(server, api_key=api_key) as client:
-                found = client.search(
-                    query, k=k, mode=mode, filter=filter, hybrid=hybrid, ranker=ranker,
-                    weights=_listed(weights), content=content, tenant=tenant, collection=collection,
-                    where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
-                )  # fmt: skip
+                found = client.search(query, content=content, **request)
             results = [SimpleNamespace(**r) for r in found]
         else:
             from jrag.retrieval import search as run_search
@@ -693,8 +682,6 @@ def search(
                                                 query_prompt, document_prompt)  # fmt: skip
             with store:
                 results = run_search(query, store, encoder, options)
-    except JragError as err:
-        raise fail(err) from None
     if as_json:
         rows = [r.__dict__ | {"page": r.page} for r in results]  # results from --server too
         print(json.dumps(rows, indent=2, allow_nan=False))  # ASCII: exact, and terminal-safe
@@ -778,17 +765,13 @@ def ask(
 
     Otherwise (or with --no-llm) the best passages are quoted. JRAG_LLM_API_KEY: the key, if any.
     """
-    try:
+    with one_line_errors():
         if server:
-            _check_server_options(rerank, query_prompt, document_prompt)
             from jrag.client import Client
 
+            request = _server_request(locals())
             with Client(server, api_key=api_key) as client, console.status("asking the server"):
-                answer = client.ask(
-                    question, k=k, passages=passages, mode=mode, filter=filter, hybrid=hybrid,
-                    ranker=ranker, weights=_listed(weights), tenant=tenant, llm=not no_llm,
-                    collection=collection, where=_where(where), mmr=mmr, mmr_lambda=mmr_lambda,
-                )  # fmt: skip
+                answer = client.ask(question, passages=passages, llm=not no_llm, **request)
         else:
             from jrag.llm import from_env
             from jrag.qa import ask as run_ask
@@ -802,8 +785,6 @@ def ask(
                     question, store=store, encoder=encoder, passages=passages, llm=llm,
                     options=options,
                 ).to_dict()  # fmt: skip
-    except JragError as err:
-        raise fail(err) from None
     if as_json:
         print(json.dumps(answer, indent=2, ensure_ascii=False, allow_nan=False))
         return
@@ -828,7 +809,7 @@ def stats(
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Show what a collection holds: its manifest (model, kinds, options) and row counts."""
-    try:
+    with one_line_errors():
         if server:
             from jrag.client import Client
 
@@ -838,8 +819,6 @@ def stats(
         else:
             with _open_existing(uri, collection, token) as store:
                 info = store.stats()
-    except JragError as err:
-        raise fail(err) from None
     table = Table(title=Text(f"collection {collection}"), show_header=False)
     for key, value in info.items():
         shown = json.dumps(value) if isinstance(value, dict) else str(value)
@@ -857,11 +836,8 @@ def repair(
     ] = False,
 ) -> None:
     """Delete rows that no stored document accounts for (left by a killed or older writer)."""
-    try:
-        with _open_existing(uri, collection, token) as store:
-            found = store.repair(dry_run=dry_run)
-    except JragError as err:
-        raise fail(err) from None
+    with one_line_errors(), _open_existing(uri, collection, token) as store:
+        found = store.repair(dry_run=dry_run)
     verb = "found" if dry_run else "deleted"
     console.print(
         Text(
@@ -881,17 +857,12 @@ def drop(
     """Delete a collection and everything in it (also one that jrag did not create)."""
     from jrag.store import Connection, drop_collection
 
-    try:
-        with Connection(uri, token=token, create=False) as conn:
-            if not conn.call("list collections", conn.client.has_collection, collection):
-                raise CollectionNotFound(
-                    f"collection '{collection}' at {conn.display} does not exist"
-                )
-            if not yes:
-                typer.confirm(f"Drop collection {collection!r} at {conn.display}?", abort=True)
-            drop_collection(conn, collection)
-    except JragError as err:
-        raise fail(err) from None
+    with one_line_errors(), Connection(uri, token=token, create=False) as conn:
+        if not conn.call("list collections", conn.client.has_collection, collection):
+            raise CollectionNotFound(f"collection '{collection}' at {conn.display} does not exist")
+        if not yes:
+            typer.confirm(f"Drop collection {collection!r} at {conn.display}?", abort=True)
+        drop_collection(conn, collection)
     console.print(Text(f"dropped {collection}"))
 
 
@@ -950,14 +921,12 @@ def serve(
     """
     from jrag.serve import HttpSettings, serve_http
 
-    try:
+    with one_line_errors():
         _check_dtype(dtype)
         max_body = int(max_body_mb * 1024 * 1024)
         settings = HttpSettings(host, port, api_key, max_body=max_body, max_queue=queue)
         serve_http(db=db, uri=uri, collection=collection, settings=settings,
                    milvus_port=milvus_port, token=token, model=model, dtype=dtype)  # fmt: skip
-    except JragError as err:
-        raise fail(err) from None
 
 
 if __name__ == "__main__":

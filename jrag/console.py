@@ -7,12 +7,15 @@ that no escape sequence or bidi control from a file reaches the terminal.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from jrag.errors import JragError
 from jrag.terminal import printable
 
 if TYPE_CHECKING:
@@ -23,12 +26,16 @@ errors = Console(stderr=True)
 state = {"debug": False}
 
 
-def fail(err: BaseException, code: int = 1) -> typer.Exit:
-    """Print ``err`` as one line (the traceback too with --debug); the exit to raise."""
-    if state["debug"]:
-        errors.print_exception()
-    errors.print(Text.assemble(("error: ", "bold red"), printable(str(err))), soft_wrap=True)
-    return typer.Exit(code=code)
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A JragError in the block prints as one line (the traceback too with --debug); exit 1."""
+    try:
+        yield
+    except JragError as err:
+        if state["debug"]:
+            errors.print_exception()
+        errors.print(Text.assemble(("error: ", "bold red"), printable(str(err))), soft_wrap=True)
+        raise typer.Exit(code=1) from None
 
 
 def warn(label: str, message: str) -> None:

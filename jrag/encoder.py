@@ -182,15 +182,9 @@ class Encoder:
         self._splits_at_whitespace = isinstance(tokenizer.pre_tokenizer, BertPreTokenizer)
         # The prompts put before queries and documents: the checkpoint's unless overridden
         # ("" for none), chosen as sentence-transformers' encode_query / encode_document do.
-        self.query_prompt = _check_prompt(
-            self.sentence.prompt(QUERY_PROMPT_NAMES) if query_prompt is None else query_prompt,
-            "query_prompt",
-        )
-        self.document_prompt = _check_prompt(
-            self.sentence.prompt(DOCUMENT_PROMPT_NAMES)
-            if document_prompt is None
-            else document_prompt,
-            "document_prompt",
+        self.query_prompt = _prompt(self.sentence, QUERY_PROMPT_NAMES, query_prompt, "query")
+        self.document_prompt = _prompt(
+            self.sentence, DOCUMENT_PROMPT_NAMES, document_prompt, "document"
         )
 
     @classmethod
@@ -219,8 +213,7 @@ class Encoder:
         """
         model_dir, config, sentence, tokenizer, name = _checkpoint(name_or_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        int8 = _int8(dtype, device)
-        dtype = torch.float32 if int8 else resolve_dtype(dtype, device)
+        dtype, int8 = _compute_dtype(dtype, device)
         state = load_state_dict(model_dir, allow_pickle=allow_pickle)
         model = build_model(config, state, dtype=dtype, source=str(model_dir))
         if int8:
@@ -587,18 +580,13 @@ class ModelFacts:
         """The facts of the encoder ``Encoder.from_pretrained`` would build with these
         arguments, from its config, tokenizer and pooling files only."""
         model_dir, config, sentence, tokenizer, name = _checkpoint(name_or_path)
-        torch_device = torch.device(device)
-        int8 = _int8(dtype, torch_device)
-        resolved = torch.float32 if int8 else resolve_dtype(dtype, torch_device)
-        prompt = (
-            sentence.prompt(DOCUMENT_PROMPT_NAMES) if document_prompt is None else document_prompt
-        )
+        resolved, int8 = _compute_dtype(dtype, torch.device(device))
         return cls(
             name=name, dim=config.hidden_size, max_length=_max_length(sentence, config),
             special_token_count=tokenizer.post_processor.num_special_tokens_to_add(False),
             fingerprint=checkpoint_fingerprint(model_dir, sentence.files),
             dtype_name="int8" if int8 else _DTYPE_NAMES.get(resolved, str(resolved)),
-            document_prompt=_check_prompt(prompt, "document_prompt"),
+            document_prompt=_prompt(sentence, DOCUMENT_PROMPT_NAMES, document_prompt, "document"),
         )  # fmt: skip
 
 
@@ -616,11 +604,14 @@ def _checkpoint(
     return model_dir, config, sentence, load_tokenizer(model_dir), name
 
 
-def _int8(dtype: torch.dtype | str | None, device: torch.device) -> bool:
+def _compute_dtype(
+    dtype: torch.dtype | str | None, device: torch.device
+) -> tuple[torch.dtype, bool]:
+    """The dtype the model computes in, and whether its linear layers run in int8 (float32 else)."""
     int8 = (dtype or os.environ.get("JRAG_DTYPE")) == "int8"
     if int8 and device.type != "cpu":
         raise InputError(f"dtype int8 runs on CPU only, not on {device}")
-    return int8
+    return (torch.float32 if int8 else resolve_dtype(dtype, device)), int8
 
 
 def _max_length(sentence: SentenceConfig, config: BertConfig) -> int:
@@ -675,6 +666,11 @@ def _split_prompt(tokens: Tokens, prompt_chars: int) -> Tokens:
     count = int(np.searchsorted(tokens.offsets[:, 1], prompt_chars, side="right"))
     offsets = np.maximum(tokens.offsets[count:] - prompt_chars, 0)
     return Tokens(tokens.ids[count:], offsets, tokens.ids[:count].copy())
+
+
+def _prompt(sentence: SentenceConfig, names: tuple[str, ...], given: str | None, kind: str) -> str:
+    """The ``kind`` prompt: ``given``, else the checkpoint's (as sentence-transformers picks it)."""
+    return _check_prompt(sentence.prompt(names) if given is None else given, f"{kind}_prompt")
 
 
 def _check_prompt(prompt: str, setting: str) -> str:

@@ -90,32 +90,29 @@ class LlamaIndexLLM:
         return f"llamaindex:{type(self.llm).__name__}"
 
     def chat(self, system: str, user: str) -> str:
-        from llama_index.core.llms import ChatMessage, MessageRole
-
-        messages = [
-            ChatMessage(role=MessageRole.SYSTEM, content=system),
-            ChatMessage(role=MessageRole.USER, content=user),
-        ]
         try:
-            reply = self.llm.chat(messages)
+            reply = self.llm.chat(_llama_index_messages(system, user))
         except Exception as err:
             raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
         return _text_of(reply.message.content, self.name)
 
     def stream(self, system: str, user: str) -> Iterator[str]:
         """The reply in pieces, through the LLM's ``stream_chat``."""
-        from llama_index.core.llms import ChatMessage, MessageRole
-
-        messages = [
-            ChatMessage(role=MessageRole.SYSTEM, content=system),
-            ChatMessage(role=MessageRole.USER, content=user),
-        ]
         try:
-            for reply in self.llm.stream_chat(messages):
+            for reply in self.llm.stream_chat(_llama_index_messages(system, user)):
                 if reply.delta:
                     yield reply.delta
         except Exception as err:
             raise LLMError(f"the LlamaIndex LLM {type(self.llm).__name__} failed: {err}") from err
+
+
+def _llama_index_messages(system: str, user: str) -> list:
+    from llama_index.core.llms import ChatMessage, MessageRole
+
+    return [
+        ChatMessage(role=MessageRole.SYSTEM, content=system),
+        ChatMessage(role=MessageRole.USER, content=user),
+    ]
 
 
 @dataclass
@@ -146,20 +143,6 @@ class OpenAICompatibleLLM:
                 f"no model name for the LLM endpoint {display_url(self.base_url)}; set {ENV_MODEL}"
             )
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
-        """The endpoint named by ``JRAG_LLM_*`` variables, or None if ``JRAG_LLM_BASE_URL`` is
-        unset or empty."""
-        environ = os.environ if environ is None else environ
-        base_url = environ.get(ENV_BASE_URL, "").strip()
-        if not base_url:
-            return None
-        return cls(
-            base_url=base_url,
-            model=environ.get(ENV_MODEL, "").strip(),
-            api_key=environ.get(ENV_API_KEY) or None,
-        )
-
     @property
     def name(self) -> str:
         return f"openai-compatible:{self.model}@{display_url(self.base_url)}"
@@ -177,10 +160,9 @@ class OpenAICompatibleLLM:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         where = f"the LLM endpoint {display_url(self.base_url)} (model {self.model})"
-        client = self.client
         try:
             with scrub_secrets(self._secrets(), self._query_keys()):
-                response = client.chat.completions.create(**request)
+                response = self.client.chat.completions.create(**request)
         except openai.APIStatusError as err:
             raise LLMError(
                 f"{where} answered HTTP {err.status_code}: {self._scrub(_error_detail(err))}"
@@ -248,8 +230,17 @@ class OpenAICompatibleLLM:
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | None:
-    """The OpenAI-compatible endpoint configured in the environment, if any."""
-    return OpenAICompatibleLLM.from_env(environ)
+    """The endpoint named by ``JRAG_LLM_*`` variables, or None if ``JRAG_LLM_BASE_URL`` is
+    unset or empty."""
+    environ = os.environ if environ is None else environ
+    base_url = environ.get(ENV_BASE_URL, "").strip()
+    if not base_url:
+        return None
+    return OpenAICompatibleLLM(
+        base_url=base_url,
+        model=environ.get(ENV_MODEL, "").strip(),
+        api_key=environ.get(ENV_API_KEY) or None,
+    )
 
 
 def stream_reply(backend: ChatBackend, system: str, user: str) -> Iterator[str]:

@@ -36,7 +36,7 @@ _CHECKPOINT_FILES = ["config.json", "*.safetensors", "tokenizer*.json", "vocab.t
                      "1_Pooling/config.json", "config_sentence_transformers.json"]  # fmt: skip
 # sentence-transformers pooling modes jrag implements, and the legacy boolean keys naming them.
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
-_LEGACY_POOLING_KEYS = {
+LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
@@ -300,9 +300,9 @@ def _pooling_mode(raw, path: Path) -> str:
         modes = raw["pooling_mode"]
         modes = [modes] if isinstance(modes, str) else list(modes)
     else:
-        modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if raw.get(key)]
+        modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if raw.get(key)]
         unknown = [k for k, v in raw.items() if k.startswith("pooling_mode_") and v is True]
-        modes += [k for k in unknown if k not in _LEGACY_POOLING_KEYS]
+        modes += [k for k in unknown if k not in LEGACY_POOLING_KEYS]
         modes = modes or ["mean"]
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise ModelLoadError(

@@ -60,16 +60,6 @@ class DropLiteServicerTraceback(logging.Filter):
         return record.exc_info is None
 
 
-def _milvus_filters() -> list[tuple[str, logging.Filter]]:
-    return [
-        ("grpc._server", DropUnimplementedTraceback()),
-        ("pymilvus.orm.iterator", DropMvccWarning()),
-        ("pymilvus.decorators", DropExpressionErrorTraceback()),
-        ("milvus_lite.server_manager", DropLiteOpenTraceback()),
-        ("milvus_lite.adapter.grpc.servicer", DropLiteServicerTraceback()),
-    ]
-
-
 @contextlib.contextmanager
 def _filters_installed(pairs: Iterable[tuple[logging.Logger, logging.Filter]]) -> Iterator[None]:
     installed = list(pairs)
@@ -86,8 +76,14 @@ def _filters_installed(pairs: Iterable[tuple[logging.Logger, logging.Filter]]) -
 def quiet_milvus_logs() -> Iterator[None]:
     """Inside the block, drop Milvus noise: grpc's NotImplementedError tracebacks, pymilvus's
     mvccTs warnings and its tracebacks for malformed filter expressions."""
-    pairs = [(logging.getLogger(name), flt) for name, flt in _milvus_filters()]
-    with _filters_installed(pairs):
+    filters = {
+        "grpc._server": DropUnimplementedTraceback(),
+        "pymilvus.orm.iterator": DropMvccWarning(),
+        "pymilvus.decorators": DropExpressionErrorTraceback(),
+        "milvus_lite.server_manager": DropLiteOpenTraceback(),
+        "milvus_lite.adapter.grpc.servicer": DropLiteServicerTraceback(),
+    }
+    with _filters_installed((logging.getLogger(name), flt) for name, flt in filters.items()):
         yield
 
 

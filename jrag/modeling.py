@@ -93,10 +93,7 @@ class SelfAttention(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        lengths: Sequence[int],
-        bias: AlibiBias | None,
+        self, hidden: torch.Tensor, lengths: Sequence[int], bias: AlibiBias | None
     ) -> torch.Tensor:
         query, key = self.query(hidden), self.key(hidden)
         if hasattr(self, "layer_norm_q"):
@@ -140,8 +137,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.act_on_first_half:
-            gated = self.gated_layers(hidden)
-            first, second = gated.split(self.intermediate_size, dim=-1)
+            first, second = self.gated_layers(hidden).split(self.intermediate_size, dim=-1)
             return self.layernorm(hidden + self.wo(self.act(first) * second))
         first, second = self.up_gated_layer(hidden).split(self.intermediate_size, dim=-1)
         return self.down_layer(first * self.act(second))

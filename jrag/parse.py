@@ -99,75 +99,16 @@ _HTML_MAX_DEPTH = 240
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)\b[^>]*?(/?)>")
 # Void elements, and elements whose end tag HTML lets a page leave out.
 _NO_END_TAG_NEEDED = frozenset(
-    [
-        "area",
-        "base",
-        "br",
-        "col",
-        "embed",
-        "hr",
-        "img",
-        "input",
-        "link",
-        "meta",
-        "source",
-        "track",
-        "wbr",
-        "html",
-        "head",
-        "body",
-        "p",
-        "li",
-        "dt",
-        "dd",
-        "tr",
-        "td",
-        "th",
-        "thead",
-        "tbody",
-        "tfoot",
-        "option",
-        "optgroup",
-        "rt",
-        "rp",
-        "colgroup",
-        "caption",
-    ]
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+    | {"track", "wbr", "html", "head", "body", "p", "li", "dt", "dd", "tr", "td", "th"}
+    | {"thead", "tbody", "tfoot", "option", "optgroup", "rt", "rp", "colgroup", "caption"}
 )
 _SKIPPED_TAGS = frozenset({"script", "style", "template", "noscript", "title"})
 _HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _BLOCK_TAGS = _HEADING_TAGS | frozenset(
-    [
-        "address",
-        "article",
-        "aside",
-        "blockquote",
-        "br",
-        "dd",
-        "details",
-        "div",
-        "dl",
-        "dt",
-        "figcaption",
-        "figure",
-        "footer",
-        "form",
-        "header",
-        "hr",
-        "li",
-        "main",
-        "nav",
-        "ol",
-        "p",
-        "pre",
-        "section",
-        "summary",
-        "table",
-        "td",
-        "th",
-        "tr",
-        "ul",
-    ]
+    {"address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt"}
+    | {"figcaption", "figure", "footer", "form", "header", "hr", "li", "main", "nav", "ol"}
+    | {"p", "pre", "section", "summary", "table", "td", "th", "tr", "ul"}
 )
 _IO_OBJECT = re.compile(r"<_io\.\w+ object at 0x[0-9a-f]+>")  # how a BytesIO names itself
 _YAML_KEY = re.compile(r"[A-Za-z_][\w-]*[ \t]*:")
@@ -419,15 +360,6 @@ def _read_regular_file(path: Path, max_bytes: int = 0) -> tuple[bytes, os.stat_r
             os.close(fd)
 
 
-def _stat_regular_file(path: Path) -> os.stat_result:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-    _require_regular(path, st.st_mode)
-    return st
-
-
 def _require_regular(path: Path, mode: int) -> None:
     if stat.S_ISDIR(mode):
         raise ParseError(f"{display_path(path)} is a directory, not a file")
@@ -468,7 +400,11 @@ def parse_file(
     if data is None:
         data, st = _read_regular_file(path, limits.max_file_bytes)
     else:
-        st = _stat_regular_file(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
+        _require_regular(path, st.st_mode)
     if not data.strip():
         raise ParseError(f"{shown} is empty")
 
@@ -477,10 +413,9 @@ def parse_file(
     metadata: dict = {}
     if doc_type == "txt":
         text = _normalize_plain_text(_decode_text(path, data))
-        title = _plain_text_title(text) or path.stem
+        title = _plain_text_title(text)
     elif doc_type in ("html", "md"):
         text, title, metadata = _parse_markup(path, doc_type, data)
-        title = title or path.stem
     else:
         if doc_type == "pdf":
             page_count = _pdf_page_count(path, data)
@@ -491,7 +426,6 @@ def parse_file(
         text, title, starts_by_page = _join_elements(elements)
         if doc_type == "pdf" and page_count:
             page_starts = _fill_page_starts(starts_by_page, page_count, len(text))
-        title = title or path.stem
     if not text.strip():
         if doc_type == "pdf" and _pdf_has_images(data):
             raise ParseError(f"{shown} has no text layer (scanned? jrag does not do OCR)")
@@ -500,7 +434,7 @@ def parse_file(
     return ParsedDocument(
         source=str(path),
         text=text,
-        title=title,
+        title=title or path.stem,
         doc_type=doc_type,
         size=len(data),
         mtime=st.st_mtime,
@@ -677,25 +611,6 @@ def _pdf_has_images(data: bytes) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _partition_errors(path: Path, doc_type: str) -> Iterator[None]:
-    """Turn what a partitioner raises into a one-line ParseError naming the file."""
-    shown = display_path(path)
-    try:
-        yield
-    except ParseError:
-        raise
-    except ImportError as exc:
-        raise ParseError(
-            f"{shown} cannot be parsed: {doc_type.upper()} support is not installed "
-            f"({_reason(exc)})"
-        ) from exc
-    except Exception as exc:
-        raise ParseError(
-            f"{shown} is not a readable {doc_type.upper()}: {_reason(exc, path)}"
-        ) from exc
-
-
 def _check_inflated_size(path: Path, data: bytes, limits: ParseLimits) -> None:
     """Refuse a zip whose members would inflate past the limits, from its directory alone
     (zipfile stops a member that inflates past its recorded size, so the record holds)."""
@@ -743,13 +658,16 @@ def _time_limit(path: Path, seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _partition(path: Path, doc_type: str, data: bytes) -> list[Element]:
-    """PDF or DOCX elements, partitioned from the bytes already read."""
+def _partition(path: Path, doc_type: str, data: bytes | str) -> list[Element]:
+    """The elements of a file, from its bytes (PDF, DOCX) or its decoded text (HTML, Markdown).
+
+    What a partitioner raises becomes a one-line ParseError naming the file.
+    """
     from jrag._spacy_offline import prepare_unstructured
 
     prepare_unstructured()
     # languages=["eng"] skips per-document language detection and its "no languages" warning.
-    with _partition_errors(path, doc_type):
+    try:
         if doc_type == "pdf":
             # Without these, partition_pdf swallows the ImportError and returns no elements.
             for module in _PDF_RUNTIME_MODULES:
@@ -757,9 +675,28 @@ def _partition(path: Path, doc_type: str, data: bytes) -> list[Element]:
             from unstructured.partition.pdf import partition_pdf
 
             return partition_pdf(file=io.BytesIO(data), strategy="fast", languages=["eng"])
+        if doc_type == "html":
+            from unstructured.partition.html import partition_html
+
+            return partition_html(text=data, languages=["eng"])
+        if doc_type == "md":
+            from unstructured.partition.md import partition_md
+
+            return partition_md(text=data, languages=["eng"])
         from unstructured.partition.docx import partition_docx
 
         return partition_docx(file=io.BytesIO(data), languages=["eng"])
+    except ParseError:
+        raise
+    except ImportError as exc:
+        raise ParseError(
+            f"{display_path(path)} cannot be parsed: {doc_type.upper()} support is not installed "
+            f"({_reason(exc)})"
+        ) from exc
+    except Exception as exc:
+        raise ParseError(
+            f"{display_path(path)} is not a readable {doc_type.upper()}: {_reason(exc, path)}"
+        ) from exc
 
 
 def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str, dict]:
@@ -784,7 +721,7 @@ def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str, dic
         why = f"its HTML nests {depth} levels deep, deeper than lxml parses"
     else:
         try:
-            elements = _partition_markup(path, doc_type, text)
+            elements = _partition(path, doc_type, text)
             why = "unstructured found no text in it"
         except ParseError as err:
             if not isinstance(err.__cause__, RecursionError):
@@ -798,20 +735,6 @@ def _parse_markup(path: Path, doc_type: str, data: bytes) -> tuple[str, str, dic
     if flat.strip():
         logger.warning("%s: %s; reading its text without structure", shown, why)
     return flat, front_title or title, front
-
-
-def _partition_markup(path: Path, doc_type: str, text: str) -> list[Element]:
-    from jrag._spacy_offline import prepare_unstructured
-
-    prepare_unstructured()
-    with _partition_errors(path, doc_type):
-        if doc_type == "html":
-            from unstructured.partition.html import partition_html
-
-            return partition_html(text=text, languages=["eng"])
-        from unstructured.partition.md import partition_md
-
-        return partition_md(text=text, languages=["eng"])
 
 
 def _split_front_matter(markdown: str, shown: str) -> tuple[str, dict]:

@@ -20,10 +20,11 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from jrag.errors import JragError
-from jrag.evaluation.debian_docs import DEFAULT_CACHE
+from jrag.evaluation.datasets import load_beir, load_documents
+from jrag.evaluation.debian_docs import DEFAULT_CACHE, paraphrase_corpus
+from jrag.evaluation.metrics import DATASET_METRICS, SYNTHETIC_METRICS
 from jrag.evaluation.runner import DEFAULT_VARIANTS, MODES
-from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS
+from jrag.evaluation.tasks import DEFAULT_DOCS, DEFAULT_LENGTHS, TASKS
 from jrag.loading import DEFAULT_MODEL
 
 
@@ -99,12 +100,12 @@ _DEFAULT_OUT = Path("jrag-eval")
 
 def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) -> None:
     """Load the model, build the corpora, run every mode, then print and save the results."""
-    from jrag.console import console, fail, loading
+    from jrag.console import console, loading, one_line_errors
     from jrag.embedding import load_encoder
     from jrag.evaluation.report import results_table, write_outputs
     from jrag.evaluation.runner import check_modes, run_evaluation
 
-    try:
+    with one_line_errors():
         modes = check_modes(modes)
         started = time.perf_counter()
         with loading(model):
@@ -119,8 +120,6 @@ def _run(task: str, make_corpora, metrics, model, modes, out, uri, token, info) 
         result.info.update(info, window=encoder.max_length, device=str(encoder.device))
         result.info["seconds"] = round(time.perf_counter() - started, 2)
         json_path, png_path = write_outputs(result, out)
-    except JragError as err:
-        raise fail(err) from None
     console.print(results_table(result))
     console.print(f"wrote {json_path} and {png_path} ({result.info['seconds']:.1f} s in all)")
 
@@ -138,9 +137,6 @@ def _synthetic_command(task: str, summary: str) -> None:
         uri: UriOpt = None,
         token: TokenOpt = None,
     ) -> None:
-        from jrag.evaluation.metrics import SYNTHETIC_METRICS
-        from jrag.evaluation.tasks import TASKS
-
         lengths = sorted(dict.fromkeys(lengths))
         _run(
             task,
@@ -173,9 +169,6 @@ def beir(
     token: TokenOpt = None,
 ) -> None:
     """A BEIR-style dataset: nDCG@10, Recall@10 and MRR@10 per mode."""
-    from jrag.evaluation.datasets import load_beir
-    from jrag.evaluation.metrics import DATASET_METRICS
-
     _run(
         "beir", lambda _encoder: [load_beir(path, split)], DATASET_METRICS,
         model, modes, out, uri, token, {"path": str(path), "split": split},
@@ -196,9 +189,6 @@ def docs(
     token: TokenOpt = None,
 ) -> None:
     """Your documents and queries: nDCG@10, Recall@10 and MRR@10 per mode."""
-    from jrag.evaluation.datasets import load_documents
-    from jrag.evaluation.metrics import DATASET_METRICS
-
     _run(
         "docs", lambda _encoder: [load_documents(folder, queries)], DATASET_METRICS,
         model, modes, out, uri, token, {"folder": str(folder), "queries": str(queries)},
@@ -220,9 +210,6 @@ def paraphrase(
 ) -> None:
     """Questions in other words than their answers: the Debian FAQ's questions (removed from
     its chapters) and PostgreSQL glossary definitions, over long manual pages."""
-    from jrag.evaluation.debian_docs import paraphrase_corpus
-    from jrag.evaluation.metrics import DATASET_METRICS
-
     _run(
         "paraphrase",
         lambda encoder: [paraphrase_corpus(encoder, cache, max_distractors=distractors, seed=seed)],

@@ -9,6 +9,8 @@ the same corpus, byte for byte.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 from collections.abc import Callable
 
@@ -186,27 +188,16 @@ _NEEDLES: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
 
 def _token_counter(tokenizer: Tokenizer) -> Callable[[str], int]:
     """Content tokens of a sentence (no specials), cached: haystacks repeat their sentences."""
-    cache: dict[str, int] = {}
-
-    def count(text: str) -> int:
-        if text not in cache:
-            cache[text] = len(tokenizer.encode(text, add_special_tokens=False).ids)
-        return cache[text]
-
-    return count
+    return functools.cache(lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
 
 
 def _names(rng: random.Random, count: int) -> list[str]:
     """``count`` distinct invented names."""
-    names: set[str] = set()
-    ordered = []
-    while len(ordered) < count:
+    names: dict[str, None] = {}  # a set that keeps the order names were drawn in
+    while len(names) < count:
         syllables = [rng.choice(_ONSETS).lower() + rng.choice(_VOWELS) for _ in range(2)]
-        name = ("".join(syllables) + rng.choice(_CODAS)).capitalize()
-        if name not in names:
-            names.add(name)
-            ordered.append(name)
-    return ordered
+        names[("".join(syllables) + rng.choice(_CODAS)).capitalize()] = None
+    return list(names)
 
 
 def _fill(
@@ -268,10 +259,7 @@ def passkey_corpora(
     def document(rng, index, name, length, count) -> tuple[str, str]:
         key = rng.randint(10000, 99999)
         fact = f"{name}'s pass key is {key}. Remember it. {key} is the pass key for {name}."
-        cycle = iter(range(10**9))
-        text = _fill(
-            lambda: PASSKEY_FILLER[next(cycle) % len(PASSKEY_FILLER)], fact, length, count, rng
-        )
+        text = _fill(itertools.cycle(PASSKEY_FILLER).__next__, fact, length, count, rng)
         return text, f"what is the passkey for {name}?"
 
     return _corpora("passkey", tokenizer, lengths, docs, seed, document)

@@ -40,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jrag.embedding import identity_of
@@ -58,7 +59,6 @@ from jrag.server.schemas import (
     DocumentsResponse,
     EmbeddingsRequest,
     EmbeddingsResponse,
-    SearchFields,
     SearchRequest,
     SearchResponse,
 )
@@ -165,13 +165,10 @@ class Service:
                 f"collection {name!r} is not served here; this server serves {self.collection!r}"
             )
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return self.encoder.count_tokens(texts)
-
     def embed_query(self, text: str) -> np.ndarray:
         if not text.strip():
             raise InputError("the query is empty")
-        (tokens,) = self.count_tokens([text])
+        (tokens,) = self.encoder.count_tokens([text])
         return self.batcher.embed([text], tokens)[0]
 
     def close(self) -> None:
@@ -240,8 +237,7 @@ def _jrag_error(err: JragError) -> JSONResponse:
         return error_response(502, str(err), kind="llm_error")
     if isinstance(err, StoreError):
         return error_response(503, f"the store failed: {err}", kind="store_unavailable")
-    param = _param_of(str(err))
-    return error_response(400, str(err), param=param)
+    return error_response(400, str(err), param=_param_of(str(err)))
 
 
 def _param_of(message: str) -> str | None:
@@ -415,7 +411,7 @@ def create_app(
         for index, text in enumerate(texts):
             if not text.strip():
                 raise InputError(f"input[{index}] is empty; jrag does not embed empty text")
-        counts = service.count_tokens(texts)
+        counts = encoder.count_tokens(texts)
         limit = encoder.max_length
         if not body.truncate:
             for index, count in enumerate(counts):
@@ -426,15 +422,12 @@ def create_app(
                         f"first {limit} tokens"
                     )
         used = [min(c, limit) for c in counts]
-        vectors = service.batcher.embed(texts, sum(used))
-        data = []
-        for index, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
-            value: list[float] | str = (
-                base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-                if body.encoding_format == "base64"
-                else vector.tolist()
-            )
-            data.append({"index": index, "embedding": value})
+        vectors = np.asarray(service.batcher.embed(texts, sum(used)), dtype=np.float32)
+        if body.encoding_format == "base64":
+            values = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            values = vectors.tolist()
+        data = [{"index": index, "embedding": value} for index, value in enumerate(values)]
         usage = {"prompt_tokens": sum(used), "total_tokens": sum(used)}
         return EmbeddingsResponse(data=data, model=encoder.name, usage=usage)
 
@@ -442,7 +435,7 @@ def create_app(
     def search_route(body: SearchRequest) -> SearchResponse:
         """The best documents for a query, each with its best passage in context."""
         service.check_collection(body.collection)
-        options = _options(body, content=body.content)
+        options = SearchOptions.pick(body, content=body.content)
         vector = service.embed_query(body.query)
         results = service.run(
             lambda: search(body.query, service.store(), service.encoder, options, vector=vector)
@@ -457,7 +450,7 @@ def create_app(
         (``passages``, then ``delta`` pieces, then ``answer``); otherwise one JSON answer
         (extractive when no LLM is configured)."""
         service.check_collection(body.collection)
-        options = _options(body, content="passage")
+        options = SearchOptions.pick(body, content="passage")
         vector = service.embed_query(body.question)
         context = service.run(
             lambda: retrieve_passages(
@@ -524,7 +517,7 @@ def create_app(
             ids = [str(i) for i in form.getlist("ids")]
             tenant = str(form.get("tenant") or "")
             service.check_collection(str(form.get("collection") or "") or None)
-            documents = await _run(_parse_uploads, uploads, ids)
+            documents = await run_in_threadpool(_parse_uploads, uploads, ids)
         else:
             try:
                 body = DocumentsRequest.model_validate_json(await request.body())
@@ -538,7 +531,7 @@ def create_app(
             if doc.source in seen:
                 raise InputError(f"document id {doc.source!r} is given twice")
             seen.add(doc.source)
-        report = await _run(service.run, _write, service, documents, tenant)
+        report = await run_in_threadpool(service.run, _write, service, documents, tenant)
         return DocumentsResponse(
             added=report.added, updated=report.updated, skipped=report.skipped,
             failed=[{"id": s, "error": m} for s, m in report.failed], tokens=report.tokens,
@@ -574,18 +567,8 @@ def create_app(
     return app
 
 
-def _options(body: SearchFields, *, content: str) -> SearchOptions:
-    return SearchOptions.pick(body, content=content)
-
-
 def _event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-async def _run(fn: Any, *args: Any) -> Any:
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
 
 
 def _write(service: Service, documents: list, tenant: str):
@@ -602,9 +585,8 @@ def _span(service: Service, key: str, tenant: str, start: int, end: int | None) 
         whose = f" for tenant {tenant!r}" if tenant else ""
         raise DocumentNotFound(f"no document {key!r} is stored{whose}")
     length = int(state.metadata.get("length", 0)) or None
-    end = end if end is not None else length
-    if length is not None and end is not None:
-        end = min(end, length)
+    if length is not None:
+        end = length if end is None else min(end, length)
     text = store.document_text(state, start, end)
     return DocumentSpan(id=key, source=state.source, title=state.title, start=start,
                         end=start + len(text), text=text)  # fmt: skip
