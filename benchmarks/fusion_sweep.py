@@ -36,7 +36,9 @@ from jrag.loading import MINILM_ID
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
 from jrag.retrieval import build_query
 from jrag.store import Query
-from jrag.store.search import RankedRow, _score_fusion, fusion_weights
+from jrag.store.search import Lead, RankedRow, _score_fusion, fusion_weights
+
+Shape = tuple[float, tuple[Lead, ...]]  # an adaptive fusion's floor and leads
 
 
 class _LegsUnpickler(pickle.Unpickler):
@@ -97,11 +99,9 @@ def run(args) -> None:
         pickle.dump({"task": args.task, "metrics": metrics, "legs": legs}, f)
 
 
-def fused_score(
-    saved: dict, label: str, query: Query, adaptive: tuple[float, float, str] | None = None
-) -> float:
+def fused_score(saved: dict, label: str, query: Query, adaptive: Shape | None = None) -> float:
     """The benchmark's first metric when ``query``'s ranker and weights fuse the saved legs;
-    ``adaptive`` (floor, full gap, versus) sets an adaptive fusion's shape (see ``ADAPTIVE``)."""
+    ``adaptive`` (floor, leads) sets an adaptive fusion's shape (see ``ADAPTIVE``)."""
     data = saved["legs"][label]
     run_ = {}
     for query_id, dense, text in data["queries"]:
@@ -121,22 +121,24 @@ def fused_score(
 def sweep(args) -> None:
     saved = [load_legs(p) for p in args.files]
     template = Query(None, "", DEPTH, (), ())
-    grid: dict[str, tuple[Query, tuple[float, float, str] | None]] = {}
+    grid: dict[str, tuple[Query, Shape | None]] = {}
     grid["default"] = (replace(template, ranker=DEFAULT_RANKER, weights=DEFAULT_WEIGHTS), None)
-    for variant in ("hybrid-adaptive", "hybrid-adaptive-median-w19"):
+    for variant in ("hybrid-adaptive", "hybrid-adaptive-median", "hybrid-adaptive-median-w19"):
         options = VARIANTS[variant]
         grid[variant] = (replace(template, ranker=options.ranker, weights=options.weights), None)
-    for floor in (0.2, 0.3, 0.5):
-        for top in (0.8, 0.9, 1.0):
-            for full in (0.1, 0.2, 0.3):
-                query = replace(template, weights=(1 - top, top))
-                grid[f"adaptive {floor:.1f}-{top:.1f} full@{full:.1f}"] = (
-                    query, (floor, full, "second")
-                )  # fmt: skip
-    for top in (0.9, 0.95, 0.975, 1.0):
-        for full in (0.75, 0.8, 0.85, 0.9):
-            query = replace(template, weights=(1 - top, top))
-            grid[f"adaptive-median 0-{top} full@{full}"] = (query, (0.0, full, "median"))
+    for top in (0.9, 0.975, 1.0):
+        ceiling = replace(template, weights=(1 - top, top))
+        for floor in (0.0, 0.1, 0.2):
+            for start, full in ((0.0, 0.2), (0.05, 0.15), (0.1, 0.15), (0.1, 0.2), (0.15, 0.25)):
+                second = ("second", start, full)
+                grid[f"second {start}-{full}, {floor}-{top}"] = (ceiling, (floor, (second,)))
+                for m_start, m_full in ((0.5, 0.6), (0.5, 0.65), (0.6, 0.8)):
+                    both = (second, ("median", m_start, m_full))
+                    name = f"max: second {start}-{full}, median {m_start}-{m_full}, {floor}-{top}"
+                    grid[name] = (ceiling, (floor, both))
+            for full in (0.75, 0.85):
+                median = ("median", 0.0, full)
+                grid[f"median 0-{full}, {floor}-{top}"] = (ceiling, (floor, (median,)))
     for w in (0.0, 0.3, 0.5, 0.7, 0.8, 1.0):
         query = replace(template, ranker="relative", weights=(1 - w, w))
         grid[f"relative {1 - w:.1f}/{w:.1f}"] = (query, None)  # 1.0/0.0: the dense leg alone

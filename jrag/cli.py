@@ -146,12 +146,11 @@ HybridOpt = Annotated[
 RankerOpt = Annotated[
     str,
     typer.Option(
-        help="How hybrid results are fused: adaptive-median (scores scaled per leg, BM25 "
-        "weighted by how far its winner stands out of the median of its candidates), adaptive "
-        "(the same, its winner's lead over its second), relative (scores scaled per leg, then "
-        "weighted), dbsf "
-        "(each leg by mean +- 3 std), rrf (reciprocal rank fusion) or weighted (Milvus' "
-        "WeightedRanker)."
+        help="How hybrid results are fused: adaptive-max (scores scaled per leg, BM25 weighted "
+        "by how far its winner stands out of its second or of the median of its candidates, "
+        "whichever is further), adaptive (its lead over its second only), adaptive-median (over "
+        "the median only), relative (scores scaled per leg, then weighted), dbsf (each leg by "
+        "mean +- 3 std), rrf (reciprocal rank fusion) or weighted (Milvus' WeightedRanker)."
     ),
 ]
 WeightsOpt = Annotated[
@@ -160,7 +159,7 @@ WeightsOpt = Annotated[
         show_default=False,
         help="The dense and BM25 weights: with --ranker relative or weighted, fixed; with "
         "the adaptive rankers, those reached when BM25 has a clear winner (BM25 weighs less, "
-        "down to 0 with adaptive-median, as its winner stands out less). Default: the "
+        "as its winner stands out less). Default: the "
         f"ranker's own ({_ranker_weights()}).",
     ),
 ]

@@ -32,13 +32,13 @@ DEFAULT_SEARCH_MODE = "auto"
 FULL_TEXT_PREFERENCE: tuple[str, ...] = ("doc", "chunk", "late")
 # How a hybrid search fuses its dense and BM25 legs (see jrag.store.search): chosen by the worst
 # case across word-overlap and paraphrase benchmarks (docs/retrieval-variants.md).
-DEFAULT_RANKER = "adaptive-median"
+DEFAULT_RANKER = "adaptive-max"
 # Each ranker's weights (dense, BM25) when none are given, each its best by the same worst case;
-# for the adaptive rankers, those reached when BM25 has a clear winner (adaptive-median at a BM25
-# ceiling of 0.9 loses a needle question). rrf and dbsf take no weights.
+# for the adaptive rankers, those reached when BM25's winner stands out. rrf and dbsf take none.
 RANKER_WEIGHTS: dict[str, tuple[float, float]] = {
-    "adaptive-median": (0.025, 0.975),
+    "adaptive-max": (0.025, 0.975),
     "adaptive": (0.1, 0.9),
+    "adaptive-median": (0.025, 0.975),
     "relative": (0.1, 0.9),
     "weighted": (0.2, 0.8),
 }

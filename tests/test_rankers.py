@@ -20,7 +20,7 @@ from jrag.loading import MINILM_ID
 from jrag.pipeline import ingest
 from jrag.retrieval import SearchOptions, build_query, embed_query, search
 from jrag.store import RANKERS, MilvusStore, Query
-from jrag.store.search import ADAPTIVE, FUSION_DEPTH, adaptive_weights
+from jrag.store.search import ADAPTIVE, FUSION_DEPTH, adaptive_weights, bm25_lead
 
 # Routine notes about harbours; one holds a rare name deep inside. Dense vectors see harbour
 # talk everywhere, BM25 sees the name in one document only.
@@ -131,58 +131,80 @@ def test_dbsf_maps_each_leg_by_its_mean_and_three_deviations(harbour) -> None:
     assert names(store, fused)[0] == "north.txt"  # BM25's outlier keeps its lead
 
 
+SECOND = ADAPTIVE["adaptive"]  # BM25's floor 0.2, its ceiling at a 20% lead over its second
+MEDIAN = (0.0, (("median", 0.0, 0.85),))  # nothing, up to its ceiling at an 85% lead
+
+
 def test_adaptive_weights_trust_bm25_as_far_as_its_first_score_leads_its_second() -> None:
-    ceiling = (0.1, 0.9)  # BM25's floor is 0.2, reached ceiling at a 20% lead
-    assert adaptive_weights(ceiling, [10.0, 10.0, 1.0]) == pytest.approx((0.8, 0.2))  # level
-    assert adaptive_weights(ceiling, [10.0, 8.0, 1.0]) == pytest.approx((0.1, 0.9))  # 20% ahead
-    assert adaptive_weights(ceiling, [10.0, 9.0, 1.0]) == pytest.approx((0.45, 0.55))  # halfway
-    assert adaptive_weights(ceiling, [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # capped
-    assert adaptive_weights((1.0, 9.0), [10.0, 1.0]) == pytest.approx((0.1, 0.9))  # normalized
-    assert adaptive_weights(ceiling, [10.0]) == pytest.approx((0.8, 0.2))  # one: no lead
-    assert adaptive_weights(ceiling, [0.0, 0.0]) == pytest.approx((0.8, 0.2))  # no scores
+    ceiling = (0.1, 0.9)
+    assert SECOND == (0.2, (("second", 0.0, 0.2),))
+    assert adaptive_weights(ceiling, [10.0, 10.0, 1.0], *SECOND) == pytest.approx((0.8, 0.2))
+    assert adaptive_weights(ceiling, [10.0, 8.0, 1.0], *SECOND) == pytest.approx((0.1, 0.9))
+    assert adaptive_weights(ceiling, [10.0, 9.0, 1.0], *SECOND) == pytest.approx((0.45, 0.55))
+    assert adaptive_weights(ceiling, [10.0, 1.0], *SECOND) == pytest.approx((0.1, 0.9))  # capped
+    assert adaptive_weights((1.0, 9.0), [10.0, 1.0], *SECOND) == pytest.approx((0.1, 0.9))
+    assert adaptive_weights(ceiling, [10.0], *SECOND) == pytest.approx((0.8, 0.2))  # no lead
+    assert adaptive_weights(ceiling, [0.0, 0.0], *SECOND) == pytest.approx((0.8, 0.2))
 
 
 def test_adaptive_median_weights_trust_bm25_as_far_as_its_first_stands_out_of_its_median() -> None:
     ceiling = (0.0, 1.0)
     # Median 5: the first leads it by half its score; BM25 weighs 0.5 / 0.85 of the ceiling.
     field = [10.0, 9.0, *[5.0] * (FUSION_DEPTH - 2)]
-    lead = adaptive_weights(ceiling, field, 0.0, 0.85, "median")
+    lead = adaptive_weights(ceiling, field, *MEDIAN)
     assert lead == pytest.approx((1 - 0.5 / 0.85, 0.5 / 0.85))
     # Its second close behind does not matter (unlike "second"), the field behind does.
     close = [10.0, 9.9, *[1.0] * (FUSION_DEPTH - 2)]
-    assert adaptive_weights(ceiling, close, 0.0, 0.85, "median") == (0, 1)
-    assert adaptive_weights(ceiling, close)[1] == pytest.approx(0.24)
+    assert adaptive_weights(ceiling, close, *MEDIAN) == (0, 1)
+    assert adaptive_weights(ceiling, close, *SECOND)[1] == pytest.approx(0.24)
     level = [10.0] * FUSION_DEPTH
-    assert adaptive_weights(ceiling, level, 0.0, 0.85, "median") == (1, 0)
+    assert adaptive_weights(ceiling, level, *MEDIAN) == (1, 0)
     # The field is the first FUSION_DEPTH candidates, those BM25 did not find counting as 0: a
     # word that one document alone holds leads by all its score, and k does not move the median.
-    assert adaptive_weights(ceiling, [10.0], 0.0, 0.85, "median") == (0, 1)
-    assert adaptive_weights(ceiling, [10.0, 10.0], 0.0, 0.85, "median", field=2) == (1, 0)
+    assert adaptive_weights(ceiling, [10.0], *MEDIAN) == (0, 1)
+    assert adaptive_weights(ceiling, [10.0, 10.0], *MEDIAN, field=2) == (1, 0)
     many = [10.0, *[9.0] * (FUSION_DEPTH - 1), *[1.0] * 50]
-    assert adaptive_weights(ceiling, many, 0.0, 0.85, "median") == pytest.approx(
-        (1 - 0.1 / 0.85, 0.1 / 0.85)
+    assert adaptive_weights(ceiling, many, *MEDIAN) == pytest.approx((1 - 0.1 / 0.85, 0.1 / 0.85))
+    assert adaptive_weights(ceiling, [], *MEDIAN) == (1, 0)  # nothing found
+
+
+def test_adaptive_max_trusts_bm25_as_far_as_the_further_of_its_two_leads() -> None:
+    """The default: a needle among many documents that share its question's words stands out
+    of its second but not of their median; among few it stands out of the median; a question in
+    other words stands out of neither."""
+    floor, leads = ADAPTIVE["adaptive-max"]
+    ceiling, rest = (0.025, 0.975), [6.0] * (FUSION_DEPTH - 2)
+    many_alike = [10.0, 7.0, *rest]  # second's lead 0.3, median's 0.4
+    assert bm25_lead(many_alike, "second") == pytest.approx(0.3)
+    assert bm25_lead(many_alike, "median") == pytest.approx(0.4)
+    assert adaptive_weights(ceiling, many_alike, floor, leads) == pytest.approx(ceiling)
+    few = [10.0, 9.5, 5.0, 4.0, *[0.0] * 4]  # second's lead 0.05; median 0 in a field of 20
+    assert adaptive_weights(ceiling, few, floor, leads) == pytest.approx(ceiling)
+    paraphrase = [10.0, 9.5, 9.0, *[5.5] * (FUSION_DEPTH - 3)]  # 0.05 and 0.45: the floor
+    assert adaptive_weights(ceiling, paraphrase, floor, leads) == pytest.approx((0.9, 0.1))
+    versus, start, full = leads[0]
+    assert versus == "second"
+    halfway = [10.0, 10.0 * (1 - (start + full) / 2), *rest]
+    assert adaptive_weights(ceiling, halfway, floor, leads)[1] == pytest.approx(
+        floor + (0.975 - floor) / 2
     )
-    assert adaptive_weights(ceiling, [], 0.0, 0.85, "median") == (1, 0)  # nothing found
 
 
-def test_adaptive_median_fusion_is_relative_fusion_at_the_weights_of_the_bm25_legs_lead(
-    harbour,
+@pytest.mark.parametrize("ranker", ["adaptive-max", "adaptive-median"])
+def test_adaptive_fusion_is_relative_fusion_at_the_weights_of_the_bm25_legs_lead(
+    harbour, ranker: str
 ) -> None:
     store, encoder = harbour
     weights, reached = (0.025, 0.975), {}
-    floor, full, versus = ADAPTIVE["adaptive-median"]
     for question in (QUESTION, "the crew painted the pier railings"):
         vector = embed_query(encoder, question)
-        query = Query(
-            vector, question, len(NOTES), ("doc", "late"), ("doc",), "adaptive-median", weights
-        )
+        query = Query(vector, question, len(NOTES), ("doc", "late"), ("doc",), ranker, weights)
         fused = store.rank(query)[0]
         text = store.rank(replace(query, kinds=()))[0]
         scores = [abs(r.score) for r in text]  # Milvus Lite reports BM25 scores negated
         # BM25's field: the six notes, which the dense leg finds all of.
         assert len(store.rank(replace(query, full_text_kinds=()))[0]) == len(NOTES)
-        field = len(NOTES)
-        reached[question] = adaptive_weights(weights, scores, floor, full, versus, field)
+        reached[question] = adaptive_weights(weights, scores, *ADAPTIVE[ranker], len(NOTES))
         relative = store.rank(replace(query, ranker="relative", weights=reached[question]))[0]
         assert [(r.doc_id, r.score) for r in fused] == [(r.doc_id, r.score) for r in relative]
     # The rare name stands far out of BM25's field: the ceiling. Words every note shares do not.

@@ -54,7 +54,8 @@ VARIANTS: dict[str, SearchOptions] = {
     "hybrid-both": SearchOptions(full_text_kinds=_BOTH),
     "hybrid-adaptive": SearchOptions(ranker="adaptive", weights=(0.1, 0.9)),
     "hybrid-adaptive-w28": SearchOptions(ranker="adaptive", weights=(0.2, 0.8)),
-    # The default's ranker at the old default's ceiling: loses a needle 4k question.
+    "hybrid-adaptive-median": SearchOptions(ranker="adaptive-median"),
+    # The median's lead at the old adaptive ceiling: loses a needle 4k question.
     "hybrid-adaptive-median-w19": SearchOptions(ranker="adaptive-median", weights=(0.1, 0.9)),
     "hybrid-dbsf": SearchOptions(ranker="dbsf"),
     "hybrid-w19": SearchOptions(ranker="relative", weights=(0.1, 0.9)),
@@ -79,7 +80,7 @@ def ingest_mode(variant: SearchOptions) -> str:
 # The fusion comparison: dense and BM25 alone, and every way to fuse them.
 FUSION_VARIANTS = (
     "whole", "late", "auto-dense", "bm25", "hybrid", "hybrid-adaptive", "hybrid-adaptive-w28",
-    "hybrid-adaptive-median-w19",
+    "hybrid-adaptive-median", "hybrid-adaptive-median-w19",
     "hybrid-dbsf", "hybrid-w19", "hybrid-w28", "hybrid-w37", "hybrid-w55", "hybrid-w73",
     "hybrid-rrf", "hybrid-rrf-k10", "hybrid-rrf-k2", "hybrid-weighted",
 )  # fmt: skip

@@ -17,13 +17,13 @@ With full-text search, a search has a dense leg and a BM25 leg, fused by one of 
 (the default is :data:`jrag.modes.DEFAULT_RANKER`, chosen by its worst case across benchmarks,
 see docs/retrieval-variants.md):
 
-- ``adaptive``: each leg scaled to [0, 1] over its candidates (as ``relative``), weighted by
-  how clear BM25's own winner is (:func:`adaptive_weights`): BM25 weighs 0.2 when its first two
-  candidates score alike (a question in other words than the text), rising to ``weights[1]``
-  once its first scores 20% above its second (a rare name, a heading's own words);
-- ``adaptive-median``: as ``adaptive``, but BM25's lead is its first score's lead over the
-  median of its candidates: BM25 weighs nothing when its first does not stand out, rising to
-  ``weights[1]`` once the first leads the median by 85% of its score;
+- ``adaptive-max``, ``adaptive``, ``adaptive-median``: each leg scaled to [0, 1] over its
+  candidates (as ``relative``), weighted by how clearly BM25's own winner stands out
+  (:func:`adaptive_weights`, :data:`ADAPTIVE`): of its second (``adaptive``), of the median of
+  its candidates (``adaptive-median``), or the further of the two (``adaptive-max``). A question
+  in other words than the text shares its words with many documents, so BM25's first barely
+  stands out and weighs little; a rare name or a heading's own words stand out, and BM25 weighs
+  up to ``weights[1]``;
 - ``relative``: each leg's scores scaled to [0, 1] over its candidates (best 1, worst 0), and
   the ``weights``-weighted sums rank;
 - ``dbsf``: distribution-based score fusion, as Qdrant does it: each leg's scores mapped by
@@ -31,7 +31,7 @@ see docs/retrieval-variants.md):
 - ``rrf`` and ``weighted``: one ``hybrid_search`` fused by Milvus (``RRFRanker(rrf_k)``, or
   ``WeightedRanker``, which squashes BM25 scores through arctan).
 
-The score fusions (``adaptive``, ``relative``, ``dbsf``) search both legs at once, each for
+The score fusions (the adaptive ones, ``relative``, ``dbsf``) search both legs at once, each for
 its best rows (:data:`FUSION_ROWS` per candidate), keep each document's best row as a
 candidate (:data:`FUSION_DEPTH` at most), and fuse them here. Each call keeps its state
 local, so one ranker serves any number of threads.
@@ -58,24 +58,25 @@ from jrag.store.filters import all_of, check_user_filter, none_of, restriction
 from jrag.store.manifest import BM25_FIELD
 from jrag.store.rows import DocumentState, quote
 
-RANKERS = ("adaptive", "adaptive-median", "relative", "dbsf", "rrf", "weighted")
-SCORE_FUSIONS = ("adaptive", "adaptive-median", "relative", "dbsf")  # fused here from two searches
+RANKERS = ("adaptive-max", "adaptive", "adaptive-median", "relative", "dbsf", "rrf", "weighted")
+SCORE_FUSIONS = ("adaptive-max", "adaptive", "adaptive-median", "relative", "dbsf")  # fused here
 RRF_K = 60
 # Candidates per leg of a score fusion (documents when grouped). Measured on git-doc with
 # relative fusion: 50 gave nDCG@10 0.814 at 51 ms/query, 20 gave 0.820 at 40 ms.
 FUSION_DEPTH = 20
-# The ``adaptive`` fusion's BM25 floor and full gap (see :func:`adaptive_weights`), chosen by
-# the worst case over the paraphrase, git-doc and needle benchmarks (benchmarks/fusion_sweep.py,
-# docs/retrieval-variants.md).
-ADAPTIVE_FLOOR = 0.2
-ADAPTIVE_FULL_GAP = 0.2
-# The adaptive fusions: ranker -> (BM25's floor, the lead that reaches the ceiling, what BM25's
-# first score leads: its "second" or the "median" of its candidates). On the saved legs of
-# those benchmarks the median's lead separates needle (0.76-0.87) from paraphrase (median 0.45;
-# 0.17-0.30 where dense was right and BM25 wrong) better than the second's.
-ADAPTIVE: dict[str, tuple[float, float, str]] = {
-    "adaptive": (ADAPTIVE_FLOOR, ADAPTIVE_FULL_GAP, "second"),
-    "adaptive-median": (0.0, 0.85, "median"),
+# A lead: how far BM25's first score stands out of its "second" or of the "median" of its
+# candidates, as a share of the first score; BM25 is trusted from ``start`` and fully at ``full``.
+Lead = tuple[str, float, float]  # versus, start, full
+# The adaptive fusions: ranker -> (BM25's floor, its leads; the furthest one counts), chosen by
+# the worst case over the paraphrase, git-doc, samples and needle benchmarks, needle at 25, 50
+# and 100 documents (benchmarks/fusion_sweep.py, docs/retrieval-variants.md). Neither lead
+# alone holds: as a needle's corpus grows, more documents share its question's words and the
+# median's lead falls to paraphrase's (0.5 at 100 documents, 0.47 on paraphrase), while the
+# second's lead stays (median 0.27 against 0.13); at 25 documents the median's is clearer (0.87).
+ADAPTIVE: dict[str, tuple[float, tuple[Lead, ...]]] = {
+    "adaptive-max": (0.1, (("second", 0.05, 0.15), ("median", 0.6, 0.8))),
+    "adaptive": (0.2, (("second", 0.0, 0.2),)),
+    "adaptive-median": (0.0, (("median", 0.0, 0.85),)),
 }
 FUSION_ROWS = 3  # rows searched per candidate document: a document's rows often rank together
 HIT_FIELDS = ["doc_id", "tenant", "kind", "chunk_index", "start", "end", "content_hash"]
@@ -411,11 +412,11 @@ def fusion_weights(
     query: Query,
     dense: Sequence[RankedRow],
     text: Sequence[RankedRow],
-    shape: tuple[float, float, str] | None = None,
+    shape: tuple[float, tuple[Lead, ...]] | None = None,
 ) -> tuple[float, float]:
     """The legs' weights when ``query`` fuses these candidates by scaled scores: its own, or
-    an adaptive fusion's for this BM25 leg; ``shape`` (floor, full gap, versus) replaces the
-    ranker's :data:`ADAPTIVE` shape (for benchmarks that sweep it)."""
+    an adaptive fusion's for this BM25 leg; ``shape`` (floor, leads) replaces the ranker's
+    :data:`ADAPTIVE` shape (for benchmarks that sweep it)."""
     shape = shape or ADAPTIVE.get(query.ranker)
     if shape is None:
         return query.weights
@@ -427,27 +428,32 @@ def fusion_weights(
 def adaptive_weights(
     ceiling: tuple[float, float],
     text_scores: Sequence[float],
-    floor: float = ADAPTIVE_FLOOR,
-    full_gap: float = ADAPTIVE_FULL_GAP,
-    versus: str = "second",
+    floor: float,
+    leads: Sequence[Lead],
     field: int = FUSION_DEPTH,
 ) -> tuple[float, float]:
     """The legs' weights for one query from the BM25 leg's own scores (best first, higher
-    better): BM25 weighs ``floor`` when its first candidate scores as its ``versus`` does (its
-    second, or the median of its first ``field`` candidates, counting those it did not find
-    as 0), rising to ``ceiling`` (dense, BM25; normalized to sum 1) as its first leads
-    that by up to ``full_gap`` of its score."""
+    better): BM25 weighs ``floor``, rising to ``ceiling`` (dense, BM25; normalized to sum 1) as
+    far as the furthest of its ``leads`` goes (see :data:`Lead`)."""
     total = sum(ceiling) or 1.0
     top = ceiling[1] / total
-    gap = 0.0
-    if versus == "median" and text_scores and text_scores[0] > 0:
-        # A word found in one document alone leads by all its score.
-        scores = [*text_scores[:field], *[0.0] * (field - len(text_scores))]
-        gap = (text_scores[0] - float(np.median(scores))) / text_scores[0]
-    elif len(text_scores) > 1 and text_scores[0] > 0:
-        gap = (text_scores[0] - text_scores[1]) / text_scores[0]
-    text_weight = floor + min(1.0, max(0.0, gap) / full_gap) * (top - floor)
+    trust = max(
+        min(1.0, max(0.0, (bm25_lead(text_scores, versus, field) - start) / (full - start)))
+        for versus, start, full in leads
+    )
+    text_weight = floor + trust * (top - floor)
     return (1.0 - text_weight, text_weight)
+
+
+def bm25_lead(text_scores: Sequence[float], versus: str, field: int = FUSION_DEPTH) -> float:
+    """How far the first score stands out of the second, or of the median of the first
+    ``field`` (those BM25 did not find counting as 0), as a share of the first score."""
+    if not text_scores or text_scores[0] <= 0:
+        return 0.0
+    if versus == "median":  # a word found in one document alone leads by all its score
+        scores = [*text_scores[:field], *[0.0] * (field - len(text_scores))]
+        return (text_scores[0] - float(np.median(scores))) / text_scores[0]
+    return (text_scores[0] - text_scores[1]) / text_scores[0] if len(text_scores) > 1 else 0.0
 
 
 def _oriented(rows: Sequence[RankedRow]) -> np.ndarray:
