@@ -11,6 +11,9 @@ per benchmark is the best of these fusions; the end-to-end variants are in ``<ta
     python benchmarks/fusion_sweep.py run gitdoc --out /tmp/fusion
     python benchmarks/fusion_sweep.py run needle --docs 25 --out /tmp/fusion  # 2k, 4k, 8k
     python benchmarks/fusion_sweep.py sweep /tmp/fusion/*.legs
+
+``--late-tokens`` and ``--late-strategy`` index the late chunks otherwise than `jrag ingest`'s
+defaults (the dense leg's size and strategy study).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from jrag.evaluation.runner import DEPTH, FUSION_VARIANTS, VARIANTS, run_evaluat
 from jrag.evaluation.tasks import needle_corpora
 from jrag.loading import MINILM_ID
 from jrag.modes import DEFAULT_RANKER, DEFAULT_WEIGHTS
+from jrag.pipeline import LATE_STRATEGIES, IngestOptions
 from jrag.retrieval import build_query
 from jrag.store import Query
 from jrag.store.search import Lead, RankedRow, _score_fusion, fusion_weights
@@ -86,13 +90,18 @@ def run(args) -> None:
         sources = {d: s.source for d, s in store.states(sorted(ids)).items()}
         legs[corpus.label] = {"queries": per_query, "sources": sources, "qrels": corpus.qrels()}
 
+    ingest = IngestOptions(late_chunk_tokens=args.late_tokens, late_strategy=args.late_strategy)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jrag-sweep-") as tmp:
         result = run_evaluation(
             args.task, made, encoder, args.modes, metrics, uri=str(Path(tmp) / "sweep.db"),
             on_step=lambda step: console.print(f"[dim]{step}[/]"), inspect=keep_legs,
+            ingest_options=ingest,
         )  # fmt: skip
-    result.info.update(seconds=round(time.perf_counter() - started, 1), docs=len(made[0].documents))
+    result.info.update(
+        seconds=round(time.perf_counter() - started, 1), docs=len(made[0].documents),
+        late_chunk_tokens=ingest.late_chunk_tokens, late_strategy=ingest.late_strategy,
+    )  # fmt: skip
     console.print(results_table(result))
     write_outputs(result, args.out)
     with open(args.out / f"{args.task}.legs", "wb") as f:
@@ -169,6 +178,9 @@ def main() -> None:
     one.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192])
     one.add_argument("--docs", type=int, default=25)
     one.add_argument("--out", type=Path, default=Path("jrag-eval"))
+    defaults = IngestOptions()
+    one.add_argument("--late-tokens", type=int, default=defaults.late_chunk_tokens)
+    one.add_argument("--late-strategy", choices=LATE_STRATEGIES, default=defaults.late_strategy)
     many = sub.add_parser("sweep")
     many.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()

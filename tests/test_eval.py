@@ -17,6 +17,7 @@ from jrag.errors import InputError
 from jrag.evaluation import evaluate, load_beir, load_documents, needle_corpora, passkey_corpora
 from jrag.evaluation.runner import run_evaluation
 from jrag.loading import MINILM_ID
+from jrag.pipeline import IngestOptions
 
 runner = CliRunner()
 DOCS = 10  # candidates per length in the CLI runs: chance Acc@1 is 1/10
@@ -212,6 +213,20 @@ def test_documents_longer_than_an_8k_model_take_the_macro_window_path(tmp_path):
     assert encoder.max_length == 8192
     assert result.rows["whole"]["16384"] == 3 * 3  # (16,382 tokens - 512 overlap) / 7,678 → 3
     assert 0.0 <= result.scores["whole"]["16384"]["Acc@1"] <= 1.0
+
+
+def test_evaluation_indexes_late_chunks_with_the_given_ingest_options(minilm):
+    """Halving the late-chunk size writes more late rows; the default is `jrag ingest`'s."""
+    corpora = needle_corpora(minilm.tokenizer, [1024], docs=3)
+    rows = {
+        tokens: run_evaluation(
+            "needle", corpora, minilm, ["late"], ("Acc@1",),
+            ingest_options=None if tokens is None else IngestOptions(late_chunk_tokens=tokens),
+        ).rows["late"]["1024"]
+        for tokens in (None, 256, 64)
+    }  # fmt: skip
+    assert rows[None] == rows[256]
+    assert rows[64] > rows[256] >= 3
 
 
 def test_docs_cli_scores_a_folder_with_a_queries_file(tmp_path):

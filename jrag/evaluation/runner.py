@@ -150,13 +150,18 @@ def as_parsed(doc: EvalDocument) -> ParsedDocument:
 
 
 def index_corpus(
-    store: MilvusStore, corpus: Corpus, encoder: Encoder, kinds: Sequence[str]
+    store: MilvusStore,
+    corpus: Corpus,
+    encoder: Encoder,
+    kinds: Sequence[str],
+    options: IngestOptions | None = None,
 ) -> dict[str, int]:
     """Embed and write every document of ``corpus`` with rows of ``kinds`` (the ingest core,
-    as `jrag ingest` runs it); rows per kind."""
+    as `jrag ingest` runs it, with ``options`` or its defaults); rows per kind."""
     wanted = [k for k in VECTOR_KINDS if k in kinds]
     documents = [as_parsed(doc) for doc in corpus.documents]
-    report = ingest_documents(documents, store, encoder, options=IngestOptions(), kinds=wanted)
+    options = options or IngestOptions()
+    report = ingest_documents(documents, store, encoder, options=options, kinds=wanted)
     if report.failed:
         raise InputError(f"{corpus.label}: {len(report.failed)} failed, {report.failed[0][1]}")
     return {kind: n for kind, n in store.stats()["rows"].items() if n}
@@ -177,12 +182,14 @@ def run_evaluation(
     token: str | None = None,
     on_step: Callable[[str], None] | None = None,
     inspect: Inspect | None = None,
+    ingest_options: IngestOptions | None = None,
 ) -> EvalResult:
     """Score every corpus in every variant (``modes``). Each corpus is indexed once per ingest
     mode the variants need, in a fresh collection dropped afterwards; without ``uri`` it lives
     in a temporary Milvus Lite file. ``inspect`` is called with each indexed collection, its
     corpus and query vectors, after the variants ran and before the collection is dropped
-    (benchmarks read more from it there)."""
+    (benchmarks read more from it there). ``ingest_options`` sets how documents are indexed
+    (late-chunk size and strategy; `jrag ingest`'s defaults without it)."""
     modes = check_modes(modes)
     result = EvalResult(task, encoder.name, modes, [c.label for c in corpora], metrics)
     workdir = None
@@ -199,8 +206,9 @@ def run_evaluation(
             for ingest, variants in by_ingest.items():
                 collection = _collection_name(task, ingest, corpus.label)
                 _evaluate_corpus(
-                    collection, corpus, encoder, ingest, variants, uri, token, result, inspect
-                )
+                    collection, corpus, encoder, ingest, variants, uri, token, result, inspect,
+                    ingest_options,
+                )  # fmt: skip
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -217,6 +225,7 @@ def _evaluate_corpus(
     token: str | None,
     result: EvalResult,
     inspect: Inspect | None = None,
+    ingest_options: IngestOptions | None = None,
 ) -> None:
     """Index ``corpus`` as ``jrag ingest --mode ingest`` does, and score the variants ``modes``."""
     # A leftover of an earlier run at a user-given --uri.
@@ -228,7 +237,7 @@ def _evaluate_corpus(
     with MilvusStore(uri, collection, token=token, identity=identity_of(encoder)) as store:
         try:
             started = time.perf_counter()
-            written = index_corpus(store, corpus, encoder, INGEST_MODES[ingest])
+            written = index_corpus(store, corpus, encoder, INGEST_MODES[ingest], ingest_options)
             embedded = time.perf_counter()
             vectors = encoder.encode_query([q.text for q in corpus.queries])
             label = corpus.label
