@@ -7,11 +7,19 @@
 from typing import Any
 
 from jrag.defaults import DEFAULT_MODEL
-from jrag.errors import InputError, JragError, ModelLoadError, ParseError, StoreError
+from jrag.errors import (
+    EngineError,
+    InputError,
+    JragError,
+    ModelLoadError,
+    ParseError,
+    StoreError,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
     "Encoder",
+    "EngineError",
     "InputError",
     "JragError",
     "ModelLoadError",

@@ -31,7 +31,7 @@ from typing import Any
 
 from jrag.embedding import identity_of, load_encoder
 from jrag.encoder import DEFAULT_BATCH_TOKENS, ModelFacts
-from jrag.errors import InputError, ParseError
+from jrag.errors import EngineError, InputError, ParseError
 from jrag.parse import ParseLimits, discover_files
 from jrag.pipeline import (
     Embedded,
@@ -195,10 +195,20 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(num_cpus=allowed_cpus(), _node_ip_address="127.0.0.1", **quiet)
+    # A local Ray's processes may start too slowly on a loaded machine: one more try.
+    for attempt in range(1 if address else 2):
+        try:
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(num_cpus=allowed_cpus(), _node_ip_address="127.0.0.1", **quiet)
+            break
+        except (RuntimeError, ConnectionError, TimeoutError) as err:
+            ray.shutdown()
+            what = f"reach the Ray cluster at {address}" if address else "start a local Ray"
+            if address or attempt == 1:
+                raise EngineError(f"--engine ray: could not {what}: {err}") from None
+            logger.warning("a local Ray did not start (%s); trying once more", err)
     from ray.data import DataContext
 
     context = DataContext.get_current()

@@ -27,5 +27,9 @@ class StoreError(JragError):
     """Milvus is unreachable, or a collection does not match the model in use."""
 
 
+class EngineError(JragError):
+    """The Ray engine could not start, or could not reach its cluster."""
+
+
 class CollectionNotFound(StoreError):
     """The collection (or the Milvus Lite database holding it) does not exist."""
