@@ -485,6 +485,16 @@ def test_cli_search_ask_and_stats_with_server_load_no_torch(server, corpus) -> N
     assert gone.returncode == 1 and "cannot reach the jrag server" in gone.stderr
 
 
+def test_the_cli_sends_a_server_every_search_option_its_requests_take() -> None:
+    """The CLI names the options itself (the schema would load torch): they must stay the same."""
+    from jrag.cli import _server_request
+    from jrag.server.schemas import SearchFields
+
+    arguments = {name: None for name in SearchFields.model_fields}
+    local_only = {"rerank": None, "query_prompt": None, "document_prompt": None}
+    assert set(_server_request(arguments | local_only)) == set(SearchFields.model_fields)
+
+
 def test_both_retrievers_search_through_a_server_as_they_do_in_process(server, corpus, encoder):
     from langchain_jrag import JragRetriever as LangChainRetriever
     from llama_index.retrievers.jrag import JragRetriever as LlamaIndexRetriever
