@@ -10,6 +10,7 @@ per benchmark is the best of these fusions; the end-to-end variants are in ``<ta
     python benchmarks/fusion_sweep.py run paraphrase --out /tmp/fusion
     python benchmarks/fusion_sweep.py run gitdoc --out /tmp/fusion
     python benchmarks/fusion_sweep.py run needle --docs 25 --out /tmp/fusion  # 2k, 4k, 8k
+    python benchmarks/fusion_sweep.py run needle --docs 100 --seed 1 --out /tmp/held-out
     python benchmarks/fusion_sweep.py sweep /tmp/fusion/*.legs
 
 ``--late-tokens`` and ``--late-strategy`` index the late chunks otherwise than `jrag ingest`'s
@@ -71,7 +72,7 @@ def corpora(task: str, encoder: Encoder, args):
         root = Path(__file__).parents[1]
         corpus = load_documents(root / "samples", root / "samples-src" / "questions.jsonl")
         return [corpus], DATASET_METRICS
-    return needle_corpora(encoder.tokenizer, args.lengths, args.docs, 0), SYNTHETIC_METRICS
+    return needle_corpora(encoder.tokenizer, args.lengths, args.docs, args.seed), SYNTHETIC_METRICS
 
 
 def run(args) -> None:
@@ -177,6 +178,7 @@ def main() -> None:
     one.add_argument("--modes", nargs="+", default=list(FUSION_VARIANTS), choices=list(VARIANTS))
     one.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192])
     one.add_argument("--docs", type=int, default=25)
+    one.add_argument("--seed", type=int, default=0, help="needle: another seed, a held-out set")
     one.add_argument("--out", type=Path, default=Path("jrag-eval"))
     defaults = IngestOptions()
     one.add_argument("--late-tokens", type=int, default=defaults.late_chunk_tokens)
