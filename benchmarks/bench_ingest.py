@@ -63,11 +63,15 @@ def generated_text(words: int, rng: random.Random) -> str:
     return "\n\n".join(paragraphs)
 
 
-def write_corpus(folder: Path, docs: int, seed: int) -> None:
+CORPUS_KINDS = ("md", "html", "txt")
+
+
+def write_corpus(folder: Path, docs: int, seed: int, kinds: tuple[str, ...] = CORPUS_KINDS) -> None:
+    """``docs`` generated documents, their file kinds taken in turn from ``kinds``."""
     rng = random.Random(seed)
     for i in range(docs):
         text = generated_text(rng.randint(300, 7000), rng)
-        kind = ("md", "html", "txt")[i % 3]
+        kind = kinds[i % len(kinds)]
         if kind == "md":
             content = f"# Record {i}\n\n{text}\n"
         elif kind == "html":

@@ -7,6 +7,9 @@ and model load, which a long job pays once.
 
     python benchmarks/bench_scale.py                  # 40 docs, MiniLM, CPU
     python benchmarks/bench_scale.py --gpu            # + 1 GPU actor: v2-small and v2-base layouts
+
+Without ``unstructured`` (or the MiniLM package) installed, ``--kinds txt`` generates plain text
+only, ``--model`` takes a local folder and ``--tokenizer-from`` a folder of tokenizer files.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_ingest import write_corpus
+from bench_ingest import CORPUS_KINDS, write_corpus
 from rich.console import Console
 from rich.table import Table
 
@@ -57,6 +60,13 @@ def main() -> None:
     parser.add_argument("--model", default=MINILM_ID)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu", action="store_true", help="also run 1 GPU actor (v2 layouts)")
+    parser.add_argument(
+        "--kinds", nargs="+", default=list(CORPUS_KINDS), choices=CORPUS_KINDS,
+        help="file kinds of the generated documents, taken in turn",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokenizer-from", help="tokenizer folder for the GPU rows' random checkpoints"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=200)
@@ -66,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         corpus.mkdir()
-        write_corpus(corpus, args.docs, args.seed)
+        write_corpus(corpus, args.docs, args.seed, tuple(args.kinds))
 
         import ray
 
@@ -89,7 +99,10 @@ def main() -> None:
             if not torch.cuda.is_available():
                 console.print("--gpu: no CUDA device here; skipping the GPU runs")
             for layout in ("small", "base") if torch.cuda.is_available() else ():
-                model = write_random_checkpoint(Path(tmp) / layout, jina_v2_config(layout))
+                tokenizer = {"tokenizer_from": args.tokenizer_from} if args.tokenizer_from else {}
+                model = write_random_checkpoint(
+                    Path(tmp) / layout, jina_v2_config(layout), **tokenizer
+                )
                 db = Path(tmp) / f"gpu-{layout}.db"
                 seconds, report = run_ray(
                     corpus, db, str(model), options, workers=1, gpus_per_worker=1
@@ -98,14 +111,17 @@ def main() -> None:
         ray.shutdown()
 
     table = Table(
-        title=f"{args.docs} generated documents, mode {args.mode}, {args.model}, Milvus Lite, "
-        f"{cpus} CPUs ({platform.processor() or platform.machine()})"
+        title=f"{args.docs} generated documents ({'/'.join(args.kinds)}), mode {args.mode}, "
+        f"{args.model}, Milvus Lite, {cpus} CPUs ({platform.processor() or platform.machine()})"
     )
     for column in ("engine", "docs/s", "tokens/s", "× local", "total s", "embed s", "store s"):
         table.add_column(column, justify="right")
     base = results["local"]
     base_rate = base["report"].tokens / base["seconds"]
-    summary = {"ray_start_s": ray_start, "cpus": cpus, "docs": args.docs, "model": args.model}
+    summary = {
+        "ray_start_s": ray_start, "cpus": cpus, "docs": args.docs, "model": args.model,
+        "kinds": args.kinds,
+    }  # fmt: skip
     for name, result in results.items():
         report, seconds = result["report"], result["seconds"]
         assert not report.failed, report.failed
