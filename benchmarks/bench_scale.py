@@ -65,8 +65,9 @@ def main() -> None:
         help="file kinds of the generated documents, taken in turn",
     )  # fmt: skip
     parser.add_argument(
-        "--tokenizer-from", help="tokenizer folder for the GPU rows' random checkpoints"
-    )
+        "--tokenizer-from", default=MINILM_ID,
+        help="tokenizer folder for the GPU rows' random checkpoints",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=200)
@@ -99,9 +100,8 @@ def main() -> None:
             if not torch.cuda.is_available():
                 console.print("--gpu: no CUDA device here; skipping the GPU runs")
             for layout in ("small", "base") if torch.cuda.is_available() else ():
-                tokenizer = {"tokenizer_from": args.tokenizer_from} if args.tokenizer_from else {}
                 model = write_random_checkpoint(
-                    Path(tmp) / layout, jina_v2_config(layout), **tokenizer
+                    Path(tmp) / layout, jina_v2_config(layout), tokenizer_from=args.tokenizer_from
                 )
                 db = Path(tmp) / f"gpu-{layout}.db"
                 seconds, report = run_ray(
