@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -764,30 +766,34 @@ def ask(
 
     Otherwise (or with --no-llm) the best passages are quoted. JRAG_LLM_API_KEY: the key, if any.
     """
-    with one_line_errors():
+    with one_line_errors(), ExitStack() as stack:
         if server:
             from jrag.client import Client
 
             request = _server_request(locals())
-            with Client(server, api_key=api_key) as client, console.status("asking the server"):
-                answer = client.ask(question, passages=passages, llm=not no_llm, **request)
+            client = stack.enter_context(Client(server, api_key=api_key))
+            events = client.ask_stream(question, passages=passages, llm=not no_llm, **request)
+            waiting = "asking the server"
         else:
             from jrag.llm import from_env
-            from jrag.qa import ask as run_ask
+            from jrag.qa import answer_events, retrieve_passages
 
             options = _search_options(locals())
             llm = None if no_llm else from_env()
             store, encoder = _store_and_encoder(uri, collection, token, model, dtype,
                                                 query_prompt, document_prompt)  # fmt: skip
-            with store, console.status("answering" if llm else "finding passages"):
-                answer = run_ask(
-                    question, store=store, encoder=encoder, passages=passages, llm=llm,
-                    options=options,
-                ).to_dict()  # fmt: skip
+            with store, console.status("finding passages"):
+                context = retrieve_passages(
+                    question, store=store, encoder=encoder, passages=passages, options=options
+                )
+            events = answer_events(question, context, llm)
+            waiting = "answering"
+        answer, shown = _read_answer(events, waiting, echo=not as_json)
     if as_json:
         print(json.dumps(answer, indent=2, ensure_ascii=False, allow_nan=False))
         return
-    console.print(safe(answer["text"], newlines=True), highlight=False, soft_wrap=True)
+    if not shown:
+        console.print(safe(answer["text"], newlines=True), highlight=False, soft_wrap=True)
     if not answer["citations"]:
         return
     table = Table(title=Text(f"sources ({answer['backend']})"))
@@ -797,6 +803,35 @@ def ask(
         document = Text.assemble(safe(c["title"]), "\n", safe(c["source"], style="dim"))
         table.add_row(Text(f"[{c['number']}]"), f"{c['score']:.3f}", document, safe(c["location"]))
     console.print(table)
+
+
+def _read_answer(
+    events: Iterator[tuple[str, dict]], waiting: str, *, echo: bool
+) -> tuple[dict, bool]:
+    """The answer that ``ask``'s events end with (:func:`jrag.qa.answer_events`). With
+    ``echo``, the reply is printed piece by piece as the LLM writes it; also returns whether it
+    was."""
+    from jrag.llm import LLMError
+
+    shown = False
+    status = console.status(waiting)
+    status.start()
+    try:
+        for name, data in events:
+            if name == "delta" and echo:
+                status.stop()
+                console.print(safe(data["text"], newlines=True), end="", highlight=False,
+                              soft_wrap=True)  # fmt: skip
+                shown = True
+            elif name == "error":
+                raise LLMError(data["message"])
+            elif name == "answer":
+                return data, shown
+    finally:
+        status.stop()
+        if shown:  # the reply's last line, ended (also where it broke off)
+            console.print()
+    raise LLMError("the answer broke off before it was complete")
 
 
 @app.command()

@@ -44,13 +44,18 @@ class Client:
         return self._call("POST", "/ask", {"question": question, "stream": False, **options})
 
     def ask_stream(self, question: str, **options: Any) -> Iterator[tuple[str, dict]]:
-        """``POST /ask`` as server-sent events: (event name, data) pairs."""
+        """``POST /ask`` as server-sent events: (event name, data) pairs, as
+        :func:`jrag.qa.answer_events` gives them. An answer with nothing to stream (no LLM, no
+        passages) is one ``answer`` event."""
         body = {"question": question, "stream": True, **options}
         try:
             with self._http.stream("POST", "/ask", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error(response, self.url)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    yield "answer", json.loads(response.read())
+                    return
                 name = "message"
                 for line in response.iter_lines():
                     if line.startswith("event: "):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -148,8 +149,33 @@ class OpenAICompatibleLLM:
         return f"openai-compatible:{self.model}@{display_url(self.base_url)}"
 
     def chat(self, system: str, user: str) -> str:
-        import openai
+        with self._calling() as where:
+            response = self.client.chat.completions.create(**self._request(system, user))
+        if isinstance(response, str):  # a non-JSON content type comes back as the raw body
+            raise LLMError(
+                f"{where} answered with a body that is not JSON: {self._snippet(response)}"
+            )
+        choices = getattr(response, "choices", None) or []
+        content = choices[0].message.content if choices else None
+        return _text_of(content, where)
 
+    def stream(self, system: str, user: str) -> Iterator[str]:
+        """The reply in pieces, as the endpoint streams them (``"stream": true``). An endpoint
+        that answers a streamed request with no pieces is asked once more, whole."""
+        pieces = 0
+        with self._calling(lambda: pieces > 0):
+            for chunk in self.client.chat.completions.create(
+                **self._request(system, user), stream=True
+            ):
+                choices = getattr(chunk, "choices", None) or []
+                piece = choices[0].delta.content if choices and choices[0].delta else None
+                if piece:
+                    pieces += 1
+                    yield piece
+        if not pieces:
+            yield self.chat(system, user)
+
+    def _request(self, system: str, user: str) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [
@@ -159,10 +185,19 @@ class OpenAICompatibleLLM:
         }
         if self.temperature is not None:
             request["temperature"] = self.temperature
+        return request
+
+    @contextmanager
+    def _calling(self, answering: Callable[[], bool] = lambda: False) -> Iterator[str]:
+        """Around a request (and the reading of its stream): each failure as one
+        :class:`LLMError` naming the endpoint, without secrets. Yields that name.
+        ``answering``: whether the endpoint had begun its answer (a stream cut off midway)."""
+        import openai
+
         where = f"the LLM endpoint {display_url(self.base_url)} (model {self.model})"
         try:
             with scrub_secrets(self._secrets(), self._query_keys()):
-                response = self.client.chat.completions.create(**request)
+                yield where
         except openai.APIStatusError as err:
             raise LLMError(
                 f"{where} answered HTTP {err.status_code}: {self._scrub(_error_detail(err))}"
@@ -171,6 +206,8 @@ class OpenAICompatibleLLM:
             raise LLMError(f"{where} did not answer within {self.timeout:.0f} s") from None
         except openai.APIConnectionError as err:
             reason = self._scrub(str(err.__cause__ or err))
+            if answering():
+                raise LLMError(f"{where} broke off its answer: {reason}") from None
             raise LLMError(f"cannot reach {where}: {reason}") from None
         except openai.OpenAIError as err:
             raise LLMError(f"{where} failed: {self._scrub(str(err))}") from None
@@ -178,13 +215,6 @@ class OpenAICompatibleLLM:
             raise LLMError(
                 f"{where} answered with a body that is not JSON: {self._snippet(err.doc)}"
             ) from None
-        if isinstance(response, str):  # a non-JSON content type comes back as the raw body
-            raise LLMError(
-                f"{where} answered with a body that is not JSON: {self._snippet(response)}"
-            )
-        choices = getattr(response, "choices", None) or []
-        content = choices[0].message.content if choices else None
-        return _text_of(content, where)
 
     @property
     def client(self) -> Any:
@@ -244,12 +274,18 @@ def from_env(environ: Mapping[str, str] | None = None) -> OpenAICompatibleLLM | 
 
 
 def stream_reply(backend: ChatBackend, system: str, user: str) -> Iterator[str]:
-    """The reply in pieces where the backend streams, else whole in one piece."""
+    """The reply in pieces where the backend streams, else whole in one piece. A reply with no
+    text is an :class:`LLMError`, as it is from ``chat``."""
     stream = getattr(backend, "stream", None)
-    if callable(stream):
-        yield from stream(system, user)
-    else:
+    if not callable(stream):
         yield backend.chat(system, user)
+        return
+    text = False
+    for piece in stream(system, user):
+        text = text or bool(piece.strip())
+        yield piece
+    if not text:
+        raise LLMError(f"{backend.name} returned no text")
 
 
 def resolve_llm(llm: object | None) -> ChatBackend | None:

@@ -18,7 +18,7 @@ LLM (see :mod:`jrag.llm`) the passages are numbered in the prompt and the answer
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from jrag.chunking import late_chunk_spans, pool_spans
 from jrag.encoder import Encoder, Tokens
 from jrag.errors import InputError
-from jrag.llm import resolve_llm
+from jrag.llm import ChatBackend, resolve_llm, stream_reply
 from jrag.pipeline import IngestOptions
 from jrag.retrieval import (
     SearchOptions,
@@ -44,6 +44,7 @@ SYSTEM_PROMPT = (
     "square brackets, like [1] or [2][3]. If the passages do not contain the answer, say so "
     "plainly instead of guessing."
 )
+NO_MATCH = "No documents matched the question."
 EXTRACTIVE_HEADER = "No LLM is configured, so here are the best-matching passages, quoted:"
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
@@ -136,13 +137,43 @@ def ask(
     context = retrieve_passages(
         question, store=store, encoder=encoder, passages=passages, options=options, vector=vector
     )
+    return answer_from(question, context, backend)
+
+
+def answer_from(question: str, context: list[Citation], backend: ChatBackend | None) -> Answer:
+    """The answer to ``question`` from its ``context`` passages: the LLM's reply, their quotes
+    where there is no LLM, or that nothing matched."""
     if not context:
         name = backend.name if backend is not None else "extractive"
-        return Answer(question, "No documents matched the question.", [], [], None, name)
+        return Answer(question, NO_MATCH, [], [], None, name)
     if backend is None:
         return extractive_answer(question, context)
     prompt = build_prompt(question, context)
-    reply = backend.chat(SYSTEM_PROMPT, prompt)
+    return _replied(question, backend.chat(SYSTEM_PROMPT, prompt), context, prompt, backend)
+
+
+def answer_events(
+    question: str, context: list[Citation], backend: ChatBackend | None
+) -> Iterator[tuple[str, dict]]:
+    """:func:`answer_from` as it is written, in (event, data) pairs: ``passages``, the reply's
+    ``delta`` pieces as the LLM streams them, then the ``answer`` (``Answer.to_dict()``). With
+    no LLM or no passages there is nothing to stream: the ``answer`` alone."""
+    if backend is None or not context:
+        yield "answer", answer_from(question, context, backend).to_dict()
+        return
+    yield "passages", {"passages": [asdict(c) for c in context]}
+    prompt = build_prompt(question, context)
+    pieces: list[str] = []
+    for piece in stream_reply(backend, SYSTEM_PROMPT, prompt):
+        pieces.append(piece)
+        yield "delta", {"text": piece}
+    reply = "".join(pieces).strip()
+    yield "answer", _replied(question, reply, context, prompt, backend).to_dict()
+
+
+def _replied(
+    question: str, reply: str, context: list[Citation], prompt: str, backend: ChatBackend
+) -> Answer:
     return Answer(question, reply, cited(reply, context), context, prompt, backend.name)
 
 

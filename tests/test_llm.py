@@ -20,19 +20,23 @@ REPLY = "The ferry leaves at noon."
 
 
 class Endpoint(BaseHTTPRequestHandler):
-    """Answers every POST with ``body`` and ``content_type``; records each request's path."""
+    """Answers every POST with ``body`` and ``content_type``; records each request's path and
+    whether it asked for a stream."""
 
     paths: ClassVar[list[str]] = []
+    streamed: ClassVar[list[bool]] = []
     status: ClassVar[int] = 200
     body: ClassVar[bytes] = b""
     content_type: ClassVar[str] = "application/json"
+    length: ClassVar[int | None] = None  # the Content-Length sent, if not the body's
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).paths.append(self.path)
+        type(self).streamed.append(bool(request.get("stream")))
         self.send_response(self.status)
         self.send_header("Content-Type", self.content_type)
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Length", str(self.length or len(self.body)))
         self.end_headers()
         self.wfile.write(self.body)
 
@@ -48,9 +52,21 @@ def _completion(text: str) -> bytes:
     }).encode()  # fmt: skip
 
 
+def _chunks(*pieces: str) -> bytes:
+    """A streamed completion: one server-sent event per piece, then ``[DONE]``."""
+    events = [
+        json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
+                    "model": "tiny", "choices": [{"index": 0, "delta": {"content": piece}}]})
+        for piece in pieces
+    ]  # fmt: skip
+    return "".join(f"data: {event}\n\n" for event in [*events, "[DONE]"]).encode()
+
+
 @pytest.fixture
 def base_url() -> Iterator[str]:
     Endpoint.paths = []
+    Endpoint.streamed = []
+    Endpoint.length = None
     Endpoint.status = 200
     Endpoint.body = _completion(REPLY)
     Endpoint.content_type = "application/json"
@@ -83,7 +99,10 @@ def test_a_200_answer_that_is_not_json_is_one_line_naming_the_url(
 
 
 @pytest.mark.parametrize("content_type", ["text/html", "application/json"])
-def test_an_html_error_page_is_one_line_without_secrets(base_url: str, content_type: str) -> None:
+@pytest.mark.parametrize("how", ["chat", "stream"])
+def test_an_html_error_page_is_one_line_without_secrets(
+    base_url: str, content_type: str, how: str
+) -> None:
     Endpoint.status = 502
     Endpoint.content_type = content_type
     Endpoint.body = (
@@ -94,7 +113,7 @@ def test_an_html_error_page_is_one_line_without_secrets(base_url: str, content_t
     llm = OpenAICompatibleLLM(base_url, "tiny", api_key=KEY, max_retries=0)
 
     with pytest.raises(LLMError) as caught:
-        llm.chat("system", "user")
+        llm.chat("system", "user") if how == "chat" else list(llm.stream("system", "user"))
 
     message = str(caught.value)
     assert message.startswith(f"the LLM endpoint {base_url} (model tiny) answered HTTP 502: ")
@@ -119,3 +138,36 @@ def test_a_query_in_the_base_url_goes_on_each_request_and_stays_out_of_debug_log
     assert not [m for m in messages if QUERY_SECRET in m or KEY in m]
     for name in logging.root.manager.loggerDict:
         assert not any(isinstance(f, ScrubSecrets) for f in logging.getLogger(name).filters), name
+
+
+def test_a_streamed_reply_comes_in_the_endpoints_pieces(base_url: str) -> None:
+    Endpoint.body = _chunks("The ferry ", "leaves ", "at noon.")
+    Endpoint.content_type = "text/event-stream"
+    llm = OpenAICompatibleLLM(base_url, "tiny", api_key=KEY)
+
+    assert list(llm.stream("system", "user")) == ["The ferry ", "leaves ", "at noon."]
+    assert Endpoint.streamed == [True]
+
+
+def test_an_endpoint_that_answers_a_stream_whole_is_asked_again_without_one(base_url: str) -> None:
+    llm = OpenAICompatibleLLM(base_url, "tiny", api_key=KEY)  # the body is a plain completion
+
+    assert list(llm.stream("system", "user")) == [REPLY]
+    assert Endpoint.streamed == [True, False]
+
+
+def test_a_stream_cut_off_midway_is_one_line_naming_the_url(base_url: str) -> None:
+    Endpoint.body = _chunks("The ferry ", "leaves ")
+    Endpoint.body = Endpoint.body[: Endpoint.body.rindex(b"data: [DONE]")]
+    Endpoint.length = len(Endpoint.body) + 500  # the connection closes before the rest
+    Endpoint.content_type = "text/event-stream"
+    llm = OpenAICompatibleLLM(f"{base_url}?api-key={QUERY_SECRET}", "tiny", api_key=KEY)
+
+    pieces: list[str] = []
+    with pytest.raises(LLMError) as caught:
+        pieces.extend(llm.stream("system", "user"))
+
+    assert pieces == ["The ferry ", "leaves "]
+    message = str(caught.value)
+    assert message.startswith(f"the LLM endpoint {base_url} (model tiny) broke off its answer")
+    assert QUERY_SECRET not in message and KEY not in message and "\n" not in message

@@ -215,12 +215,24 @@ def test_cited_keeps_the_referenced_passages_or_all_when_none_is_referenced():
 class ChatCompletions(BaseHTTPRequestHandler):
     requests: ClassVar[list[dict]] = []
     reply = "The snow gallery at Brandegg is 1,340 metres long [1]."
+    pieces: ClassVar[list[str]] = []  # a streamed request's reply, as server-sent events
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(
             {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
         )
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in self.pieces:
+                chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
+                         "model": body["model"],
+                         "choices": [{"index": 0, "delta": {"content": piece}}]}  # fmt: skip
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
         payload = json.dumps({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -240,6 +252,7 @@ class ChatCompletions(BaseHTTPRequestHandler):
 @pytest.fixture
 def endpoint():
     ChatCompletions.requests = []
+    ChatCompletions.pieces = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), ChatCompletions)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -326,6 +339,46 @@ def test_cli_ask_quotes_the_passage_and_its_source(db, stores, monkeypatch, pars
     assert text[citation["start"] : citation["end"]] == citation["quote"]
     assert f'[{citation["number"]}] "{citation["quote"]}"' in shown.output
     assert f"chars {citation['start']}–{citation['end']}" in shown.output.replace("\n", "")
+
+
+def test_cli_ask_prints_the_streamed_reply_once_escaped_then_its_sources(db, stores, endpoint):
+    ChatCompletions.pieces = ["The snow gallery ", "\x1b]0;pwned\x07is 1,340 ", "metres long [1]."]
+    env = {ENV_BASE_URL: endpoint, ENV_MODEL: "tiny-chat"}
+    base = ["ask", GALLERY["question"], "--uri", db, "-c", "late", "--mode", "late"]
+
+    shown = CliRunner().invoke(app, base, env=env)
+
+    assert shown.exit_code == 0, shown.output
+    assert [r["body"].get("stream") for r in ChatCompletions.requests] == [True]
+    text = "The snow gallery \\x1b]0;pwned\\x07is 1,340 metres long [1]."
+    assert shown.output.count(text) == 1 and "\x1b" not in shown.output
+    assert "sources (openai-compatible:tiny-chat@" in shown.output
+    as_json = json.loads(CliRunner().invoke(app, [*base, "--json"], env=env).output)
+    assert as_json["text"] == "".join(ChatCompletions.pieces)
+    assert [c["number"] for c in as_json["citations"]] == [1]
+
+
+def test_cli_ask_prints_each_piece_before_the_next_is_asked_for(capsys):
+    from jrag.cli import _read_answer
+
+    pieces = ["The ferry ", "leaves at ", "noon [1]."]
+
+    def events():
+        yield "passages", {"passages": []}
+        for n, piece in enumerate(pieces):
+            if n:  # the previous piece is on the terminal before this one exists
+                assert capsys.readouterr().out.endswith(pieces[n - 1])
+            yield "delta", {"text": piece}
+        yield "answer", {"text": "".join(pieces)}
+
+    answer, shown = _read_answer(events(), "answering", echo=True)
+
+    assert shown and answer == {"text": "".join(pieces)}
+    assert capsys.readouterr().out == pieces[-1] + "\n"
+    broken = iter([("delta", {"text": "half"}), ("error", {"message": "the LLM went away"})])
+    with pytest.raises(LLMError, match="the LLM went away"):
+        _read_answer(broken, "answering", echo=True)
+    assert capsys.readouterr().out == "half\n"  # the broken line is ended before the error
 
 
 def test_cli_ask_with_a_down_endpoint_prints_one_line_without_the_key(db, stores, monkeypatch):

@@ -470,6 +470,12 @@ def test_cli_search_ask_and_stats_with_server_load_no_torch(server, corpus) -> N
         asked.stdout.startswith("No LLM is configured") and "sources (extractive)" in asked.stdout
     )
     assert "torch" not in imported(asked)
+    streamed = cli("ask", QUESTION, "-c", "docs", "--server", server.url)  # the server's LLM
+    assert streamed.returncode == 0, streamed.stderr[-2000:]
+    assert streamed.stdout.count(REPLY) == 1 and "sources (langchain:FakeListChatModel)" in (
+        streamed.stdout
+    )
+    assert "torch" not in imported(streamed)
     answer = json.loads(cli("ask", QUESTION, "-c", "docs", "--json", "--server", server.url).stdout)
     assert answer["citations"][0]["source"] == lighthouse
     assert any("Odile Marchetti" in c["quote"] for c in answer["citations"])

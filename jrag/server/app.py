@@ -46,9 +46,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jrag.embedding import identity_of
 from jrag.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from jrag.errors import CollectionNotFound, InputError, JragError, ParseError, StoreError
-from jrag.llm import LLMError, resolve_llm, stream_reply
+from jrag.llm import LLMError, resolve_llm
 from jrag.pipeline import IngestOptions, ingest_documents, text_document
-from jrag.qa import SYSTEM_PROMPT, Answer, build_prompt, cited, extractive_answer, retrieve_passages
+from jrag.qa import answer_events, answer_from, retrieve_passages
 from jrag.retrieval import SearchOptions, search
 from jrag.server.batching import DEFAULT_MAX_QUEUE, Batcher, QueueFull
 from jrag.server.schemas import (
@@ -463,33 +463,15 @@ def create_app(
             )
         )
         backend = service.llm if body.llm else None
-        if not context:
-            name = backend.name if backend else "extractive"
-            return Answer(body.question, "No documents matched the question.", [], [], None,
-                          name).to_dict()  # fmt: skip
-        if backend is None:
-            return extractive_answer(body.question, context).to_dict()
-        prompt = build_prompt(body.question, context)
-        if not body.stream:
-            reply = backend.chat(SYSTEM_PROMPT, prompt)
-            return Answer(body.question, reply, cited(reply, context), context, prompt,
-                          backend.name).to_dict()  # fmt: skip
+        if not body.stream or backend is None or not context:
+            return answer_from(body.question, context, backend).to_dict()
 
         def events() -> Iterator[str]:
-            passages = [c.__dict__ for c in context]
-            yield _event("passages", {"passages": passages})
-            pieces: list[str] = []
             try:
-                for piece in stream_reply(backend, SYSTEM_PROMPT, prompt):
-                    pieces.append(piece)
-                    yield _event("delta", {"text": piece})
+                for name, data in answer_events(body.question, context, backend):
+                    yield _event(name, data)
             except JragError as err:
                 yield _event("error", {"message": str(err)})
-                return
-            reply = "".join(pieces)
-            answer = Answer(body.question, reply, cited(reply, context), context, prompt,
-                            backend.name)  # fmt: skip
-            yield _event("answer", answer.to_dict())
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})  # fmt: skip
