@@ -48,6 +48,7 @@ class Client:
         :func:`jrag.qa.answer_events` gives them. An answer with nothing to stream (no LLM, no
         passages) is one ``answer`` event."""
         body = {"question": question, "stream": True, **options}
+        response = None
         try:
             with self._http.stream("POST", "/ask", json=body) as response:
                 if response.status_code >= 400:
@@ -63,6 +64,10 @@ class Client:
                     elif line.startswith("data: "):
                         yield name, json.loads(line[len("data: ") :])
         except httpx.HTTPError as err:
+            if response is not None:
+                raise ServerError(
+                    f"the jrag server at {self.url} broke off its answer: {err}"
+                ) from None
             raise ServerError(f"cannot reach the jrag server at {self.url}: {err}") from None
 
     def stats(self) -> dict[str, Any]:

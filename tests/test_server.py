@@ -491,6 +491,40 @@ def test_cli_search_ask_and_stats_with_server_load_no_torch(server, corpus) -> N
     assert gone.returncode == 1 and "cannot reach the jrag server" in gone.stderr
 
 
+def test_an_answer_cut_off_midway_says_so_and_one_never_begun_says_cannot_reach() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from jrag.client import Client, ServerError
+
+    class CutOff(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            event = b'event: delta\ndata: {"text": "Odile "}\n\n'
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(event) + 100))  # the rest never comes
+            self.end_headers()
+            self.wfile.write(event)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        events: list[tuple[str, dict]] = []
+        with Client(url) as client, pytest.raises(ServerError) as caught:
+            events.extend(client.ask_stream(QUESTION))
+        assert events == [("delta", {"text": "Odile "})]
+        assert str(caught.value).startswith(f"the jrag server at {url} broke off its answer: ")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with Client(url) as client, pytest.raises(ServerError, match="cannot reach the jrag server"):
+        list(client.ask_stream(QUESTION))  # the port is closed now
+
+
 def test_the_cli_sends_a_server_every_search_option_its_requests_take() -> None:
     """The CLI names the options itself (the schema would load torch): they must stay the same."""
     from jrag.cli import _server_request
