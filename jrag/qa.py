@@ -266,7 +266,11 @@ def _stored_late_passages(
     by_doc = {d.doc_id: d for d in documents}
     inner = late_chunks_of(list(by_doc), options, limit)
     rows = store.top_rows(build_query(store, question, vector, inner), limit)
-    return [_citation(by_doc[row.doc_id], store, row.start, row.end, row.score) for row in rows]
+    quotes = store.document_texts([(by_doc[r.doc_id], r.start, r.end) for r in rows])
+    return [
+        _citation(by_doc[row.doc_id], row.start, row.end, row.score, quote)
+        for row, quote in zip(rows, quotes, strict=True)
+    ]
 
 
 # -- passages by embedding the stored document again ---------------------------------------------
@@ -280,8 +284,8 @@ def _embedded_passages(
     limit: int,
 ) -> list[Citation]:
     """Late-chunk each document's exact text, embedded in one batched pass; rank its spans."""
-    texts = [(state, store.document_text(state)) for state in documents]
-    texts = [(state, text) for state, text in texts if text.strip()]
+    whole = store.document_texts([(state, 0, None) for state in documents])
+    texts = [(state, text) for state, text in zip(documents, whole, strict=True) if text.strip()]
     if not texts:
         return []
     windows_per_doc = encoder.encode_windows([text for _, text in texts])
@@ -293,11 +297,8 @@ def _embedded_passages(
         for index in np.argsort(-scores)[:limit]:
             start, end = spans[kept[index]]
             scored.append((float(scores[index]), state, start, end, text[start:end]))
-    scored.sort(key=lambda item: -item[0])
-    return [
-        _citation(state, store, start, end, score, quote)
-        for score, state, start, end, quote in scored[:limit]
-    ]
+    best = sorted(scored, key=lambda item: -item[0])[:limit]
+    return [_citation(state, start, end, score, quote) for score, state, start, end, quote in best]
 
 
 def late_spans(store: MilvusStore, encoder: Encoder, text: str) -> list[tuple[int, int]]:
@@ -313,14 +314,7 @@ def late_spans(store: MilvusStore, encoder: Encoder, text: str) -> list[tuple[in
     )  # fmt: skip
 
 
-def _citation(
-    state: DocumentState,
-    store: MilvusStore,
-    start: int,
-    end: int,
-    score: float,
-    quote: str | None = None,
-) -> Citation:
+def _citation(state: DocumentState, start: int, end: int, score: float, quote: str) -> Citation:
     return Citation(
         number=0,
         source=state.source,
@@ -329,7 +323,7 @@ def _citation(
         end=end,
         page=page_at(state, start),
         page_end=page_at(state, end),
-        quote=quote if quote is not None else store.document_text(state, start, end),
+        quote=quote,
         score=score,
         doc_id=state.doc_id,
     )

@@ -251,14 +251,14 @@ def _search_once(
     if options.mmr:  # k diverse documents of the candidates; a reranker then orders them
         ranked = _diverse(store, vector, ranked, states, options)
     passages = _best_passages(store, query, vector, ranked, states, first)
-    spans: dict[str, tuple[int, int]] = {}
-    if options.rerank is not None:
+    if options.rerank is not None:  # it scores each passage with its context: those are kept
         ranked, spans = _reranked(query, store, encoder, ranked, states, passages, options)
+    if options.rerank is None or options.content == "document":
+        spans = _spans(store, encoder, ranked, states, passages, options)
     return [
-        _result(store, encoder, row, states[row.doc_id], passages.get(row.doc_id), options,
-                spans.get(row.doc_id))
+        _result(row, states[row.doc_id], passages.get(row.doc_id) or row, spans[row.doc_id])
         for row in ranked
-    ]  # fmt: skip
+    ]
 
 
 def _diverse(
@@ -289,12 +289,9 @@ def _reranked(
 ) -> tuple[list[RankedRow], dict[str, tuple[int, int]]]:
     """The ``k`` best of ``ranked`` by the cross-encoder's score of each document's best passage
     with context, scored by it; and those passages' spans, for the results to reuse."""
-    spans, texts = {}, []
-    for row in ranked:
-        state, passage = states[row.doc_id], passages.get(row.doc_id) or row
-        spans[row.doc_id] = _with_context(store, encoder, state, passage, options.context_tokens)
-        texts.append(store.document_text(state, *spans[row.doc_id]))
-    scores = options.rerank.score(query, texts)
+    pairs = [(states[r.doc_id], passages.get(r.doc_id) or r) for r in ranked]
+    spans = _with_context(store, encoder, pairs, options.context_tokens)
+    scores = options.rerank.score(query, [spans[r.doc_id][2] for r in ranked])
     order = sorted(range(len(ranked)), key=lambda i: -scores[i])[: options.k]
     return [replace(ranked[i], score=scores[i]) for i in order], spans
 
@@ -331,23 +328,30 @@ def late_chunks_of(doc_ids: Sequence[str], options: SearchOptions, k: int) -> Se
     )  # fmt: skip
 
 
-def _result(
+# A result's span of its document, and the text in it.
+Span = tuple[int, int, str]
+
+
+def _spans(
     store: MilvusStore,
     encoder: Encoder,
-    best: RankedRow,
-    state: DocumentState,
-    passage: RankedRow | None,
+    ranked: Sequence[RankedRow],
+    states: dict[str, DocumentState],
+    passages: dict[str, RankedRow],
     options: SearchOptions,
-    context: tuple[int, int] | None = None,
-) -> SearchResult:
-    """``context``: the passage-with-context span, when the reranker already computed it."""
-    passage = passage or best
-    if options.content == "document":
-        start, end = _window_around(store, state, best, passage)
-    else:
-        budget = options.context_tokens
-        start, end = context or _with_context(store, encoder, state, passage, budget)
-    text = store.document_text(state, start, end)
+) -> dict[str, Span]:
+    """Each result's span: the window that holds its passage (``content="document"``), or the
+    passage with its context; the texts read in one query."""
+    pairs = [(states[r.doc_id], passages.get(r.doc_id) or r) for r in ranked]
+    if options.content != "document":
+        return _with_context(store, encoder, pairs, options.context_tokens)
+    cuts = [(s, *_window_around(store, s, r, p)) for r, (s, p) in zip(ranked, pairs, strict=True)]
+    texts = store.document_texts(cuts)
+    return {s.doc_id: (start, end, t) for (s, start, end), t in zip(cuts, texts, strict=True)}
+
+
+def _result(best: RankedRow, state: DocumentState, passage: RankedRow, span: Span) -> SearchResult:
+    start, end, text = span
     metadata = {
         **{k: v for k, v in state.metadata.items() if k != "page_starts"},
         "page": page_at(state, start),
@@ -364,8 +368,8 @@ def _window_around(
     store: MilvusStore, state: DocumentState, best: RankedRow, passage: RankedRow
 ) -> tuple[int, int]:
     """The whole-document window holding the passage (the document itself past no window)."""
-    if best.kind == "doc":
-        return best.start, best.end
+    if best.kind == "doc" and best.start <= passage.start and passage.end <= best.end:
+        return best.start, best.end  # the best passage can lie in another window than the best
     for window in store.get_rows([state.doc_id], "doc"):
         if window.start <= passage.start and passage.end <= window.end:
             return window.start, window.end
@@ -375,18 +379,26 @@ def _window_around(
 def _with_context(
     store: MilvusStore,
     encoder: Encoder,
-    state: DocumentState,
-    passage: RankedRow,
+    pairs: Sequence[tuple[DocumentState, RankedRow]],
     budget: int,
-) -> tuple[int, int]:
-    """The passage grown by whole sentences on both sides while it fits in ``budget`` tokens
-    (small-to-big: the match is found on a small span, the reader gets its surroundings)."""
-    start, end = passage.start, passage.end
+) -> dict[str, Span]:
+    """Each (document, passage) pair's passage grown by whole sentences on both sides while it
+    fits in ``budget`` tokens (small-to-big: the match is found on a small span, the reader gets
+    its surroundings); the texts around the passages read in one query."""
     margin = 8 * budget  # characters: plenty for ``budget`` tokens of ordinary text
-    low = max(0, start - margin)
-    around = store.document_text(state, low, end + margin)
+    cuts = [(state, max(0, p.start - margin), p.end + margin) for state, p in pairs]
+    arounds = store.document_texts(cuts)
+    return {
+        state.doc_id: _grown(encoder, around, low, passage, budget)
+        for (state, passage), (_, low, _), around in zip(pairs, cuts, arounds, strict=True)
+    }
+
+
+def _grown(encoder: Encoder, around: str, low: int, passage: RankedRow, budget: int) -> Span:
+    """``passage`` grown within ``around``, the document's text from ``low``."""
+    start, end = passage.start, passage.end
     if not around:
-        return start, end
+        return start, end, ""  # the version was replaced meanwhile: the search ranks again
     high = low + len(around)
     used = _tokens(encoder, around[start - low : end - low])
     before = _sentence_cuts(around, low, start, backwards=True)
@@ -403,7 +415,8 @@ def _with_context(
                 continue
             used += cost
             start, end = (cut, end) if backwards else (start, cut)
-    return max(start, low), min(end, high)
+    start, end = max(start, low), min(end, high)
+    return start, end, around[start - low : end - low]
 
 
 def _sentence_cuts(text: str, offset: int, at: int, *, backwards: bool) -> list[int]:

@@ -53,6 +53,20 @@ def test_ask_ranks_documents_once_and_searches_passages_once(tmp_path, encoder, 
     assert counts["states"] == 0, counts  # search already read them
 
 
+@pytest.mark.parametrize("content", ["passage", "document"])
+def test_search_reads_its_results_text_in_one_query(tmp_path, encoder, content):
+    with MilvusStore(str(tmp_path / "t.db"), model=encoder.name, dim=encoder.dim) as store:
+        ingest([p for p in SAMPLES.iterdir() if p.suffix in (".txt", ".md")], store, encoder)
+        counts = count_calls(store, ("rank", "document_texts", "document_text"))
+        results = search(GALLERY_QUESTION, store, encoder, k=3, content=content)
+        assert len(results) == 3
+        assert counts == {"rank": 2, "document_texts": 1, "document_text": 0}, counts
+        # The window around the passage, even where the best window was another one.
+        for r in results:  # each text is the exact span of the whole text
+            assert r.text == store.document_text(store.states([r.doc_id])[r.doc_id], r.start, r.end)
+            assert r.start <= r.passage_start < r.passage_end <= r.end
+
+
 def test_ask_cuts_spans_with_the_collections_recorded_late_chunk_size(tmp_path, encoder):
     """A document stored whole, in a collection whose late rows were cut at 64 tokens, is
     quoted in the spans a 64-token late ingest stores for it, not the 256-token default's."""

@@ -316,22 +316,33 @@ class MilvusStore:
 
     def document_text(self, state: DocumentState, start: int = 0, end: int | None = None) -> str:
         """The exact parsed text of a committed document, or of ``[start, end)`` of it."""
-        pieces = state.row_counts.get(TEXT_KIND, 0)
-        end = min(end if end is not None else 1 << 62, pieces * TEXT_PIECE_CHARS)
-        if end <= start:
-            return ""
-        # Pieces are consecutive TEXT_PIECE_CHARS-character cuts, so their ids follow from the span.
-        first, last = start // TEXT_PIECE_CHARS, (end - 1) // TEXT_PIECE_CHARS
-        ids = [
-            row_id(state.doc_id, state.content_hash, TEXT_KIND, i)
-            for i in range(first, min(last, pieces - 1) + 1)
-        ]
-        found = sorted(self.writer.fetch(ids, ["start", "text"]), key=lambda r: r["start"])
-        if len(found) != len(ids):
-            return ""  # the version was replaced meanwhile: the caller ranks again
-        text = "".join(p["text"] for p in found)
-        offset = int(found[0]["start"])
-        return text[max(0, start - offset) : max(0, end - offset)]
+        return self.document_texts([(state, start, end)])[0]
+
+    def document_texts(self, spans: Sequence[tuple[DocumentState, int, int | None]]) -> list[str]:
+        """:meth:`document_text` of each ``(state, start, end)``, read in one query: ``""``
+        where that version was replaced meanwhile (the caller ranks again)."""
+        cuts = []  # (start, end, piece ids) per span
+        for state, start, end in spans:
+            pieces = state.row_counts.get(TEXT_KIND, 0)
+            end = min(end if end is not None else 1 << 62, pieces * TEXT_PIECE_CHARS)
+            # Pieces are consecutive TEXT_PIECE_CHARS-character cuts: the span names their ids.
+            first, last = start // TEXT_PIECE_CHARS, (end - 1) // TEXT_PIECE_CHARS
+            ids = [
+                row_id(state.doc_id, state.content_hash, TEXT_KIND, i)
+                for i in range(first, min(last, pieces - 1) + 1)
+            ]
+            cuts.append((start, end, ids if end > start else []))
+        wanted = [i for _, _, ids in cuts for i in ids]
+        found = {r["id"]: r for r in self.writer.fetch(wanted, ["start", "text"])} if wanted else {}
+        texts = []
+        for start, end, ids in cuts:
+            if not ids or any(i not in found for i in ids):
+                texts.append("")
+                continue
+            offset = int(found[ids[0]]["start"])
+            text = "".join(found[i]["text"] for i in ids)
+            texts.append(text[max(0, start - offset) : max(0, end - offset)])
+        return texts
 
     def count(self, expr: str = "") -> int:
         rows = self.conn.call(
