@@ -239,6 +239,10 @@ def search(
 STALE_READ_RETRIES = 10
 
 
+# A result's span of its document, and the text in it.
+Span = tuple[int, int, str]
+
+
 def _search_once(
     query: str, vector: np.ndarray, store: MilvusStore, encoder: Encoder, options: SearchOptions
 ) -> list[SearchResult]:
@@ -286,7 +290,7 @@ def _reranked(
     states: dict[str, DocumentState],
     passages: dict[str, RankedRow],
     options: SearchOptions,
-) -> tuple[list[RankedRow], dict[str, tuple[int, int]]]:
+) -> tuple[list[RankedRow], dict[str, Span]]:
     """The ``k`` best of ``ranked`` by the cross-encoder's score of each document's best passage
     with context, scored by it; and those passages' spans, for the results to reuse."""
     pairs = [(states[r.doc_id], passages.get(r.doc_id) or r) for r in ranked]
@@ -328,10 +332,6 @@ def late_chunks_of(doc_ids: Sequence[str], options: SearchOptions, k: int) -> Se
     )  # fmt: skip
 
 
-# A result's span of its document, and the text in it.
-Span = tuple[int, int, str]
-
-
 def _spans(
     store: MilvusStore,
     encoder: Encoder,
@@ -341,7 +341,7 @@ def _spans(
     options: SearchOptions,
 ) -> dict[str, Span]:
     """Each result's span: the window that holds its passage (``content="document"``), or the
-    passage with its context; the texts read in one query."""
+    passage with its context; the texts read at once."""
     pairs = [(states[r.doc_id], passages.get(r.doc_id) or r) for r in ranked]
     if options.content != "document":
         return _with_context(store, encoder, pairs, options.context_tokens)
@@ -384,7 +384,7 @@ def _with_context(
 ) -> dict[str, Span]:
     """Each (document, passage) pair's passage grown by whole sentences on both sides while it
     fits in ``budget`` tokens (small-to-big: the match is found on a small span, the reader gets
-    its surroundings); the texts around the passages read in one query."""
+    its surroundings); the texts around the passages read at once."""
     margin = 8 * budget  # characters: plenty for ``budget`` tokens of ordinary text
     cuts = [(state, max(0, p.start - margin), p.end + margin) for state, p in pairs]
     arounds = store.document_texts(cuts)

@@ -319,8 +319,8 @@ class MilvusStore:
         return self.document_texts([(state, start, end)])[0]
 
     def document_texts(self, spans: Sequence[tuple[DocumentState, int, int | None]]) -> list[str]:
-        """:meth:`document_text` of each ``(state, start, end)``, read in one query: ``""``
-        where that version was replaced meanwhile (the caller ranks again)."""
+        """:meth:`document_text` of each ``(state, start, end)``, read at once (one query per
+        512 pieces): ``""`` where that version was replaced meanwhile (the caller ranks again)."""
         cuts = []  # (start, end, piece ids) per span
         for state, start, end in spans:
             pieces = state.row_counts.get(TEXT_KIND, 0)
