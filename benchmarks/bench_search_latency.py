@@ -7,9 +7,8 @@ a Zipf-like vocabulary, so BM25 has common and rare words to weigh, and each doc
 word of its own. A query is one document's late-chunk vector plus noise, and five of its words.
 The same search for the document's own word alone (one row to score) shows what a Milvus Lite
 search costs before it scores anything: the floor of any fusion that runs two legs. Every figure
-comes from the same
-collection in the same run; ``rank`` is what ``jrag eval`` times, ``search`` adds the passage
-step and reading the text.
+comes from the same collection in the same run; ``rank`` is what ``jrag eval`` times,
+``search`` adds the passage step and reading the text.
 
     python benchmarks/bench_search_latency.py                      # 5k and 50k rows, 40 queries
     python benchmarks/bench_search_latency.py --rows 5000 --queries 20 --json /tmp/latency.json

@@ -52,7 +52,7 @@ def _completion(text: str) -> bytes:
     }).encode()  # fmt: skip
 
 
-def _chunks(*pieces: str) -> bytes:
+def streamed_completion(*pieces: str) -> bytes:
     """A streamed completion: one server-sent event per piece, then ``[DONE]``."""
     events = [
         json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
@@ -141,7 +141,7 @@ def test_a_query_in_the_base_url_goes_on_each_request_and_stays_out_of_debug_log
 
 
 def test_a_streamed_reply_comes_in_the_endpoints_pieces(base_url: str) -> None:
-    Endpoint.body = _chunks("The ferry ", "leaves ", "at noon.")
+    Endpoint.body = streamed_completion("The ferry ", "leaves ", "at noon.")
     Endpoint.content_type = "text/event-stream"
     llm = OpenAICompatibleLLM(base_url, "tiny", api_key=KEY)
 
@@ -157,7 +157,7 @@ def test_an_endpoint_that_answers_a_stream_whole_is_asked_again_without_one(base
 
 
 def test_a_stream_cut_off_midway_is_one_line_naming_the_url(base_url: str) -> None:
-    Endpoint.body = _chunks("The ferry ", "leaves ")
+    Endpoint.body = streamed_completion("The ferry ", "leaves ")
     Endpoint.body = Endpoint.body[: Endpoint.body.rindex(b"data: [DONE]")]
     Endpoint.length = len(Endpoint.body) + 500  # the connection closes before the rest
     Endpoint.content_type = "text/event-stream"

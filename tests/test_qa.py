@@ -23,6 +23,7 @@ from jrag.parse import ParsedDocument, parse_file
 from jrag.pipeline import IngestOptions, ingest
 from jrag.qa import SYSTEM_PROMPT, Answer, Citation, ask, cited
 from jrag.store import MilvusStore
+from tests.test_llm import streamed_completion
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -226,12 +227,7 @@ class ChatCompletions(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for piece in self.pieces:
-                chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
-                         "model": body["model"],
-                         "choices": [{"index": 0, "delta": {"content": piece}}]}  # fmt: skip
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.write(streamed_completion(*self.pieces))
             return
         payload = json.dumps({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
